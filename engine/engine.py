@@ -1,0 +1,635 @@
+"""The Engine: owns model, data and session, runs queued jobs on its own thread, reports events."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy
+import sklearn
+import torch
+
+from engine import events as ev
+from engine.clustering import Clusters, cocluster, gradient_clusters
+from engine.config import Config, check_k, check_lam, check_source
+from engine.data import load_dataset
+from engine.errors import ClusterlabError, ConfigError, SessionError, TrainingError
+from engine.metrics import block_mask, chance_level, cluster_shares
+from engine.session import (
+    FORMAT_VERSION,
+    METRICS_FILE,
+    SESSION_FILE,
+    MetricsLog,
+    load_checkpoint,
+    now_iso,
+    prune_checkpoints,
+    read_session,
+    trim_metrics,
+    write_checkpoint,
+    write_json,
+)
+from engine.trainer import Trainer
+
+log = logging.getLogger("clusterlab")
+REPORT_INTERVAL_S = 0.05  # at most ~20 progress events per second, however fast the loop runs
+Subscriber = Callable[[ev.Event], None]
+
+
+@dataclass
+class Job:
+    """One entry of the plan. Training jobs count their steps so a saved plan resumes mid-job."""
+
+    kind: str  # "pretrain" | "finetune" | "cluster" | "save"
+    total: int = 0
+    done: int = 0
+    lam: float | None = None
+    k: int | None = None
+    source: str | None = None
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+class Engine:
+    """A clustering experiment session driven by commands that return at once."""
+
+    def __init__(self, path: Path, config: Config, session: dict | None, checkpoint: dict | None) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.data = load_dataset(config.dataset, config.data_dir, config.seed, self.device)
+        self.trainer = Trainer(config, self.data, self.device)
+        self.clusters: Clusters | None = None
+        self._mask: torch.Tensor | None = None
+        self.history: list[dict] = []
+        self._plan: list[Job] = []
+        self._last: dict = {"test_accuracy": None, "train_loss": None, "clusterability": None}
+        self._last_eval_step = -1
+        self._checkpoints: list[str] = []
+        if session is not None and checkpoint is not None:
+            self._restore(session, checkpoint)
+        self._subscribers: list[Subscriber] = []
+        self._cv = threading.Condition()
+        self._state = ev.IDLE
+        self._pause = False
+        self._stop = False
+        self._closing = False
+        self._closed = False
+        self._running: Job | None = None
+        # A reopened session's unfinished plan waits for continue_plan(); any other command replaces it.
+        self._held = bool(self._plan)
+        self._snapshot: dict = {}
+        self.metrics = MetricsLog(self.path / METRICS_FILE)
+        if session is None:
+            self._save()
+        self._refresh_snapshot()
+        self._thread = threading.Thread(target=self._loop, name="clusterlab-engine", daemon=True)
+        self._thread.start()
+
+    # ----- opening -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path, config: Config) -> Engine:
+        """Start a new session in `path`; refuses a path that already holds anything."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise SessionError(f"{path} already exists; open it to continue, or choose another session name.")
+        resolve_device(config.device)
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            return cls(path, config, None, None)
+        except BaseException:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+            raise
+
+    @classmethod
+    def open(cls, path: str | Path) -> Engine:
+        """Open an existing session exactly where it was last saved."""
+        path = Path(path)
+        session = read_session(path)
+        try:
+            config = Config.from_dict(session["config"])
+        except (ConfigError, TypeError) as exc:
+            raise SessionError(f"{path / SESSION_FILE} has an invalid config: {exc}") from None
+        checkpoint = load_checkpoint(path / str(session["checkpoint"]))
+        try:
+            return cls(path, config, session, checkpoint)
+        except ClusterlabError as exc:
+            if isinstance(exc, SessionError):
+                raise
+            raise SessionError(f"Session {path} cannot be opened: {exc}") from None
+
+    def _restore(self, session: dict, checkpoint: dict) -> None:
+        try:
+            self.trainer.load_state_dict(checkpoint["trainer"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise SessionError(
+                f"{self.path / session['checkpoint']} does not match the session's model ({exc})."
+            ) from None
+        if int(session["step"]) != self.trainer.step:
+            raise SessionError(f"{self.path / SESSION_FILE} and its checkpoint disagree on the step.")
+        if session.get("clusters"):
+            self._set_clusters(Clusters.from_dict(session["clusters"]))
+        self.history = list(session["history"])
+        self._plan = [Job(**job) for job in session["plan"]]
+        self._last.update(session.get("last", {}))
+        self._checkpoints = [session["checkpoint"]]
+        trim_metrics(self.path / METRICS_FILE, self.trainer.step)
+
+    # ----- commands (any thread; all return at once) ----------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber) -> None:
+        with self._cv:
+            self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Subscriber) -> None:
+        with self._cv:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+    def train(self, epochs: int | None = None, steps: int | None = None) -> None:
+        """Queue pretraining: `steps` optimizer steps, else `epochs` epochs (defaults from the config)."""
+        total = self._count_steps("train", epochs, steps, self.config.epochs, self.config.steps)
+        if total is not None:
+            self._enqueue(Job("pretrain", total=total))
+
+    def cluster(self, k: int | None = None, source: str | None = None) -> None:
+        """Queue co-clustering of the studied layer on 'weights' or 'gradients'."""
+        k = self.config.k if k is None else k
+        source = self.config.cluster_on if source is None else source
+        try:
+            check_k(k, self.config.layer_shape)
+            check_source(source)
+        except ConfigError as exc:
+            self._refuse("cluster", str(exc))
+            return
+        self._enqueue(Job("cluster", k=k, source=source))
+
+    def finetune(self, epochs: int | None = None, lam: float | None = None) -> None:
+        """Queue regularised finetuning (loss = CE - lam * clusterability) with the clusters held fixed."""
+        lam = self.config.lam if lam is None else lam
+        try:
+            check_lam(lam)
+        except ConfigError as exc:
+            self._refuse("finetune", str(exc))
+            return
+        total = self._count_steps("finetune", epochs, None, self.config.finetune_epochs, None)
+        if total is None:
+            return
+        with self._cv:
+            clusters_coming = self.clusters is not None or any(j.kind == "cluster" for j in self._plan)
+        if not clusters_coming:
+            self._refuse("finetune", "Finetuning needs clusters: cluster the layer first.")
+            return
+        self._enqueue(Job("finetune", total=total, lam=float(lam)))
+
+    def continue_plan(self, epochs: int | None = None, steps: int | None = None) -> None:
+        """Run the saved, unfinished plan; with epochs/steps, first extend its current training phase."""
+        extra = None if epochs is None and steps is None else self._count_steps("train", epochs, steps, 0, None)
+        with self._cv:
+            self._held = False
+            self._cv.notify_all()
+            if not extra:
+                return
+            training = [j for j in self._plan if j.kind in ("pretrain", "finetune")]
+            if self._plan and self._plan[0] in training:
+                self._plan[0].total += extra
+            else:
+                phase = "finetune" if self.clusters is not None and self._finetuned() else "pretrain"
+                lam = self.config.lam if phase == "finetune" else None
+                self._plan.insert(0, Job(phase, total=extra, lam=lam))
+                if phase == "pretrain" and self.clusters is not None and not any(
+                    j.kind == "cluster" for j in self._plan
+                ):
+                    # More pretraining makes the held clusters stale: find them again afterwards.
+                    self._plan.insert(1, Job("cluster", k=self.clusters.k, source=self.clusters.source))
+            self._cv.notify_all()
+
+    def plan_default(self) -> None:
+        """Queue the whole default plan of the config: pretrain, cluster, finetune (if any epochs)."""
+        self.train()
+        self.cluster()
+        if self.config.finetune_epochs > 0:
+            self.finetune()
+
+    def pause(self) -> None:
+        with self._cv:
+            self._pause = True
+
+    def resume(self) -> None:
+        with self._cv:
+            self._pause = False
+            self._cv.notify_all()
+
+    def stop(self) -> None:
+        """End the running job at the next step boundary and drop the queued ones."""
+        with self._cv:
+            self._plan = [self._running] if self._running else []
+            self._stop = self._running is not None
+            self._held = False
+            self._pause = False
+            self._cv.notify_all()
+
+    def save(self) -> None:
+        self._enqueue(Job("save"))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until idle with nothing queued (True), or until `timeout` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while not self._closed and self._busy():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cv.wait(remaining)
+            return True
+
+    def _busy(self) -> bool:
+        return bool((self._plan and not self._held) or self._running or self._state not in (ev.IDLE, ev.CLOSED))
+
+    def snapshot(self) -> dict:
+        """The session's current figures, with the same keys as `clusterlab run --json`.
+
+        Step and state are live; the figures are those of the last evaluation, job end or save.
+        """
+        with self._cv:
+            snap = dict(self._snapshot)
+            snap["state"] = self._state
+            snap["step"], snap["epoch"] = self.trainer.step, self.trainer.epoch
+            snap["plan"] = [j.to_dict() for j in self._plan]
+            return snap
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop at the next step boundary (an unfinished job stays in the plan), save, join the thread."""
+        with self._cv:
+            if self._closed:
+                return
+            self._closing = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+        self.metrics.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----- engine thread -------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while (job := self._next_job()) is not None:
+            finished = self._run_job(job)
+            with self._cv:
+                if finished and self._plan and self._plan[0] is job:
+                    self._plan.pop(0)
+                elif not finished and not self._closing:
+                    self._plan.clear()
+                self._stop = False
+                self._running = None
+        self._finish()
+
+    def _next_job(self) -> Job | None:
+        """The next job to run, waiting (idle) for one; None once closing."""
+        with self._cv:
+            waiting = not self._closing and (self._held or not self._plan)
+        if waiting:
+            self._set_state(ev.IDLE)
+        with self._cv:
+            while not self._closing and (self._held or not self._plan):
+                self._cv.wait()
+            if self._closing:
+                return None
+            self._running = self._plan[0]
+            return self._running
+
+    def _run_job(self, job: Job) -> bool:
+        """Run one job; False if it was stopped, interrupted by close, or failed."""
+        try:
+            if job.kind == "save":
+                self._set_state(ev.SAVING)
+                self._save()
+                return True
+            if job.kind == "cluster":
+                self._run_cluster(job)
+                return True
+            return self._run_training(job)
+        except ClusterlabError as exc:
+            self._fail(job.kind, str(exc))
+        except Exception as exc:  # noqa: BLE001 - any failure of a job (OOM, bad data) must leave the engine alive
+            log.debug("job %s failed", job.kind, exc_info=True)
+            self._fail(job.kind, f"{type(exc).__name__}: {exc}")
+        return False
+
+    def _run_training(self, job: Job) -> bool:
+        phase = job.kind
+        mask, lam = None, 0.0
+        if phase == "finetune":
+            if self._mask is None:
+                raise TrainingError("Finetuning needs clusters: cluster the layer first.")
+            mask, lam = self._mask, float(job.lam if job.lam is not None else self.config.lam)
+        state = ev.FINETUNING if phase == "finetune" else ev.TRAINING
+        self._set_state(state)
+        self._log(f"{phase}: steps {job.done + 1}-{job.total} of this job from step {self.trainer.step + 1}")
+        trainer, config = self.trainer, self.config
+        capture = phase == "pretrain"
+        last_report, reported_at_step = time.monotonic(), trainer.step
+        while job.done < job.total:
+            if self._pause or self._stop or self._closing:
+                if not self._hold(state):
+                    self._report(job, last_report, reported_at_step)
+                    return False
+                last_report, reported_at_step = time.monotonic(), trainer.step
+            trainer.train_step(mask, lam, capture)
+            job.done += 1
+            step = trainer.step
+            if step % config.eval_every == 0 or trainer.epoch_done:
+                self._evaluate(phase)
+            now = time.monotonic()
+            if now - last_report >= REPORT_INTERVAL_S or job.done == job.total or step % config.autosave_every == 0:
+                self._report(job, last_report, reported_at_step)
+                last_report, reported_at_step = now, step
+            if step % config.autosave_every == 0 and job.done < job.total:
+                self._save()
+        if self._last_eval_step != trainer.step:
+            self._evaluate(phase)
+        self._finish_phase(phase, job.total)
+        self._save()
+        return True
+
+    def _hold(self, state: str) -> bool:
+        """Wait out a pause; False if the job must end (stop or close)."""
+        with self._cv:
+            paused = self._pause and not (self._stop or self._closing)
+        if paused:
+            self._set_state(ev.PAUSED)
+            with self._cv:
+                while self._pause and not (self._stop or self._closing):
+                    self._cv.wait()
+        with self._cv:
+            go_on = not (self._stop or self._closing)
+        if paused and go_on:
+            self._set_state(state)
+        return go_on
+
+    def _report(self, job: Job, since: float, since_step: int) -> None:
+        loss = self.trainer.take_loss()
+        if loss is None:
+            return
+        if not np.isfinite(loss):
+            raise TrainingError(
+                f"The training loss became {loss} near step {self.trainer.step}, so {job.kind} was stopped; "
+                "try a smaller --lr or --lam."
+            )
+        now = time.monotonic()
+        rate = (self.trainer.step - since_step) / max(now - since, 1e-9)
+        self._last["train_loss"] = loss
+        record = {"type": "train", "phase": job.kind, "step": self.trainer.step, "epoch": self.trainer.epoch,
+                  "loss": loss}
+        self.metrics.append(record)
+        self._emit(ev.Progress(job.kind, self.trainer.step, self.trainer.epoch, loss, job.done, job.total, rate))
+
+    def _evaluate(self, phase: str) -> None:
+        accuracy = self.trainer.evaluate()
+        c = self.trainer.clusterability_of(self._mask) if self._mask is not None else None
+        self._last_eval_step = self.trainer.step
+        self._last.update(test_accuracy=accuracy, clusterability=c)
+        self.metrics.append({"type": "eval", "phase": phase, "step": self.trainer.step, "epoch": self.trainer.epoch,
+                             "test_accuracy": accuracy, "clusterability": c})
+        self._emit(ev.Evaluated(phase, self.trainer.step, self.trainer.epoch, accuracy, c))
+
+    def _run_cluster(self, job: Job) -> None:
+        self._set_state(ev.CLUSTERING)
+        k, source = int(job.k), str(job.source)
+        weight = self.trainer.weight.detach().double().cpu().numpy()
+        started = time.perf_counter()
+        if source == "weights":
+            rows, cols = cocluster(weight, k, seed=self.config.seed)
+        else:
+            if self.trainer.grad_steps == 0:
+                raise TrainingError("No gradients were captured yet: pretrain first, or cluster on weights.")
+            rows, cols = gradient_clusters(self.trainer.grad_sum.cpu().numpy(), weight, k, seed=self.config.seed)
+        clusters = Clusters(k, source, tuple(rows.tolist()), tuple(cols.tolist()))
+        self._set_clusters(clusters)
+        c = self.trainer.clusterability_of(self._mask)
+        chance = chance_level(rows, cols, k)
+        shares = cluster_shares(self.trainer.weight, rows, cols, k)
+        self._last["clusterability"] = c
+        self.metrics.append({"type": "clusters", "step": self.trainer.step, "k": k, "source": source,
+                             "row_sizes": clusters.row_sizes, "col_sizes": clusters.col_sizes,
+                             "shares": shares, "clusterability": c, "chance": chance})
+        self._log(f"clusters (k={k}, {source}) in {time.perf_counter() - started:.3f} s: "
+                  f"clusterability {c:.3f} vs chance {chance:.3f}")
+        self._emit(ev.ClustersFound(self.trainer.step, k, source, tuple(clusters.row_sizes),
+                                    tuple(clusters.col_sizes), tuple(shares), c, chance))
+        self._finish_phase("cluster", 0)
+        self._save()
+
+    def _set_clusters(self, clusters: Clusters) -> None:
+        self.clusters = clusters
+        self._mask = block_mask(clusters.row_labels, clusters.col_labels, self.device)
+
+    def _finish_phase(self, phase: str, steps: int) -> None:
+        entry = {"phase": phase, "step": self.trainer.step, "steps": steps,
+                 "test_accuracy": self._last["test_accuracy"], "clusterability": self._last["clusterability"]}
+        self.history.append(entry)
+        self.metrics.append({"type": "phase", **entry})
+        self._emit(ev.PhaseFinished(**entry))
+
+    def _fail(self, job: str, message: str) -> None:
+        self._log(message, "error")
+        self._emit(ev.Failed(job, message))
+        if job in ("pretrain", "finetune"):
+            self._roll_back()
+
+    def _roll_back(self) -> None:
+        """After a failed training job, return to the last saved state so nothing bad is saved over it."""
+        if not self._checkpoints:
+            return
+        try:
+            state = load_checkpoint(self.path / self._checkpoints[-1])
+            self.trainer.load_state_dict(state["trainer"])
+            session = read_session(self.path)
+        except ClusterlabError as exc:
+            self._log(f"could not return to the last save: {exc}", "error")
+            return
+        self.metrics.sync()
+        trim_metrics(self.path / METRICS_FILE, self.trainer.step)
+        self.metrics.close()
+        self.metrics = MetricsLog(self.path / METRICS_FILE)
+        self.history = list(session["history"])
+        self._clusters_from(session)
+        self._last.update(session.get("last", {}))
+        self._log(f"returned to the last save (step {self.trainer.step})")
+        self._refresh_snapshot()
+
+    def _clusters_from(self, session: dict) -> None:
+        if session.get("clusters"):
+            self._set_clusters(Clusters.from_dict(session["clusters"]))
+        else:
+            self.clusters, self._mask = None, None
+
+    def _finish(self) -> None:
+        """Final save on close; the unfinished job (if any) stays in the plan for a later resume."""
+        try:
+            self._save()
+        except Exception as exc:  # noqa: BLE001 - report, but closing must complete
+            self._emit(ev.Failed("save", f"final save failed: {exc}"))
+        self._set_state(ev.CLOSED)
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def _save(self) -> None:
+        self.metrics.sync()
+        name = write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
+        with self._cv:
+            plan = [j.to_dict() for j in self._plan if j.kind != "save"]
+        session = {
+            "format_version": FORMAT_VERSION,
+            "name": self.path.name,
+            "saved_at": now_iso(),
+            "config": self.config.to_dict(),
+            "phase": self._phase(),
+            "step": self.trainer.step,
+            "epoch": self.trainer.epoch,
+            "checkpoint": name,
+            "plan": plan,
+            "clusters": self.clusters.to_dict() if self.clusters else None,
+            "history": self.history,
+            "last": self._last,
+            "device": str(self.device),
+            "versions": versions(),
+        }
+        write_json(self.path / SESSION_FILE, session)
+        if not self._checkpoints or self._checkpoints[-1] != name:
+            self._checkpoints = (self._checkpoints + [name])[-2:]
+        prune_checkpoints(self.path, set(self._checkpoints))
+        self._refresh_snapshot()
+        self._emit(ev.Saved(self.trainer.step, str(self.path)))
+
+    def _phase(self) -> str:
+        with self._cv:
+            if self._plan and self._plan[0].kind != "save":
+                return self._plan[0].kind
+        return self.history[-1]["phase"] if self.history else "new"
+
+    def _refresh_snapshot(self) -> None:
+        clusters = None
+        if self.clusters is not None:
+            rows, cols = self.clusters.row_labels, self.clusters.col_labels
+            clusters = {"k": self.clusters.k, "source": self.clusters.source,
+                        "row_sizes": self.clusters.row_sizes, "col_sizes": self.clusters.col_sizes,
+                        "shares": cluster_shares(self.trainer.weight, rows, cols, self.clusters.k)}
+        chance = (chance_level(self.clusters.row_labels, self.clusters.col_labels, self.clusters.k)
+                  if self.clusters else None)
+        snap = {
+            "session": str(self.path),
+            "dataset": self.config.dataset,
+            "device": str(self.device),
+            "phase": self._phase(),
+            "step": self.trainer.step,
+            "epoch": self.trainer.epoch,
+            "test_accuracy": self._last["test_accuracy"],
+            "train_loss": self._last["train_loss"],
+            "clusterability": (self.trainer.clusterability_of(self._mask) if self._mask is not None else None),
+            "clusterability_chance": chance,
+            "clusters": clusters,
+            "params_sha256": params_sha256(self.trainer.model),
+            "history": list(self.history),
+            "config": self.config.to_dict(),
+        }
+        with self._cv:
+            self._snapshot = snap
+
+    def _set_state(self, state: str) -> None:
+        with self._cv:
+            previous, self._state = self._state, state
+            self._cv.notify_all()
+        if state != previous:
+            self._emit(ev.StateChanged(state, previous))
+
+    def _refuse(self, job: str, message: str) -> None:
+        """A command that makes no sense now: a failure event, never an exception on the caller's thread."""
+        self._emit(ev.Failed(job, message))
+
+    def _log(self, message: str, level: str = "info") -> None:
+        self._emit(ev.LogLine(level, message))
+
+    def _emit(self, event: ev.Event) -> None:
+        with self._cv:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception:  # noqa: BLE001 - a broken subscriber must not kill the engine
+                log.exception("subscriber %r raised on %s", callback, type(event).__name__)
+
+    def _enqueue(self, job: Job) -> None:
+        with self._cv:
+            if self._closing:
+                return
+            if self._held:
+                self._plan.clear()
+                self._held = False
+            self._plan.append(job)
+            self._cv.notify_all()
+
+    def _count_steps(self, job: str, epochs, steps, default_epochs, default_steps) -> int | None:
+        try:
+            if steps is not None:
+                _check_count("--steps", steps)
+                return int(steps)
+            if epochs is not None:
+                _check_count("--epochs", epochs)
+                return int(epochs) * self.trainer.steps_per_epoch
+        except ConfigError as exc:
+            self._refuse(job, str(exc))
+            return None
+        if default_steps is not None:
+            return int(default_steps)
+        return int(default_epochs) * self.trainer.steps_per_epoch
+
+    def _finetuned(self) -> bool:
+        return any(h["phase"] == "finetune" for h in self.history)
+
+
+def _check_count(flag: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{flag} must be a whole number of 0 or more, not {value!r}.")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto.")
+    return torch.device(name)
+
+
+def params_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's name and float32 bytes, in order: equal hashes mean equal models."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "platform": sys.platform}
+

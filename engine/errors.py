@@ -1,0 +1,21 @@
+"""Errors that carry one sentence for the user: what is wrong and what to do."""
+
+
+class ClusterlabError(Exception):
+    """A problem the user can fix; its message is shown as is, without a traceback."""
+
+
+class ConfigError(ClusterlabError, ValueError):
+    """A setting (CLI flag, config field, form value) is invalid."""
+
+
+class DataError(ClusterlabError):
+    """A dataset could not be found or read."""
+
+
+class SessionError(ClusterlabError):
+    """A session directory is missing, invalid, corrupt or from a newer version."""
+
+
+class TrainingError(ClusterlabError):
+    """A job could not go on (the loss became NaN or infinite, a command made no sense)."""
