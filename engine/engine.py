@@ -31,6 +31,7 @@ from engine.session import (
     load_checkpoint,
     now_iso,
     prune_checkpoints,
+    read_metrics,
     read_session,
     trim_metrics,
     write_checkpoint,
@@ -271,6 +272,16 @@ class Engine:
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def metrics_history(self) -> list[dict]:
+        """The session's metrics log as records ("train", "eval", "clusters", "phase"), to rebuild charts."""
+        with self._cv:
+            self.metrics.flush()
+            return read_metrics(self.path / METRICS_FILE)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop at the next step boundary (an unfinished job stays in the plan), save, join the thread."""

@@ -137,6 +137,10 @@ class MetricsLog:
     def append(self, record: dict) -> None:
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
 
+    def flush(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+
     def sync(self) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
