@@ -37,6 +37,9 @@ CONFIG_FLAGS: list[tuple[str, str, type, str]] = [
 ]
 
 
+_METAVARS = {"dataset": "NAME", "data_dir": "PATH", "hidden": "W,W", "cluster_on": "SOURCE", "device": "DEVICE"}
+
+
 class UsageError(ClusterlabError):
     """Bad command-line input."""
 
@@ -88,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("experiment settings")
     for flag, dest, kind, help_text in CONFIG_FLAGS:
-        group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+        metavar = _METAVARS.get(dest, {int: "N", float: "X"}.get(kind, dest.upper()))
+        group.add_argument(flag, dest=dest, type=kind, default=None, metavar=metavar, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -175,12 +179,13 @@ COMMANDS = {"tui": cmd_tui, "run": cmd_run, "resume": cmd_resume, "sessions": cm
 
 def _drive(engine, name: str, as_json: bool) -> int:
     """Show progress until the engine is idle; Ctrl-C (or SIGTERM) stops resumably."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     failures: list[ev.Failed] = []
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=as_json,
-                        disable=not sys.stderr.isatty(), console=None)
+                        console=Console(stderr=True), disable=not sys.stderr.isatty())
     tasks: dict[str, int] = {}
 
     def on_event(event: ev.Event) -> None:
@@ -189,7 +194,7 @@ def _drive(engine, name: str, as_json: bool) -> int:
                 tasks[event.phase] = progress.add_task(event.phase, total=event.job_total, info="")
             progress.update(tasks[event.phase], completed=event.job_step, total=event.job_total,
                             info=f"loss {event.loss:.4f}  {event.steps_per_s:,.0f} steps/s")
-        elif isinstance(event, ev.ClustersFound):
+        elif isinstance(event, ev.ClustersFound) and not as_json:
             progress.console.print(f"clusters: k={event.k} on {event.source}, clusterability "
                                    f"{event.clusterability:.4f} (chance {event.chance:.4f})")
         elif isinstance(event, ev.Failed):

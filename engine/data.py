@@ -109,7 +109,7 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path} is not an IDX file of unsigned bytes; re-download it or fix --data-dir.")
     ndim = data[3]
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    body = np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {body.size}.")
     return body.reshape(dims)
