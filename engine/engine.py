@@ -59,6 +59,9 @@ class Job:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
+JOB_KINDS = ("pretrain", "finetune", "cluster", "save")
+
+
 class Engine:
     """A clustering experiment session driven by commands that return at once."""
 
@@ -136,13 +139,27 @@ class Engine:
             raise SessionError(
                 f"{self.path / session['checkpoint']} does not match the session's model ({exc})."
             ) from None
-        if int(session["step"]) != self.trainer.step:
+        try:  # valid JSON of the wrong shape is as corrupt as broken JSON: one clear error, not a traceback
+            step = int(session["step"])
+            clusters = Clusters.from_dict(session["clusters"]) if session.get("clusters") else None
+            if clusters is not None:
+                _check_clusters(clusters, tuple(self.trainer.weight.shape))
+            history = [dict(entry) for entry in session["history"]]
+            plan = [Job(**job) for job in session["plan"]]
+            if any(job.kind not in JOB_KINDS for job in plan):
+                raise ValueError(f"unknown job kind in plan {[job.kind for job in plan]}")
+            last = dict(session.get("last") or {})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SessionError(
+                f"{self.path / SESSION_FILE} is corrupt ({type(exc).__name__}: {exc}); the session cannot be opened."
+            ) from None
+        if step != self.trainer.step:
             raise SessionError(f"{self.path / SESSION_FILE} and its checkpoint disagree on the step.")
-        if session.get("clusters"):
-            self._set_clusters(Clusters.from_dict(session["clusters"]))
-        self.history = list(session["history"])
-        self._plan = [Job(**job) for job in session["plan"]]
-        self._last.update(session.get("last", {}))
+        if clusters is not None:
+            self._set_clusters(clusters)
+        self.history = history
+        self._plan = plan
+        self._last.update(last)
         self._checkpoints = [session["checkpoint"]]
         trim_metrics(self.path / METRICS_FILE, self.trainer.step)
 
@@ -616,6 +633,13 @@ class Engine:
 
     def _finetuned(self) -> bool:
         return any(h["phase"] == "finetune" for h in self.history)
+
+
+def _check_clusters(clusters: Clusters, shape: tuple[int, int]) -> None:
+    """Saved clusters must label every unit of the studied layer with one of k clusters."""
+    rows, cols = clusters.row_labels, clusters.col_labels
+    if (len(rows), len(cols)) != shape or not all(0 <= v < clusters.k for v in rows + cols):
+        raise ValueError(f"its clusters do not fit the studied layer of shape {shape[0]}x{shape[1]}")
 
 
 def _check_count(flag: str, value) -> None:

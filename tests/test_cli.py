@@ -1,0 +1,121 @@
+"""The clusterlab command: every bad input is one line on stderr and exit code 2; results are reproducible."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine.cli import main
+from tests.conftest import REPO, run_cli
+
+FAST = ["--dataset", "synthetic", "--hidden", "16,16", "--device", "cpu"]
+
+
+def one_line_error(capsys, argv) -> str:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("clusterlab: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--k", "1"], ["--k"]),
+        (["--k", "17"], ["--k", "16"]),
+        (["--lam", "-1"], ["--lam"]),
+        (["--lam", "nan"], ["--lam"]),
+        (["--lam", "inf"], ["--lam"]),
+        (["--lr", "0"], ["--lr"]),
+        (["--lr", "-0.1"], ["--lr"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+        (["--epochs", "-1"], ["--epochs"]),
+        (["--steps", "-5"], ["--steps"]),
+        (["--finetune-epochs", "-1"], ["--finetune-epochs"]),
+        (["--dataset", "cifar"], ["--dataset"]),
+        (["--hidden", "128"], ["--hidden"]),
+        (["--hidden", "a,b"], ["--hidden"]),
+        (["--hidden", "128,0"], ["--hidden"]),
+        (["--k", "two"], ["--k"]),
+        (["--frobnicate"], ["--frobnicate"]),
+    ],
+)
+def test_bad_run_input(capsys, sessions, args, words):
+    argv = ["run", "--dataset", "synthetic", "--hidden", "16,16", "--device", "cpu", *args]
+    line = one_line_error(capsys, argv)
+    for word in words:
+        assert word in line
+    assert list(sessions.iterdir()) == []  # nothing was created
+
+
+@pytest.mark.parametrize("argv", [["resume", "x", "--steps", "-1"], ["resume", "x", "--epochs", "-2"],
+                                  ["bogus-command"], ["sessions", "--frobnicate"]])
+def test_bad_other_input(capsys, sessions, argv):
+    one_line_error(capsys, argv)
+
+
+def test_missing_mnist_data_dir(capsys, sessions, tmp_path):
+    line = one_line_error(capsys, ["run", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"),
+                                   "--device", "cpu", "--session", "m"])
+    assert "--data-dir" in line and "digits" in line
+    assert not (sessions / "m").exists()
+
+
+def test_existing_session_name_is_refused(capsys, sessions):
+    (sessions / "taken").mkdir()
+    (sessions / "taken" / "keep.txt").write_text("mine")
+    line = one_line_error(capsys, ["run", *FAST, "--session", "taken"])
+    assert "taken" in line
+    assert [p.name for p in (sessions / "taken").iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "n" * 65])
+def test_path_traversal_in_session_names(capsys, sessions, name):
+    one_line_error(capsys, ["run", *FAST, "--session", name])
+    one_line_error(capsys, ["resume", name])
+    assert list(sessions.iterdir()) == []
+    assert not (sessions.parent / "x").exists()
+
+
+def test_import_engine_does_not_import_textual():
+    code = "import sys, engine, engine.engine, engine.cli; print('textual' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_same_flags_give_the_same_parameters(sessions):
+    flags = ["run", "--dataset", "synthetic", "--steps", "100", "--finetune-epochs", "1", "--device", "cpu"]
+    first = json.loads(run_cli(*flags, "--session", "a", "--json", env_sessions=sessions).stdout)
+    second = json.loads(run_cli(*flags, "--session", "b", "--json", env_sessions=sessions).stdout)
+    assert first["params_sha256"] == second["params_sha256"]
+    assert first["step"] == second["step"] == 164
+    assert [h["phase"] for h in first["history"]] == ["pretrain", "cluster", "finetune"]
+    assert first["history"] == second["history"]
+
+
+def test_diverging_loss_stops_with_a_clear_message(sessions):
+    proc = run_cli("run", *FAST, "--steps", "200", "--finetune-epochs", "0", "--lr", "1e30", "--session", "nan",
+                   "--json", env_sessions=sessions, check_rc=1)
+    assert "Traceback" not in proc.stderr
+    assert "loss became" in proc.stderr and "--lr" in proc.stderr
+    result = json.loads(proc.stdout)  # stdout stays one JSON object
+    assert [h["phase"] for h in result["history"]] == []  # the failed phase left no history entry
+    assert result["step"] < 200
+
+
+def test_sessions_lists_sessions_as_json(capsys, sessions):
+    assert main(["run", *FAST, "--steps", "10", "--finetune-epochs", "0", "--session", "listed"]) == 0
+    capsys.readouterr()
+    assert main(["sessions", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["listed"]
+    assert rows[0]["dataset"] == "synthetic" and rows[0]["step"] == 10
+    assert 0.0 <= rows[0]["clusterability"] <= 1.0

@@ -1,0 +1,211 @@
+"""Sessions on disk: exact resumption in fresh processes, listing, and clear refusals of bad sessions."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import Engine, SessionError
+from engine import events as ev
+from engine.cli import main
+from engine.session import load_checkpoint, read_metrics
+from tests.conftest import run_json, small_config
+
+
+def test_resume_mid_epoch_in_a_fresh_process_is_exact(sessions):
+    flags = ["--dataset", "synthetic", "--finetune-epochs", "0", "--device", "cpu"]
+    whole = run_json("run", *flags, "--steps", "300", "--session", "whole", env_sessions=sessions)
+    half = run_json("run", *flags, "--steps", "150", "--session", "half", env_sessions=sessions)
+    assert half["step"] == 150 and half["epoch"] == 2  # 64 steps per epoch: 150 is mid-epoch
+    resumed = run_json("resume", "half", "--steps", "150", env_sessions=sessions)
+    assert resumed["step"] == whole["step"] == 300
+    assert resumed["params_sha256"] == whole["params_sha256"]
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    # more pretraining made the clusters stale: they were found again, on the same weights
+    assert resumed["clusters"] == whole["clusters"]
+    assert resumed["clusterability"] == whole["clusterability"]
+
+
+@pytest.fixture
+def template(sessions) -> Path:
+    """A small, valid, closed session (pretrained and clustered) to copy and break."""
+    engine = Engine.create(sessions / "good", small_config(steps=20))
+    engine.train()
+    engine.cluster()
+    assert engine.wait(30)
+    engine.close()
+    return sessions / "good"
+
+
+def contents(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def refuse(capsys, name: str, directory: Path, names: str) -> str:
+    """`resume NAME` fails with one line naming `names`, exit code 2, and leaves the directory as it was."""
+    before = contents(directory)
+    rc = main(["resume", name])
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and names in lines[0], err
+    assert contents(directory) == before
+    return lines[0]
+
+
+def checkpoint_of(directory: Path) -> Path:
+    return directory / json.loads((directory / "session.json").read_text())["checkpoint"]
+
+
+def test_listing_names_good_and_broken_sessions(capsys, template, sessions):
+    (sessions / "junk").mkdir()
+    assert main(["sessions", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"good", "junk"}
+    assert rows["good"]["step"] == 20 and rows["good"]["phase"] == "cluster"
+    assert "session.json" in rows["junk"]["error"]
+
+
+def test_run_refuses_an_existing_session(capsys, template):
+    before = contents(template)
+    assert main(["run", "--dataset", "synthetic", "--session", "good"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert contents(template) == before
+
+
+def test_a_directory_that_is_not_a_session(capsys, sessions):
+    (sessions / "plain").mkdir()
+    (sessions / "plain" / "notes.txt").write_text("hello")
+    refuse(capsys, "plain", sessions / "plain", "session.json")
+
+
+def test_missing_session(capsys, sessions):
+    assert main(["resume", "nothing-here"]) == 2
+    assert "nothing-here" in capsys.readouterr().err
+
+
+def test_corrupt_session_json(capsys, template):
+    (template / "session.json").write_text('{"format_version": 1, "config": ')
+    refuse(capsys, "good", template, str(template / "session.json"))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("plan", [{"kind": "pretrain", "bogus": 1}]),
+        ("plan", [{"kind": "explode"}]),
+        ("plan", 5),
+        ("clusters", {"k": 2}),
+        ("clusters", {"k": 2, "source": "weights", "row_labels": [0, 1], "col_labels": [1, 0]}),
+        ("step", "x"),
+        ("history", 5),
+        ("config", {"hidden": "zz"}),
+    ],
+)
+def test_session_json_of_the_wrong_shape(capsys, template, field, value):
+    data = json.loads((template / "session.json").read_text())
+    data[field] = value
+    (template / "session.json").write_text(json.dumps(data))
+    refuse(capsys, "good", template, str(template / "session.json"))
+
+
+def test_truncated_checkpoint(capsys, template):
+    path = checkpoint_of(template)
+    path.write_bytes(path.read_bytes()[:200])
+    line = refuse(capsys, "good", template, str(path))
+    assert "corrupt" in line or "truncated" in line
+
+
+def test_newer_format_version(capsys, template):
+    data = json.loads((template / "session.json").read_text())
+    data["format_version"] = 99
+    (template / "session.json").write_text(json.dumps(data))
+    line = refuse(capsys, "good", template, str(template / "session.json"))
+    assert "upgrade" in line
+
+
+def test_session_whose_dataset_is_unavailable(capsys, template, tmp_path):
+    data = json.loads((template / "session.json").read_text())
+    data["config"].update(dataset="mnist", data_dir=str(tmp_path / "no-mnist-here"))
+    (template / "session.json").write_text(json.dumps(data))
+    line = refuse(capsys, "good", template, str(template))
+    assert "--data-dir" in line
+
+
+class RunsCode:
+    """Unpickling this would run code: it writes a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(capsys, template, tmp_path):
+    marker = tmp_path / "pwned"
+    path = checkpoint_of(template)
+    torch.save({"trainer": RunsCode(marker)}, path)
+    with pytest.raises(SessionError, match="refused"):
+        load_checkpoint(path)
+    line = refuse(capsys, "good", template, str(path))
+    assert "refused" in line
+    assert not marker.exists()
+
+
+def test_torn_line_and_records_after_the_checkpoint_are_dropped_on_open(template):
+    log = template / "metrics.jsonl"
+    good = read_metrics(log)
+    assert good and max(r["step"] for r in good) == 20
+    with open(log, "a") as f:
+        f.write(json.dumps({"type": "train", "phase": "pretrain", "step": 25, "loss": 1.0}) + "\n")
+        f.write('{"type": "train", "phase": "pretrain", "st')  # torn by a crash
+    engine = Engine.open(template)
+    try:
+        assert engine.metrics_history() == good
+        assert engine.snapshot()["step"] == 20
+        engine.train(steps=5)
+        assert engine.wait(30)
+        steps = [r["step"] for r in engine.metrics_history() if r["type"] == "train"]
+        assert steps.count(25) == 1 and len(steps) == len(set(steps))
+    finally:
+        engine.close()
+    assert all(json.loads(line) for line in log.read_text().splitlines())
+
+
+def test_open_continues_the_saved_plan_exactly(sessions):
+    reference = Engine.create(sessions / "ref", small_config(steps=60, eval_every=30))
+    reference.train()
+    assert reference.wait(30)
+    reference.close()
+    # a session closed halfway through its plan continues it where it stopped
+    partial = Engine.create(sessions / "partial", small_config(steps=60, eval_every=30))
+    paused = threading.Event()
+
+    def pause_at_step_30(event):
+        if isinstance(event, ev.Evaluated) and event.step == 30:
+            partial.pause()
+        if isinstance(event, ev.StateChanged) and event.state == ev.PAUSED:
+            paused.set()
+
+    partial.subscribe(pause_at_step_30)
+    partial.train()
+    assert paused.wait(30)
+    partial.close()
+    reopened = Engine.open(sessions / "partial")
+    try:
+        assert reopened.snapshot()["step"] == 30
+        assert reopened.snapshot()["plan"] == [{"kind": "pretrain", "total": 60, "done": 30}]
+        assert reopened.wait(0.1) is True  # the saved plan waits for continue_plan()
+        reopened.continue_plan()
+        assert reopened.wait(30)
+        assert reopened.snapshot()["step"] == 60
+        assert reopened.snapshot()["params_sha256"] == reference.snapshot()["params_sha256"]
+    finally:
+        reopened.close()
