@@ -282,7 +282,7 @@ class Engine:
         with self._cv:
             snap = dict(self._snapshot)
             snap["state"] = self._state
-            snap["step"], snap["epoch"] = self.trainer.step, self.trainer.epoch
+            snap["step"], snap["epoch"] = self.trainer.step, self._epochs_done()
             snap["plan"] = [j.to_dict() for j in self._plan]
             return snap
 
@@ -425,19 +425,19 @@ class Engine:
         now = time.monotonic()
         rate = (self.trainer.step - since_step) / max(now - since, 1e-9)
         self._last["train_loss"] = loss
-        record = {"type": "train", "phase": job.kind, "step": self.trainer.step, "epoch": self.trainer.epoch,
+        record = {"type": "train", "phase": job.kind, "step": self.trainer.step, "epoch": self._epochs_done(),
                   "loss": loss}
         self.metrics.append(record)
-        self._emit(ev.Progress(job.kind, self.trainer.step, self.trainer.epoch, loss, job.done, job.total, rate))
+        self._emit(ev.Progress(job.kind, self.trainer.step, self._epochs_done(), loss, job.done, job.total, rate))
 
     def _evaluate(self, phase: str) -> None:
         accuracy = self.trainer.evaluate()
         c = self.trainer.clusterability_of(self._mask) if self._mask is not None else None
         self._last_eval_step = self.trainer.step
         self._last.update(test_accuracy=accuracy, clusterability=c)
-        self.metrics.append({"type": "eval", "phase": phase, "step": self.trainer.step, "epoch": self.trainer.epoch,
+        self.metrics.append({"type": "eval", "phase": phase, "step": self.trainer.step, "epoch": self._epochs_done(),
                              "test_accuracy": accuracy, "clusterability": c})
-        self._emit(ev.Evaluated(phase, self.trainer.step, self.trainer.epoch, accuracy, c))
+        self._emit(ev.Evaluated(phase, self.trainer.step, self._epochs_done(), accuracy, c))
 
     def _run_cluster(self, job: Job) -> None:
         self._set_state(ev.CLUSTERING)
@@ -533,7 +533,7 @@ class Engine:
             "config": self.config.to_dict(),
             "phase": self._phase(),
             "step": self.trainer.step,
-            "epoch": self.trainer.epoch,
+            "epoch": self._epochs_done(),
             "checkpoint": name,
             "plan": plan,
             "clusters": self.clusters.to_dict() if self.clusters else None,
@@ -570,7 +570,7 @@ class Engine:
             "device": str(self.device),
             "phase": self._phase(),
             "step": self.trainer.step,
-            "epoch": self.trainer.epoch,
+            "epoch": self._epochs_done(),
             "test_accuracy": self._last["test_accuracy"],
             "train_loss": self._last["train_loss"],
             "clusterability": (self.trainer.clusterability_of(self._mask) if self._mask is not None else None),
@@ -630,6 +630,10 @@ class Engine:
         if default_steps is not None:
             return int(default_steps)
         return int(default_epochs) * self.trainer.steps_per_epoch
+
+    def _epochs_done(self) -> int:
+        """Completed passes over the training set (the trainer counts the epoch it is in)."""
+        return self.trainer.epoch + int(self.trainer.epoch_done)
 
     def _finetuned(self) -> bool:
         return any(h["phase"] == "finetune" for h in self.history)

@@ -116,7 +116,7 @@ def read_session(directory: Path) -> dict:
     if not isinstance(data, dict) or "format_version" not in data:
         raise SessionError(f"{path} is not a clusterlab session file (no format_version).")
     version = data["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise SessionError(
             f"{path} has format version {version!r}, newer than this clusterlab understands ({FORMAT_VERSION});"
             " upgrade clusterlab to open it."
@@ -124,6 +124,8 @@ def read_session(directory: Path) -> dict:
     missing = [key for key in ("config", "checkpoint", "step", "plan", "history") if key not in data]
     if missing:
         raise SessionError(f"{path} lacks required field(s) {', '.join(missing)}; the session cannot be opened.")
+    if not isinstance(data["checkpoint"], str) or not _CHECKPOINT.fullmatch(data["checkpoint"]):
+        raise SessionError(f"{path} names an invalid checkpoint file {data['checkpoint']!r}.")
     return data
 
 
