@@ -104,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
+        if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+            argv = ["tui", *argv]  # `clusterlab --dataset ...` means `clusterlab tui --dataset ...`
         args = parser.parse_args(argv)
         command = args.command or "tui"
         if command == "tui" and args.command is None:
@@ -196,10 +198,10 @@ def _drive(engine, name: str, as_json: bool) -> int:
                             info=f"loss {event.loss:.4f}  {event.steps_per_s:,.0f} steps/s")
         elif isinstance(event, ev.ClustersFound) and not as_json:
             progress.console.print(f"clusters: k={event.k} on {event.source}, clusterability "
-                                   f"{event.clusterability:.4f} (chance {event.chance:.4f})")
+                                   f"{event.clusterability:.4f} (chance {event.chance:.4f})", soft_wrap=True)
         elif isinstance(event, ev.Failed):
             failures.append(event)
-            progress.console.print(f"[red]{event.job} failed: {event.message}[/red]")
+            progress.console.print(f"[red]{event.job} failed: {event.message}[/red]", soft_wrap=True)
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     engine.subscribe(on_event)

@@ -334,6 +334,8 @@ class Engine:
         """The next job to run, waiting (idle) for one; None once closing."""
         with self._cv:
             waiting = not self._closing and (self._held or not self._plan)
+            if waiting:
+                self._pause = False  # a pause is for the running job; it must not hold up the next one
         if waiting:
             self._set_state(ev.IDLE)
         with self._cv:

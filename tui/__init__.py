@@ -1,0 +1,1 @@
+"""clusterlab's terminal UI: a Textual app that drives the headless engine."""

@@ -1,0 +1,1 @@
+"""The panes of the clusterlab UI: control, charts, cluster table and engine log."""

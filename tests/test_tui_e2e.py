@@ -1,0 +1,88 @@
+"""End to end: the real `clusterlab` command in tmux at 80x24, driven by keys, checked on the captured screen."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+TMUX = shutil.which("tmux")
+pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+CLUSTER_ROW = re.compile(r"^\s*\d+\s+\d+\s+\d+\s+\d\.\d{4}\s*$")
+
+
+def clusterlab_command() -> list[str]:
+    script = Path(sys.executable).with_name("clusterlab")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("clusterlab")
+    return [found] if found else [sys.executable, "-m", "engine.cli"]
+
+
+class Tmux:
+    """One detached tmux session running a command; keys in, screen text out."""
+
+    def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
+        self.name = f"clusterlab-test-{uuid.uuid4().hex[:8]}"
+        env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+        subprocess.run([TMUX, "new-session", "-d", "-s", self.name, "-x", "80", "-y", "24", "-c", str(cwd),
+                        *env_args, command], check=True)
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run([TMUX, "send-keys", "-t", self.name, *keys], check=True)
+
+    def screen(self) -> str:
+        result = subprocess.run([TMUX, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True)
+        return result.stdout
+
+    def wait_for(self, condition, what: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.screen()
+            if condition(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; screen:\n{text}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        subprocess.run([TMUX, "kill-session", "-t", self.name], capture_output=True)
+
+
+def cluster_rows(screen: str) -> int:
+    """Rows of the cluster table: the right-hand pane's lines that read 'n rows cols share'."""
+    return sum(1 for line in screen.splitlines() if CLUSTER_ROW.match(line.split("▕")[-1]))
+
+
+def test_clusterlab_in_tmux(tmp_path):
+    sessions = tmp_path / "sessions"
+    flags = "--dataset synthetic --hidden 32,32 --device cpu --epochs 2 --finetune-epochs 1 --k 3 --session e2e"
+    app = " ".join(shlex.quote(part) for part in clusterlab_command())
+    # The shell prints the exit code, then lingers so the final screen can still be captured.
+    tmux = Tmux(f"{app} {flags}; echo CLUSTERLAB-EXIT=$?; sleep 60", tmp_path, {"CLUSTERLAB_SESSIONS": str(sessions)})
+    try:
+        tmux.wait_for(lambda s: "training loss" in s and "test accuracy" in s and "clusterability" in s
+                      and "idle" in s, "the charts and an idle session")
+        tmux.keys("t")
+        tmux.wait_for(lambda s: "step 128" in s and "idle" in s, "two epochs (128 steps) of training")
+        tmux.keys("c")
+        tmux.wait_for(lambda s: "Clusters found" in s, "clusters")
+        tmux.keys("2")
+        screen = tmux.wait_for(lambda s: cluster_rows(s) == 3, "a cluster table with 3 rows")
+        assert "vs chance" in screen
+        tmux.keys("1", "f")
+        tmux.wait_for(lambda s: "finetune" in s and "step 192" in s and "idle" in s, "finetuning to step 192")
+        tmux.keys("q")
+        tmux.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "a clean exit")
+    finally:
+        tmux.kill()
+    saved = json.loads((sessions / "e2e" / "session.json").read_text())
+    assert saved["step"] == 192 and saved["phase"] == "finetune"

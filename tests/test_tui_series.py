@@ -1,0 +1,59 @@
+"""Unit tests of the TUI's pure parts: bounded chart series, chart data rebuilt from a log, field parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import ConfigError
+from tui.series import ChartData, Series
+from tui.validate import parse_count, parse_k, parse_lam
+
+
+def test_series_stays_bounded_and_keeps_its_span():
+    series = Series(cap=100)
+    for step in range(1, 100_001):
+        series.add(step, float(step))
+    xs, ys = series.points()
+    assert len(xs) <= 101
+    assert xs[0] < 2_000 and xs[-1] == 100_000  # the whole history is still there, merged
+    assert all(a < b for a, b in zip(xs, xs[1:], strict=False))
+    assert ys[-1] == pytest.approx(xs[-1], rel=0.05)
+
+
+def test_points_are_thinned_to_a_limit_and_keep_the_newest():
+    series = Series(cap=1000)
+    for step in range(500):
+        series.add(step, 1.0)
+    xs, _ = series.points(limit=50)
+    assert len(xs) <= 50 and xs[-1] == 499
+
+
+def test_chart_data_loads_a_metrics_log():
+    data = ChartData()
+    data.load([
+        {"type": "train", "phase": "pretrain", "step": 10, "epoch": 0, "loss": 2.0},
+        {"type": "eval", "phase": "pretrain", "step": 64, "epoch": 1, "test_accuracy": 0.5, "clusterability": None},
+        {"type": "phase", "phase": "pretrain", "step": 64, "steps": 64, "test_accuracy": 0.5, "clusterability": None},
+        {"type": "clusters", "step": 64, "k": 2, "source": "weights", "row_sizes": [1, 1], "col_sizes": [1, 1],
+         "shares": [0.3, 0.3], "clusterability": 0.6, "chance": 0.5},
+        {"type": "train", "phase": "finetune", "step": 70, "epoch": 1, "loss": 1.5},
+    ])
+    assert set(data.loss) == {"pretrain", "finetune"}
+    assert data.accuracy["pretrain"].points() == ([64], [0.5])
+    assert data.clusterability["cluster"].points() == ([64], [0.6])
+    assert data.boundaries == [(64, "pretrain"), (64, "cluster")]
+    assert data.chance == 0.5
+
+
+def test_fields_are_checked_with_the_cli_wording():
+    assert parse_count("3", "--epochs") == 3
+    assert parse_k(" 4 ", (32, 32)) == 4
+    assert parse_lam("0.5") == 0.5
+    with pytest.raises(ConfigError, match="--epochs must be a whole number of 0 or more"):
+        parse_count("-1", "--epochs")
+    with pytest.raises(ConfigError, match="--k must be a whole number from 2 to 32"):
+        parse_k("40", (32, 32))
+    with pytest.raises(ConfigError, match="--k must be"):
+        parse_k("two", (32, 32))
+    with pytest.raises(ConfigError, match="--lam must be a finite number"):
+        parse_lam("nan")

@@ -1,0 +1,431 @@
+"""The clusterlab Textual app and `run_app`, the entry point the `clusterlab` command calls."""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import Footer, Header, TabbedContent, TabPane
+
+from engine import events as ev
+from engine.config import Config
+from engine.engine import Engine
+from engine.errors import ConfigError
+from engine.session import new_name, session_path
+from tui.messages import EngineClosed, EngineEvent, EngineReady, EngineUnavailable
+from tui.screens import ConfirmScreen, HelpScreen, NewSessionScreen, OpenScreen
+from tui.widgets.charts import MetricsCharts
+from tui.widgets.clusters import ClusterTable
+from tui.widgets.control import ControlPane, Live
+from tui.widgets.log import EngineLog
+
+REDRAW_INTERVAL_S = 0.25  # charts and progress text repaint at most 4 times a second
+RUNNING = (ev.TRAINING, ev.PAUSED, ev.FINETUNING)  # states with a training job that pause/stop act on
+WORKING = (*RUNNING, ev.CLUSTERING, ev.SAVING)
+
+
+class ClusterlabApp(App[int]):
+    """Drives one Engine at a time: commands go to it, its events come back as messages."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "clusterlab"
+    ENABLE_COMMAND_PALETTE = False
+    AUTO_FOCUS = None  # nothing focused at start, so letter keys reach the app, not a settings field
+    BINDINGS = [
+        Binding("t", "train", "Train", id="train", tooltip="train (or continue the session's unfinished plan)"),
+        Binding("space", "pause", "Pause", id="pause", key_display="space", tooltip="pause or resume training"),
+        Binding("c", "cluster", "Cluster", id="cluster", tooltip="co-cluster the studied layer with k and source"),
+        Binding("f", "finetune", "Finetune", id="finetune", tooltip="finetune with loss = CE - λ·clusterability"),
+        Binding("s", "save", "Save", id="save", tooltip="save the session now"),
+        Binding("x", "stop", "Stop", id="stop", show=False, tooltip="stop the running job and drop the queued ones"),
+        Binding("o", "open", "Open", id="open", tooltip="open another session"),
+        Binding("n", "new", "New", id="new", tooltip="create a new session"),
+        Binding("1", "tab('charts')", "Charts", id="tab.charts", show=False, tooltip="show the charts"),
+        Binding("2", "tab('clusters')", "Clusters", id="tab.clusters", show=False, tooltip="show the cluster table"),
+        Binding("3", "tab('log')", "Log", id="tab.log", show=False, tooltip="show the engine log"),
+        Binding("question_mark,f1", "help", "Help", id="help", key_display="?", tooltip="list every key"),
+        Binding("q", "quit", "Quit", id="quit", tooltip="quit; the session is saved"),
+    ]
+
+    def __init__(self, name: str | None, config: Config) -> None:
+        super().__init__()
+        self.session_name = name or new_name(config.dataset)
+        self.config = config
+        self.engine: Engine | None = None
+        self.live = Live()
+        self.held = False  # the opened session has an unfinished plan that t continues
+        self.has_clusters = False
+        self.cluster_step: int | None = None  # the step the shown clusters were found at
+        self.switching = True  # an engine is being opened or closed: commands wait
+        self.pending = False  # a command was sent and its job has not started yet
+        self.pause_wanted = False
+        self.quitting = False
+        self._dirty = False
+
+    # ----- layout ------------------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="main"):
+            yield ControlPane(id="control")
+            with TabbedContent(id="tabs", initial="charts"):
+                with TabPane("Charts 1", id="charts"):
+                    yield MetricsCharts(id="metrics")
+                with TabPane("Clusters 2", id="clusters"):
+                    yield ClusterTable(id="cluster-pane")
+                with TabPane("Log 3", id="log"):
+                    yield EngineLog(id="engine-log")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.sub_title = self.session_name
+        self.control.show_status(self.live)
+        self.set_interval(REDRAW_INTERVAL_S, self._redraw)
+        self._load_engine(self.session_name, self.config, None)
+
+    @property
+    def control(self) -> ControlPane:
+        return self.query_one(ControlPane)
+
+    @property
+    def charts(self) -> MetricsCharts:
+        return self.query_one(MetricsCharts)
+
+    @property
+    def clusters(self) -> ClusterTable:
+        return self.query_one(ClusterTable)
+
+    @property
+    def log_pane(self) -> EngineLog:
+        return self.query_one(EngineLog)
+
+    # ----- opening and closing sessions (worker threads: loading data and saving take seconds) ------------
+
+    @work(thread=True, exclusive=True, group="engine")
+    def _load_engine(self, name: str, config: Config | None, old: Engine | None) -> None:
+        if old is not None:
+            old.close()  # saves the old session before the new one loads
+        path = session_path(name)
+        created = not path.exists()
+        try:
+            engine = Engine.create(path, config or self.config) if created else Engine.open(path)
+            history, snapshot = engine.metrics_history(), engine.snapshot()
+        except Exception as exc:  # noqa: BLE001 - any failure to open is shown; the app must keep running
+            self.post_message(EngineUnavailable(name, str(exc)))
+            return
+
+        def forward(event: ev.Event) -> None:
+            # Called on the engine thread: only post, the handler runs on the UI's thread.
+            self.post_message(EngineEvent(engine, event))
+
+        engine.subscribe(forward)
+        self.post_message(EngineReady(engine, history, snapshot, created))
+
+    @work(thread=True, exclusive=True, group="engine")
+    def _close_engine(self, engine: Engine | None) -> None:
+        step = None
+        if engine is not None:
+            engine.close()  # stops at a step boundary and saves; the unfinished job stays resumable
+            step = engine.snapshot()["step"]
+        self.post_message(EngineClosed(step))
+
+    def on_engine_ready(self, message: EngineReady) -> None:
+        self.engine, snap = message.engine, message.snapshot
+        self.session_name = message.engine.name
+        self.sub_title = self.session_name
+        self.switching, self.pending, self.pause_wanted = False, False, False
+        self.held = bool(snap["plan"])
+        self.live = Live(state=snap["state"], phase=snap["phase"], step=snap["step"], epoch=snap["epoch"],
+                         loss=snap["train_loss"], accuracy=snap["test_accuracy"],
+                         clusterability=snap["clusterability"])
+        config = message.engine.config
+        self.control.set_session(self.session_name, snap["dataset"], snap["device"], config)
+        self.charts.reset(message.history)
+        found = [r["step"] for r in message.history if r.get("type") == "clusters"]
+        self.cluster_step = found[-1] if found else None
+        self._show_snapshot_clusters(snap)
+        verb = "created" if message.created else "opened"
+        self.log_pane.add(f"{verb} session {self.session_name} ({snap['session']}) at step {snap['step']}")
+        if self.held:
+            jobs = ", ".join(job["kind"] for job in snap["plan"])
+            self.log_pane.add(f"unfinished plan: {jobs}; press t to continue it")
+            self.control.show_message(f"Unfinished plan ({jobs}): t continues it.")
+        self._changed()
+
+    def on_engine_unavailable(self, message: EngineUnavailable) -> None:
+        self.switching = False
+        self.live = Live(state="no session")
+        self.log_pane.add(f"session {message.name}: {message.error}", "error")
+        self.control.show_message(message.error, error=True)
+        self.notify(message.error, title="Cannot open session", severity="error", timeout=10)
+        self._changed()
+
+    def on_engine_closed(self, message: EngineClosed) -> None:
+        if message.step is not None:
+            self.log_pane.add(f"saved {self.session_name} at step {message.step}")
+        if self.quitting:
+            self.exit(0)
+
+    def _switch(self, name: str, config: Config | None) -> None:
+        """Close the current session (saving it) and open or create another."""
+        old, self.engine = self.engine, None
+        self.switching = True
+        self.live = Live()
+        self.has_clusters = False
+        self.session_name = name
+        self.sub_title = name
+        self.clusters.clear()
+        self.charts.reset()
+        self._changed()
+        self._load_engine(name, config, old)
+
+    def _show_snapshot_clusters(self, snap: dict) -> None:
+        found = snap["clusters"]
+        self.has_clusters = found is not None
+        if found is None:
+            self.clusters.clear()
+            return
+        self.clusters.show(k=found["k"], source=found["source"], row_sizes=found["row_sizes"],
+                           col_sizes=found["col_sizes"], shares=found["shares"],
+                           clusterability=snap["clusterability"], chance=snap["clusterability_chance"],
+                           step=self.cluster_step)
+
+    # ----- engine events ------------------------------------------------------------------------------------
+
+    def on_engine_event(self, message: EngineEvent) -> None:
+        if message.engine is not self.engine:
+            return  # a late event from a session that is being closed
+        event = message.event
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_StateChanged(self, event: ev.StateChanged) -> None:  # noqa: N802 - named after the event class
+        self.live.state = event.state
+        if self.engine is not None:
+            # Progress is throttled and not sent on pause: take the exact step from the engine (no torch).
+            snap = self.engine.snapshot()
+            self.live.step, self.live.epoch = snap["step"], snap["epoch"]
+        if event.state != ev.IDLE:
+            self.pending = False
+        if event.state == ev.PAUSED:
+            self.pause_wanted = True
+        elif event.state == ev.IDLE and self.pause_wanted:
+            # A pause asked for as the job ended would otherwise linger and pause the next job at once.
+            self.pause_wanted = False
+            if self.engine is not None:
+                self.engine.resume()
+        elif event.state in (ev.TRAINING, ev.FINETUNING) and event.previous == ev.PAUSED:
+            self.pause_wanted = False
+        if event.state in (ev.TRAINING, ev.FINETUNING):
+            self.live.phase = "pretrain" if event.state == ev.TRAINING else "finetune"
+        elif event.state == ev.CLUSTERING:
+            self.live.phase = "cluster"
+        self.log_pane.add(f"state: {event.previous} → {event.state}", "debug")
+        # State changes are rare and are what a key press waits for: show them now, not on the timer.
+        self.control.show_status(self.live)
+        self.refresh_bindings()
+
+    def _on_Progress(self, event: ev.Progress) -> None:  # noqa: N802
+        live = self.live
+        live.phase, live.step, live.epoch, live.loss = event.phase, event.step, event.epoch, event.loss
+        live.job_step, live.job_total, live.steps_per_s = event.job_step, event.job_total, event.steps_per_s
+        self.charts.data.add_loss(event.phase, event.step, event.loss)
+        self._dirty = True
+
+    def _on_Evaluated(self, event: ev.Evaluated) -> None:  # noqa: N802
+        self.live.accuracy = event.test_accuracy
+        if event.clusterability is not None:
+            self.live.clusterability = event.clusterability
+        self.charts.data.add_eval(event.phase, event.step, event.test_accuracy, event.clusterability)
+        self._dirty = True
+
+    def _on_ClustersFound(self, event: ev.ClustersFound) -> None:  # noqa: N802
+        self.has_clusters = True
+        self.cluster_step = event.step
+        self.live.clusterability = event.clusterability
+        self.clusters.show(k=event.k, source=event.source, row_sizes=event.row_sizes, col_sizes=event.col_sizes,
+                           shares=event.shares, clusterability=event.clusterability, chance=event.chance,
+                           step=event.step)
+        self.charts.data.add_clusters(event.step, event.clusterability, event.chance)
+        self.control.show_message(f"Clusters found (k={event.k}): 2 shows the table.")
+        self._dirty = True
+
+    def _on_PhaseFinished(self, event: ev.PhaseFinished) -> None:  # noqa: N802
+        if event.phase in ("pretrain", "finetune"):
+            self.charts.data.add_boundary(event.step, event.phase)
+        accuracy = "-" if event.test_accuracy is None else f"{event.test_accuracy:.4f}"
+        self.log_pane.add(f"{event.phase} finished at step {event.step} ({event.steps} steps), "
+                          f"accuracy {accuracy}")
+        self.live.step = max(self.live.step, event.step)
+        self._dirty = True
+
+    def _on_Saved(self, event: ev.Saved) -> None:  # noqa: N802
+        self.log_pane.add(f"saved at step {event.step}")
+        if self.engine is not None and self.has_clusters:
+            # Training moves the weights: the saved snapshot has the held clusters' current shares.
+            self._show_snapshot_clusters(self.engine.snapshot())
+
+    def _on_LogLine(self, event: ev.LogLine) -> None:  # noqa: N802
+        self.log_pane.add(event.message, event.level)
+
+    def _on_Failed(self, event: ev.Failed) -> None:  # noqa: N802
+        self.pending = False
+        self.log_pane.add(f"{event.job} failed: {event.message}", "error")
+        self.control.show_message(event.message, error=True)
+        self.notify(event.message, title=f"{event.job} failed", severity="error")
+        self.refresh_bindings()
+
+    def _changed(self) -> None:
+        self._dirty = True
+        self.control.show_status(self.live)
+        self.refresh_bindings()
+
+    def _redraw(self) -> None:
+        """The timer: repaint what accumulated since the last tick, at most 4 times a second."""
+        if self._dirty:
+            self._dirty = False
+            self.control.show_status(self.live)
+        self.charts.redraw()
+
+    # ----- which keys make sense now --------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        idle = self.engine is not None and not self.switching and not self.pending and self.live.state == ev.IDLE
+        if action in ("train", "cluster", "save"):
+            return True if idle else None
+        if action == "finetune":
+            return True if idle and self.has_clusters else None
+        if action in ("pause", "stop"):
+            return True if self.engine is not None and self.live.state in RUNNING else None
+        if action in ("open", "new"):
+            return True if not self.switching and (self.engine is None or idle) else None
+        return True
+
+    # ----- actions --------------------------------------------------------------------------------------------
+
+    def action_train(self) -> None:
+        if self.held:
+            self._command(lambda engine: engine.continue_plan(), "continuing the unfinished plan")
+            return
+        try:
+            epochs = self.control.train_epochs()
+        except ConfigError as exc:
+            self._refuse(exc)
+            return
+        self._command(lambda engine: engine.train(epochs=epochs), f"train {epochs} epochs")
+
+    def action_cluster(self) -> None:
+        try:
+            k, source = self.control.cluster_args()
+        except ConfigError as exc:
+            self._refuse(exc)
+            return
+        self._command(lambda engine: engine.cluster(k=k, source=source), f"cluster k={k} on {source}")
+
+    def action_finetune(self) -> None:
+        try:
+            epochs, lam = self.control.finetune_args()
+        except ConfigError as exc:
+            self._refuse(exc)
+            return
+        self._command(lambda engine: engine.finetune(epochs=epochs, lam=lam), f"finetune {epochs} epochs, λ={lam:g}")
+
+    def action_save(self) -> None:
+        self._command(lambda engine: engine.save(), "save")
+
+    def action_pause(self) -> None:
+        if self.engine is None:
+            return
+        # Toggle on what was asked, not on the state shown: two quick presses must pause then resume.
+        self.pause_wanted = not self.pause_wanted
+        if self.pause_wanted:
+            self.engine.pause()
+        else:
+            self.engine.resume()
+
+    def action_stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+            self.log_pane.add("stop requested")
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.key_rows()))
+
+    def action_open(self) -> None:
+        self.push_screen(OpenScreen(), self._open_chosen)
+
+    def action_new(self) -> None:
+        config = self.engine.config if self.engine is not None else self.config
+        self.push_screen(NewSessionScreen(config), self._new_chosen)
+
+    async def action_quit(self) -> None:
+        if self.quitting:
+            return
+        if self.engine is not None and (self.live.state in WORKING or self.pending):
+            self.push_screen(ConfirmScreen(f"A job is running ({self.live.state}). Quit? "
+                                           "The session is saved and can be continued later."), self._quit_chosen)
+            return
+        self._quit_chosen(True)
+
+    def _quit_chosen(self, answer: bool | None) -> None:
+        if not answer:
+            return
+        self.quitting = True
+        self.switching = True
+        self.refresh_bindings()
+        self.log_pane.add("saving and quitting…")
+        self.control.show_message("Saving…")
+        self._close_engine(self.engine)
+
+    def _open_chosen(self, name: str | None) -> None:
+        if name and name != self.session_name:
+            self._switch(name, None)
+
+    def _new_chosen(self, result: tuple[str, Config] | None) -> None:
+        if result is not None:
+            name, config = result
+            self._switch(name, config)
+
+    def _command(self, send, what: str) -> None:
+        """Send one command to the engine; its job's events will say what happened."""
+        if self.engine is None:
+            return
+        self.held = False  # any command replaces a held plan, as the engine does
+        self.pending = True
+        send(self.engine)
+        self.log_pane.add(what)
+        self.control.show_message("")
+        self.refresh_bindings()
+
+    def _refuse(self, exc: ConfigError) -> None:
+        self.control.show_message(str(exc), error=True)
+        self.notify(str(exc), title="Invalid setting", severity="error")
+
+    def key_rows(self) -> list[tuple[str, str, str]]:
+        """(keys, description, id) of every binding, for the help screen."""
+        rows = []
+        for binding in self.BINDINGS:
+            assert isinstance(binding, Binding)
+            rows.append((binding.key_display or binding.key, binding.tooltip or binding.description,
+                         binding.id or ""))
+        rows.append(("tab / enter", "move to a setting / apply it and return to the keys", ""))
+        return rows
+
+
+def run_app(name: str | None, config: Config) -> int:
+    """Run the UI on session `name` (opened if it exists, else created), or on a new session."""
+    app = ClusterlabApp(name, config)
+    try:
+        code = app.run()
+    finally:
+        if app.engine is not None:
+            app.engine.close()  # idempotent: makes sure a crash or a signal still saves the session
+    return int(code or 0)
+
+
+__all__ = ["ClusterlabApp", "run_app"]

@@ -1,0 +1,171 @@
+"""Modal screens: help, quit confirmation, the session list to open, and the new-session form."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Input, Label, Static
+
+from engine.cli import CONFIG_FLAGS
+from engine.config import Config
+from engine.errors import ClusterlabError, ConfigError
+from engine.session import check_name, list_sessions, new_name, session_path
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key binding of the app, with its id and what it does."""
+
+    BINDINGS = [Binding("escape,q,question_mark,f1,enter", "dismiss", "Close", id="help.close")]
+
+    def __init__(self, rows: list[tuple[str, str, str]]) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static("Keys", classes="dialog-title")
+            table: DataTable = DataTable(id="help-table", cursor_type="row")
+            table.add_columns("key", "action", "id")
+            for key, description, binding_id in self.rows:
+                table.add_row(key, description, binding_id)
+            yield table
+            yield Static("Edit settings: tab to a field, type, enter to go back to the keys.  "
+                         "Any key here closes help.", classes="dialog-hint")
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question; y/enter confirm, n/escape cancel."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes", id="confirm.yes"),
+        Binding("n,escape", "answer(False)", "No", id="confirm.no"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog dialog-small"):
+            yield Static(self.question, id="question")
+            with Horizontal(classes="buttons"):
+                yield Button("Yes (y)", id="yes", variant="warning", compact=True)
+                yield Button("No (n)", id="no", compact=True)
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class OpenScreen(ModalScreen[str | None]):
+    """The saved sessions, newest first; enter opens the highlighted one."""
+
+    BINDINGS = [Binding("escape,q", "dismiss(None)", "Cancel", id="open.cancel")]
+    AUTO_FOCUS = "#session-table"
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static("Open a session (enter opens, escape cancels)", classes="dialog-title")
+            table: DataTable = DataTable(id="session-table", cursor_type="row")
+            for label in ("name", "dataset", "phase", "steps", "accuracy", "clusterability", "last saved"):
+                table.add_column(label, key=label)
+            yield table
+            yield Static("", id="open-message", classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        rows = list_sessions()
+        for row in rows:
+            if "error" in row:
+                table.add_row(row["name"], row["error"], "", "", "", "", "", key=row["name"])
+                continue
+            table.add_row(row["name"], str(row["dataset"]), str(row["phase"]), str(row["step"]),
+                          _fmt(row["test_accuracy"]), _fmt(row["clusterability"]), str(row["saved_at"] or ""),
+                          key=row["name"])
+        if not rows:
+            self.query_one("#open-message", Static).update("No sessions yet: press n for a new one.")
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.dismiss(str(event.row_key.value))
+
+
+class NewSessionScreen(ModalScreen[tuple[str, Config] | None]):
+    """A form with the session name and every config field; invalid values are explained, not fatal."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="new.cancel")]
+    AUTO_FOCUS = "#field-name"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static("New session (enter creates, escape cancels; empty = default)", classes="dialog-title")
+            with VerticalScroll(id="form"):
+                with Horizontal(classes="field"):
+                    yield Label("name", classes="form-label")
+                    yield Input(new_name(self.config.dataset), id="field-name", compact=True)
+                for flag, dest, _kind, help_text in CONFIG_FLAGS:
+                    with Horizontal(classes="field"):
+                        yield Label(flag.removeprefix("--"), classes="form-label")
+                        yield Input(_text(getattr(self.config, dest)), id=f"field-{dest}", compact=True,
+                                    tooltip=help_text, placeholder=help_text)
+            yield Static("", id="form-message", classes="dialog-hint")
+            with Horizontal(classes="buttons"):
+                yield Button("Create", id="create", variant="primary", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self._create()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "create":
+            self._create()
+        else:
+            self.dismiss(None)
+
+    def _create(self) -> None:
+        try:
+            result = self.read_form()
+        except ClusterlabError as exc:
+            message = self.query_one("#form-message", Static)
+            message.update(str(exc))
+            message.add_class("-error")
+            return
+        self.dismiss(result)
+
+    def read_form(self) -> tuple[str, Config]:
+        """The name and a validated Config; ConfigError/SessionError name the bad field as the CLI would."""
+        name = check_name(self.query_one("#field-name", Input).value.strip())
+        if session_path(name).exists():
+            raise ConfigError(f"A session called {name!r} already exists: choose another name, or open it with o.")
+        given = {}
+        for flag, dest, kind, _help in CONFIG_FLAGS:
+            text = self.query_one(f"#field-{dest}", Input).value.strip()
+            if not text:
+                continue  # empty: the default, as when the flag is left out
+            try:
+                given[dest] = kind(text)
+            except ValueError:
+                raise ConfigError(f"{flag} must be a {_KIND_NAMES[kind]}, not {text!r}.") from None
+        return name, Config(**given)
+
+
+_KIND_NAMES = {int: "whole number", float: "number", str: "text"}
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

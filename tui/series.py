@@ -1,0 +1,98 @@
+"""Bounded, downsampled chart series so redraw cost stays flat however long a session trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SERIES_CAP = 1000  # points kept per series; older history is merged pairwise, never dropped
+BOUNDARY_CAP = 64  # phase boundaries kept per chart (the most recent ones)
+
+
+class Series:
+    """Append-only (x, y) points; past `cap` points, neighbours are averaged in pairs and the bucket doubles."""
+
+    def __init__(self, cap: int = SERIES_CAP) -> None:
+        self.cap = max(2, cap)
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self._stride = 1  # raw points per stored point from now on
+        self._sum = 0.0
+        self._count = 0
+        self._last_x = 0.0
+
+    def __len__(self) -> int:
+        return len(self.xs) + (1 if self._count else 0)
+
+    def add(self, x: float, y: float) -> None:
+        self._last_x, self._sum, self._count = x, self._sum + y, self._count + 1
+        if self._count >= self._stride:
+            self.xs.append(self._last_x)
+            self.ys.append(self._sum / self._count)
+            self._sum, self._count = 0.0, 0
+            if len(self.xs) > self.cap:
+                self._halve()
+
+    def _halve(self) -> None:
+        # Averaging pairs keeps the curve's shape and its full time span in half the points.
+        n = len(self.xs) // 2 * 2
+        xs = self.xs[1:n:2] + self.xs[n:]
+        ys = [(a + b) / 2 for a, b in zip(self.ys[0:n:2], self.ys[1:n:2], strict=True)] + self.ys[n:]
+        self.xs, self.ys = xs, ys
+        self._stride *= 2
+
+    def points(self, limit: int | None = None) -> tuple[list[float], list[float]]:
+        """The stored points plus the partial bucket, thinned to at most `limit` (for a plot's width)."""
+        xs, ys = list(self.xs), list(self.ys)
+        if self._count:
+            xs.append(self._last_x)
+            ys.append(self._sum / self._count)
+        if limit and len(xs) > limit:
+            step = -(-len(xs) // limit)
+            # Keep the newest point so the curve always reaches the current step.
+            xs, ys = xs[-1::-step][::-1], ys[-1::-step][::-1]
+        return xs, ys
+
+
+@dataclass
+class ChartData:
+    """Everything the three charts show, fed by engine events or rebuilt from the metrics log."""
+
+    loss: dict[str, Series] = field(default_factory=dict)
+    accuracy: dict[str, Series] = field(default_factory=dict)
+    clusterability: dict[str, Series] = field(default_factory=dict)
+    boundaries: list[tuple[int, str]] = field(default_factory=list)  # (step, "pretrain"|"finetune"|"cluster")
+    chance: float | None = None
+    version: int = 0  # bumped on every change; the charts redraw only when it moved
+
+    def add_loss(self, phase: str, step: int, loss: float) -> None:
+        self.loss.setdefault(phase, Series()).add(step, loss)
+        self.version += 1
+
+    def add_eval(self, phase: str, step: int, accuracy: float, clusterability: float | None) -> None:
+        self.accuracy.setdefault(phase, Series()).add(step, accuracy)
+        if clusterability is not None:
+            self.clusterability.setdefault(phase, Series()).add(step, clusterability)
+        self.version += 1
+
+    def add_clusters(self, step: int, clusterability: float, chance: float) -> None:
+        self.clusterability.setdefault("cluster", Series()).add(step, clusterability)
+        self.chance = chance
+        self.add_boundary(step, "cluster")
+
+    def add_boundary(self, step: int, kind: str) -> None:
+        if (step, kind) not in self.boundaries[-4:]:
+            self.boundaries = (self.boundaries + [(step, kind)])[-BOUNDARY_CAP:]
+        self.version += 1
+
+    def load(self, records: list[dict]) -> None:
+        """Rebuild from `Engine.metrics_history()` records (train, eval, clusters, phase)."""
+        for record in records:
+            kind = record.get("type")
+            if kind == "train":
+                self.add_loss(record["phase"], record["step"], record["loss"])
+            elif kind == "eval":
+                self.add_eval(record["phase"], record["step"], record["test_accuracy"], record.get("clusterability"))
+            elif kind == "clusters":
+                self.add_clusters(record["step"], record["clusterability"], record["chance"])
+            elif kind == "phase" and record.get("phase") in ("pretrain", "finetune"):
+                self.add_boundary(record["step"], record["phase"])

@@ -1,0 +1,42 @@
+"""The cluster table: one keyed row per cluster, with total clusterability against its chance level."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+COLUMNS = (("cluster", "cluster"), ("rows", "row size"), ("cols", "col size"), ("share", "share of mass"))
+
+
+class ClusterTable(Vertical):
+    """Shows the latest clusters found; empty until the layer is clustered."""
+
+    def compose(self) -> ComposeResult:
+        yield Static("No clusters yet: press c to cluster the studied layer.", id="cluster-summary")
+        table: DataTable = DataTable(id="cluster-table", cursor_type="row", zebra_stripes=True)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+
+    def clear(self) -> None:
+        self.query_one(DataTable).clear()
+        self.query_one("#cluster-summary", Static).update("No clusters yet: press c to cluster the studied layer.")
+
+    def show(self, *, k: int, source: str, row_sizes, col_sizes, shares, clusterability: float | None,
+             chance: float | None, step: int | None = None) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        for i, (rows, cols, share) in enumerate(zip(row_sizes, col_sizes, shares, strict=True)):
+            table.add_row(str(i + 1), str(rows), str(cols), f"{share:.4f}", key=f"cluster-{i + 1}")
+        self.query_one("#cluster-summary", Static).update(summary(k, source, clusterability, chance, step))
+
+
+def summary(k: int, source: str, clusterability: float | None, chance: float | None, step: int | None) -> str:
+    """'k=4 on weights at step 128: clusterability 0.612 vs chance 0.250 (2.45x)'."""
+    where = f" at step {step}" if step is not None else ""
+    text = f"k={k} on {source}{where}"
+    if clusterability is not None and chance is not None:
+        ratio = f" ({clusterability / chance:.2f}x)" if chance > 0 else ""
+        text += f": clusterability {clusterability:.4f} vs chance {chance:.4f}{ratio}"
+    return text

@@ -1,0 +1,25 @@
+"""A scrolling log of what the engine reported, newest last, bounded in length."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from rich.text import Text
+from textual.widgets import RichLog
+
+LEVEL_STYLES = {"error": "bold red", "warning": "yellow", "info": "", "debug": "dim"}
+
+
+class EngineLog(RichLog):
+    """RichLog with a cap so an hour of events never grows memory or redraw cost."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(max_lines=1000, wrap=True, markup=False, highlight=False, **kwargs)
+        self.lines_written: deque[str] = deque(maxlen=1000)  # plain text, newest last; for tests and the latency script
+
+    def add(self, message: str, level: str = "info") -> None:
+        stamp = time.strftime("%H:%M:%S")
+        line = Text.assemble((f"{stamp} ", "dim"), (message, LEVEL_STYLES.get(level, "")))
+        self.lines_written.append(message)
+        self.write(line)
