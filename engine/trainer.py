@@ -1,16 +1,33 @@
-"""The training state and its tight step: device-resident batches, no host sync, gradient capture."""
+"""The training state and its tight step: device-resident batches, no host sync, gradient capture.
+
+The step of the bias-free ReLU MLP is written out by hand (forward, cross-entropy gradient, backward) on the
+weights' data: a dozen tensor ops and no autograd graph, with each layer's SGD update fused into the GEMM that
+computes its gradient (W.addmm_(d^T, h, alpha=-lr)). Only the regularised step's clusterability term goes through
+autograd, on the differentiable `engine.metrics.clusterability`. On CUDA, full batches of the unregularised step
+replay a captured CUDA graph; the last partial batch of an epoch, CPU runs and the regularised step stay eager.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from engine.config import Config
 from engine.data import Dataset
 from engine.metrics import clusterability
 from engine.model import build_mlp, studied_weight
+
+log = logging.getLogger("clusterlab")
+
+# Raw studied-layer gradients are kept in a (K, out, in) buffer and folded into S with ONE batched GEMM every K
+# steps; K shrinks for wide layers so the buffer stays near _PENDING_ELEMENTS floats.
+_PENDING_MAX, _PENDING_ELEMENTS = 32, 1 << 20
+# Full-batch steps run eagerly before a CUDA graph is captured (cuBLAS handles and workspaces get created).
+_GRAPH_AFTER_STEPS = 3
 
 
 class Trainer:
@@ -22,6 +39,12 @@ class Trainer:
         self.device = device
         self.model = build_mlp(data.n_features, config.hidden, data.n_classes, config.seed).to(device)
         self.weight = studied_weight(self.model, config.studied_layer)
+        linears = [m for m in self.model if isinstance(m, nn.Linear)]
+        if any(m.bias is not None for m in linears):
+            raise ValueError("the hand-written training step assumes bias-free Linear layers")
+        self._weights = [m.weight for m in linears]
+        self._studied = config.studied_layer - 1
+        # The optimizer is kept for its state_dict and its lr; plain SGD's update is fused into the step below.
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, **_sgd_options(device))
         # A dedicated CPU generator makes the batch order independent of any other use of randomness.
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -29,51 +52,150 @@ class Trainer:
         self.position = 0
         self.epoch = 0
         self.step = 0
-        width = self.weight.shape[1]
-        self._grad_sum = torch.zeros(width, width, dtype=torch.float64, device=device)
-        self._grad_partial = torch.zeros(width, width, device=device)
-        self._partial_steps = 0
+        out_w, in_w = self.weight.shape
+        self._grad_sum = torch.zeros(in_w, in_w, dtype=torch.float64, device=device)
+        self._pending_max = max(1, min(_PENDING_MAX, _PENDING_ELEMENTS // (out_w * in_w)))
+        self._pending = torch.zeros(self._pending_max, out_w, in_w, device=device)
+        self._pending_count = 0
         self.grad_steps = 0
         self.batch_size = config.batch_size
         self.steps_per_epoch = math.ceil(data.n_train / config.batch_size)
+        self._train_y = data.train_y.view(-1, 1)  # labels as a column: gather/scatter need no reshape per step
+        self._neg_ones = torch.full((config.batch_size, 1), -1.0, device=device)
         self._loss_sum = torch.zeros((), device=device)
         self._loss_count = 0
+        self._graphs: dict | None = {} if _graphs_wanted(device) else None
+        self._eager_full_steps = 0
+
+    # ----------------------------------------------------------------------------------------------- the step
 
     def train_step(self, mask: torch.Tensor | None = None, lam: float = 0.0, capture: bool = False) -> None:
         """One optimizer step on the next batch; with `mask`, loss = CE - lam * clusterability."""
-        x, y = self._next_batch()
-        loss = F.cross_entropy(self.model(x), y)
-        total = loss - lam * clusterability(self.weight, mask) if mask is not None else loss
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if capture:
-            self._capture(self.weight.grad)
-        self.optimizer.step()
-        self._loss_sum += loss.detach()
+        idx = self._next_indices()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        if self._graphs is not None and mask is None and idx.numel() == self.batch_size:
+            if self._eager_full_steps >= _GRAPH_AFTER_STEPS and self._graph_step(idx, lr, capture):
+                self._after_step(capture)
+                return
+            self._eager_full_steps += 1
+        x = self.data.train_x.index_select(0, idx)
+        y = self._train_y.index_select(0, idx)
+        grad_c = None
+        if mask is not None and lam != 0.0:
+            with torch.enable_grad():
+                (grad_c,) = torch.autograd.grad(clusterability(self.weight, mask), self.weight)
+        out = self._pending[self._pending_count] if capture else None
+        self._core(x, y, lr, out, grad_c, lam)
+        self._after_step(capture)
+
+    @torch.no_grad()
+    def _core(self, x: torch.Tensor, y: torch.Tensor, lr: float, grad_out: torch.Tensor | None,
+              grad_c: torch.Tensor | None = None, lam: float = 0.0) -> None:
+        """Forward, CE gradient, backward and SGD update; the studied layer's gradient goes to grad_out if given.
+
+        Each layer's input gradient is taken with the layer's weight before that weight is updated, so the
+        update is exactly SGD on the batch loss (the order of the in-place updates changes nothing).
+        """
+        weights = [w.data for w in self._weights]
+        acts = [x]
+        h = x
+        for w in weights[:-1]:
+            h = torch.mm(h, w.t()).relu_()
+            acts.append(h)
+        logp = torch.mm(h, weights[-1].t()).log_softmax(1)
+        self._loss_sum.sub_(logp.gather(1, y).mean())
+        n = y.shape[0]
+        d = logp.exp_().scatter_add_(1, y, self._neg_ones[:n]).mul_(1.0 / n)  # dCE/dlogits = (softmax - onehot) / n
+        for i in range(len(weights) - 1, -1, -1):
+            w = weights[i]
+            d_in = torch.mm(d, w) if i else None
+            if i == self._studied:
+                # Unfused, so that capturing (writing g to grad_out) leaves the update bit-identical.
+                g = torch.mm(d.t(), acts[i], out=grad_out) if grad_out is not None else torch.mm(d.t(), acts[i])
+                if grad_c is not None:
+                    g.add_(grad_c, alpha=-lam)
+                w.add_(g, alpha=-lr)
+            else:
+                w.addmm_(d.t(), acts[i], alpha=-lr)
+            if i:
+                d = torch.ops.aten.threshold_backward(d_in, acts[i], 0)  # ReLU's backward, as autograd does it
+
+    def _after_step(self, capture: bool) -> None:
         self._loss_count += 1
         self.step += 1
+        if capture:
+            self._pending_count += 1
+            self.grad_steps += 1
+            if self._pending_count == self._pending_max:
+                self._fold_pending()
 
-    def _capture(self, g: torch.Tensor) -> None:
-        # S += g^T g / |g|^2 keeps one (in x in) matrix however long the run, never a list of gradients.
-        # A float32 partial sum over a few steps, folded into float64, keeps the per-step cost to one GEMM.
-        unit = g * (g * g).sum().clamp_min(torch.finfo(g.dtype).tiny).rsqrt()
-        self._grad_partial.addmm_(unit.T, unit)
-        self._partial_steps += 1
-        self.grad_steps += 1
-        if self._partial_steps == _PARTIAL_STEPS:
-            self._fold_partial()
+    # ------------------------------------------------------------------------------------ CUDA graph (CUDA only)
 
-    def _fold_partial(self) -> None:
-        if self._partial_steps:
-            self._grad_sum += self._grad_partial
-            self._grad_partial.zero_()
-            self._partial_steps = 0
+    def _graph_step(self, idx: torch.Tensor, lr: float, capture: bool) -> bool:
+        """Replay the captured full-batch step; False (and eager from then on) if capturing is not possible."""
+        key = (lr, capture)
+        graph = self._graphs.get(key)
+        if graph is None:
+            try:
+                graph = self._capture_graph(idx, lr, capture)
+            except Exception as exc:  # noqa: BLE001 - any capture failure just means: stay eager
+                log.warning("CUDA graph capture failed, training eagerly: %s", exc)
+                self._graphs = None
+                return False
+            self._graphs[key] = graph
+        torch.index_select(self.data.train_x, 0, idx, out=self._gx)
+        torch.index_select(self._train_y, 0, idx, out=self._gy)
+        graph.replay()
+        if capture:
+            self._pending[self._pending_count].copy_(self._gg)
+        return True
+
+    def _capture_graph(self, idx: torch.Tensor, lr: float, capture: bool) -> torch.cuda.CUDAGraph:
+        if not hasattr(self, "_gx"):
+            self._gx = self.data.train_x.index_select(0, idx)
+            self._gy = self._train_y.index_select(0, idx)
+            self._gg = torch.empty_like(self._pending[0])
+        grad_out = self._gg if capture else None
+        # Warm-up and capture must not train: keep the state that the warm-up changes and put it back after.
+        weights = [w.data for w in self._weights]
+        saved = [w.clone() for w in weights]
+        saved_loss = self._loss_sum.clone()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self._core(self._gx, self._gy, lr, grad_out)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._core(self._gx, self._gy, lr, grad_out)
+        for w, v in zip(weights, saved, strict=True):
+            w.copy_(v)
+        self._loss_sum.copy_(saved_loss)
+        return graph
+
+    # ----------------------------------------------------------------------------------- gradient accumulator
+
+    def _pending_gram(self) -> torch.Tensor:
+        # S += sum_t g_t^T g_t / |g_t|^2 over the pending steps as ONE GEMM on the stacked unit gradients
+        # (float32, like the GEMMs of the step), added into the float64 sum.
+        g = self._pending[: self._pending_count]
+        scale = g.square().sum(dim=(1, 2)).clamp_min(torch.finfo(g.dtype).tiny).rsqrt()
+        unit = (g * scale[:, None, None]).reshape(-1, g.shape[2])
+        return unit.t() @ unit
+
+    def _fold_pending(self) -> None:
+        if self._pending_count:
+            self._grad_sum += self._pending_gram()
+            self._pending_count = 0
 
     @property
     def grad_sum(self) -> torch.Tensor:
-        """S = sum over captured steps of g^T g / |g|^2, float64 (in x in)."""
-        self._fold_partial()
-        return self._grad_sum
+        """S = sum over captured steps of g^T g / |g|^2, float64 (in x in). Reading it changes no state."""
+        if not self._pending_count:
+            return self._grad_sum.clone()
+        return self._grad_sum + self._pending_gram()
+
+    # ---------------------------------------------------------------------------------------------- the rest
 
     def take_loss(self) -> float | None:
         """Mean training loss since the last call (one host sync), or None if no step ran."""
@@ -91,15 +213,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Test-set accuracy in one batched forward pass."""
-        predictions = self.model(self.data.test_x).argmax(dim=1)
-        return (predictions == self.data.test_y).float().mean().item()
+        """Test-set accuracy in one batched forward pass (one host sync)."""
+        h = self.data.test_x
+        for w in self._weights[:-1]:
+            h = torch.mm(h, w.t()).relu_()
+        predictions = torch.mm(h, self._weights[-1].t()).argmax(dim=1)
+        return (predictions == self.data.test_y).sum().item() / self.data.test_y.numel()
 
     @torch.no_grad()
     def clusterability_of(self, mask: torch.Tensor) -> float:
         return clusterability(self.weight, mask).item()
 
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _next_indices(self) -> torch.Tensor:
         if self.perm is None or self.position >= self.perm.numel():
             if self.perm is not None:
                 self.epoch += 1
@@ -107,10 +232,18 @@ class Trainer:
             self.position = 0
         idx = self.perm[self.position : self.position + self.batch_size]
         self.position += self.batch_size
+        return idx
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self._next_indices()
         return self.data.train_x.index_select(0, idx), self.data.train_y.index_select(0, idx)
 
     def state_dict(self) -> dict:
-        """Everything needed to continue bit-exactly; only tensors and plain values (weights_only-safe)."""
+        """Everything needed to continue bit-exactly; only tensors and plain values (weights_only-safe).
+
+        "grad_sum" is the folded float64 part of S and "grad_pending" the raw gradients not yet folded into it,
+        so that a resumed run folds exactly the same groups of steps as an uninterrupted one.
+        """
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -120,7 +253,8 @@ class Trainer:
             "position": self.position,
             "epoch": self.epoch,
             "step": self.step,
-            "grad_sum": self.grad_sum.cpu(),
+            "grad_sum": self._grad_sum.cpu(),
+            "grad_pending": self._pending[: self._pending_count].cpu(),
             "grad_steps": self.grad_steps,
         }
 
@@ -134,14 +268,19 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self._grad_sum.copy_(state["grad_sum"])
-        self._grad_partial.zero_()
-        self._partial_steps = 0
+        pending = state.get("grad_pending")
+        self._pending_count = 0 if pending is None else int(pending.shape[0])
+        if self._pending_count:
+            self._pending[: self._pending_count].copy_(pending)
         self.grad_steps = int(state["grad_steps"])
 
 
-_PARTIAL_STEPS = 32
-
-
 def _sgd_options(device: torch.device) -> dict:
-    # foreach batches the update into few kernels on CUDA; on CPU the plain loop over three tensors is cheaper.
+    # Only the optimizer's state_dict and lr are used (the update is fused into the step); foreach on CUDA
+    # keeps optimizer.step() batched should anything call it.
     return {"foreach": device.type == "cuda"}
+
+
+def _graphs_wanted(device: torch.device) -> bool:
+    """CUDA graphs for the full-batch step: CUDA only; CLUSTERLAB_CUDA_GRAPHS=0 turns them off."""
+    return device.type == "cuda" and os.environ.get("CLUSTERLAB_CUDA_GRAPHS", "1") != "0"

@@ -1,0 +1,288 @@
+"""`clusterlab bench`: the engine's training step against the reference study's DataLoader loop, and more.
+
+Everything runs in one process on the same data and device: the engine's real `Trainer.train_step(capture=True)`
+and, interleaved with it in rounds, a reference loop in the old style (torchvision dataset + PIL transforms
+through a shuffled DataLoader, nn.Sequential forward, autograd, torch.optim.SGD, the studied layer's gradient
+cloned into a list every step). Then the time of one test-set evaluation, of co-clustering the studied layer
+(k=2, k=8) and a random 1024x1024 matrix (k=8), of one clusterability evaluation, and the share of the step that
+gradient capture costs (steps with and without capture, interleaved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
+
+from engine.clustering import cocluster
+from engine.config import Config
+from engine.data import _IDX_FILES, MNIST_MEAN, MNIST_STD, _synthetic, default_data_dirs, find_idx_files, load_dataset
+from engine.errors import ConfigError
+from engine.metrics import block_mask, clusterability
+from engine.model import build_mlp, studied_weight
+from engine.trainer import Trainer
+
+REFERENCE_MAX_STEPS = 200  # the reference loop runs ~20-50 steps/s: time it on fewer steps
+REFERENCE_GRADS_KEPT = 1000  # the reference kept every gradient; past this many they are only counted
+ROUNDS = 4  # engine and reference alternate in this many rounds, so drifts in machine load hit both
+WARMUP_STEPS = 30
+WIDE = 1024  # side of the random matrix that shows how co-clustering and clusterability scale
+SEED = 42
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    steps = int(args.steps)
+    if steps < 1:
+        raise ConfigError(f"--steps must be 1 or more, not {steps}.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was given but no CUDA device is available; use --device cpu.")
+    device = torch.device(args.device)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="clusterlab-bench-") as tmp:
+        data, reference_set, dataset_name = _datasets(args.dataset, args.data_dir, device, Path(tmp), notes)
+        result = _measure(data, reference_set, dataset_name, device, steps, notes)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_table(result)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+def _datasets(name: str, data_dir: str | None, device: torch.device, tmp: Path, notes: list[str]):
+    """The engine's Dataset and the reference's torch Dataset over the same images, and the name used."""
+    if name == "mnist":
+        folders = [Path(data_dir)] if data_dir else default_data_dirs("mnist")
+        found = next(((f, files) for f in folders if (files := find_idx_files(f, "MNIST"))), None)
+        if found is None:
+            notes.append(f"MNIST not found in {', '.join(map(str, folders))}: both loops use synthetic data of "
+                         "MNIST's shape (784 features, 10 classes) instead")
+        else:
+            folder, files = found
+            data = load_dataset("mnist", str(folder), SEED, device)
+            return data, _torchvision_mnist(files, tmp), "mnist"
+    data = load_dataset("synthetic", None, SEED, device)
+    train_x, train_y, _, _ = _synthetic(SEED)
+    images = np.rint(train_x.reshape(-1, 28, 28) * 255.0).astype(np.uint8)
+    notes.append("synthetic images go through PIL + ToTensor + Normalize in the reference, like torchvision's MNIST")
+    return data, _PILImages(images, train_y), "synthetic"
+
+
+def _torchvision_mnist(files: dict[str, Path], tmp: Path):
+    """torchvision's own MNIST class over a temporary root holding uncompressed copies of the IDX files."""
+    from torchvision import datasets, transforms
+
+    raw = tmp / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for key, stem in _IDX_FILES.items():
+        source = files[key]
+        if source.suffix == ".gz":
+            with gzip.open(source, "rb") as f_in, open(raw / stem, "wb") as f_out:
+                shutil.copyfileobj(f_in, f_out)
+        else:
+            shutil.copyfile(source, raw / stem)
+    return datasets.MNIST(str(tmp), train=True, download=False, transform=_reference_transform(transforms))
+
+
+def _reference_transform(transforms):
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
+
+
+class _PILImages(torch.utils.data.Dataset):
+    """uint8 images served as torchvision's MNIST serves them: a PIL image per sample, then the transforms."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        from torchvision import transforms
+
+        self.images, self.labels = images, labels
+        self.transform = _reference_transform(transforms)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i], mode="L")), int(self.labels[i])
+
+
+# ----------------------------------------------------------------------------------------------- reference
+
+
+class _ReferenceLoop:
+    """The reference study's loop: DataLoader batches, module forward, autograd, SGD, gradient clones kept."""
+
+    def __init__(self, dataset, config: Config, n_classes: int, device: torch.device) -> None:
+        self.device = device
+        self.model = build_mlp(784, config.hidden, n_classes, config.seed).to(device)
+        self.weight = studied_weight(self.model, config.studied_layer)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
+        generator = torch.Generator().manual_seed(config.seed)
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
+                                                  generator=generator)
+        self.batches = iter(self.loader)
+        self.grads: list[torch.Tensor] = []
+        self.grads_seen = 0
+        self.running_loss = 0.0
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            try:
+                x, y = next(self.batches)
+            except StopIteration:
+                self.batches = iter(self.loader)
+                x, y = next(self.batches)
+            x, y = x.to(self.device).view(x.size(0), -1), y.to(self.device)
+            self.optimizer.zero_grad()
+            loss = F.cross_entropy(self.model(x), y)
+            loss.backward()
+            self.grads_seen += 1
+            if len(self.grads) < REFERENCE_GRADS_KEPT:
+                self.grads.append(self.weight.grad.clone())
+            self.optimizer.step()
+            self.running_loss += loss.item()
+
+
+# ----------------------------------------------------------------------------------------------- measuring
+
+
+def _measure(data, reference_set, dataset_name: str, device: torch.device, steps: int, notes: list[str]) -> dict:
+    config = Config(dataset=dataset_name, seed=SEED, device=device.type)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    trainer = Trainer(config, data, device)
+    reference = _ReferenceLoop(reference_set, config, data.n_classes, device)
+    ref_steps = min(steps, REFERENCE_MAX_STEPS)
+    if ref_steps < steps:
+        notes.append(f"reference loop timed on {ref_steps} steps (it is slow), the engine on {steps}")
+
+    for _ in range(WARMUP_STEPS):
+        trainer.train_step(capture=True)
+    trainer.take_loss()
+    reference.run(min(WARMUP_STEPS, 10))
+    sync()
+
+    engine_s = reference_s = 0.0
+    for r in range(ROUNDS):
+        n_engine = _share(steps, r)
+        t0 = time.perf_counter()
+        for _ in range(n_engine):
+            trainer.train_step(capture=True)
+        trainer.take_loss()  # the engine's loop syncs like this, a few times a second
+        sync()
+        engine_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        reference.run(_share(ref_steps, r))
+        sync()
+        reference_s += time.perf_counter() - t0
+    engine_rate, reference_rate = steps / engine_s, ref_steps / reference_s
+
+    # Capture's share of the step: blocks with and without capture, interleaved.
+    block = max(1, min(steps, 1000) // ROUNDS)
+    with_s = without_s = 0.0
+    for _ in range(ROUNDS):
+        for capture in (True, False):
+            t0 = time.perf_counter()
+            for _ in range(block):
+                trainer.train_step(capture=capture)
+            trainer.take_loss()
+            sync()
+            if capture:
+                with_s += time.perf_counter() - t0
+            else:
+                without_s += time.perf_counter() - t0
+    nocapture_rate = ROUNDS * block / without_s
+
+    eval_ms = _median_ms(trainer.evaluate, 7)
+    weight = trainer.weight.detach().double().cpu().numpy()
+    cocluster_k2_ms = _median_ms(lambda: cocluster(weight, 2, SEED), 3)
+    cocluster_k8_ms = _median_ms(lambda: cocluster(weight, 8, SEED), 3)
+    rows, cols = cocluster(weight, 2, SEED)
+    mask = block_mask(rows, cols, device)
+    clusterability_ms = _median_ms(lambda: trainer.clusterability_of(mask), 21)
+    wide = np.random.default_rng(SEED).standard_normal((WIDE, WIDE))
+    cocluster_1024_k8_ms = _median_ms(lambda: cocluster(wide, 8, SEED), 3)
+    with threadpool_limits(limits=1):  # sklearn's OpenMP/BLAS pools on one thread, for comparison
+        cocluster_1024_k8_1thread_ms = _median_ms(lambda: cocluster(wide, 8, SEED), 3)
+    wide_rows, wide_cols = cocluster(wide, 8, SEED)
+    wide_w = torch.as_tensor(wide, dtype=torch.float32, device=device)
+    wide_mask = block_mask(wide_rows, wide_cols, device)
+    clusterability_1024_ms = _median_ms(lambda: clusterability(wide_w, wide_mask).item(), 21)
+
+    return {
+        "engine_steps_per_s": engine_rate,
+        "reference_steps_per_s": reference_rate,
+        "speedup": engine_rate / reference_rate,
+        "engine_steps": steps,
+        "reference_steps": ref_steps,
+        "engine_nocapture_steps_per_s": nocapture_rate,
+        "capture_share": (with_s - without_s) / with_s,
+        "eval_ms": eval_ms,
+        "cocluster_k2_ms": cocluster_k2_ms,
+        "cocluster_k8_ms": cocluster_k8_ms,
+        "cocluster_1024_k8_ms": cocluster_1024_k8_ms,
+        "cocluster_1024_k8_1thread_ms": cocluster_1024_k8_1thread_ms,
+        "clusterability_ms": clusterability_ms,
+        "clusterability_1024_ms": clusterability_1024_ms,
+        "reference_grads_kept": len(reference.grads),
+        "reference_grads_seen": reference.grads_seen,
+        "layer": f"fc{config.studied_layer} {tuple(trainer.weight.shape)}",
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "dataset": dataset_name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "notes": notes,
+    }
+
+
+def _share(total: int, round_index: int) -> int:
+    """Round `round_index`'s part of `total` steps split over ROUNDS rounds (the parts sum to total)."""
+    return total * (round_index + 1) // ROUNDS - total * round_index // ROUNDS
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _print_table(r: dict) -> None:
+    rows = [
+        ("device", f"{r['device']} ({r['threads']} threads, torch {r['torch']})"),
+        ("dataset", r["dataset"]),
+        ("engine steps/s (with capture)", f"{r['engine_steps_per_s']:,.0f}  ({r['engine_steps']} steps)"),
+        ("reference steps/s", f"{r['reference_steps_per_s']:,.1f}  ({r['reference_steps']} steps)"),
+        ("speedup", f"{r['speedup']:,.1f}x"),
+        ("engine steps/s without capture", f"{r['engine_nocapture_steps_per_s']:,.0f}"),
+        ("gradient capture's share of the step", f"{r['capture_share']:.1%}"),
+        ("test-set evaluation", f"{r['eval_ms']:.1f} ms"),
+        (f"co-cluster {r['layer']}, k=2", f"{r['cocluster_k2_ms']:.1f} ms"),
+        (f"co-cluster {r['layer']}, k=8", f"{r['cocluster_k8_ms']:.1f} ms"),
+        ("co-cluster random 1024x1024, k=8", f"{r['cocluster_1024_k8_ms']:.1f} ms"),
+        ("  the same, sklearn on 1 thread", f"{r['cocluster_1024_k8_1thread_ms']:.1f} ms"),
+        ("clusterability", f"{r['clusterability_ms']:.3f} ms"),
+        ("clusterability 1024x1024", f"{r['clusterability_1024_ms']:.3f} ms"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    for note in r["notes"]:
+        print(f"note: {note}")
