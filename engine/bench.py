@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
 
 from engine.clustering import cocluster
 from engine.config import Config
@@ -215,8 +214,6 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
     clusterability_ms = _median_ms(lambda: trainer.clusterability_of(mask), 21)
     wide = np.random.default_rng(SEED).standard_normal((WIDE, WIDE))
     cocluster_1024_k8_ms = _median_ms(lambda: cocluster(wide, 8, SEED), 3)
-    with threadpool_limits(limits=1):  # sklearn's OpenMP/BLAS pools on one thread, for comparison
-        cocluster_1024_k8_1thread_ms = _median_ms(lambda: cocluster(wide, 8, SEED), 3)
     wide_rows, wide_cols = cocluster(wide, 8, SEED)
     wide_w = torch.as_tensor(wide, dtype=torch.float32, device=device)
     wide_mask = block_mask(wide_rows, wide_cols, device)
@@ -234,7 +231,6 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
         "cocluster_k2_ms": cocluster_k2_ms,
         "cocluster_k8_ms": cocluster_k8_ms,
         "cocluster_1024_k8_ms": cocluster_1024_k8_ms,
-        "cocluster_1024_k8_1thread_ms": cocluster_1024_k8_1thread_ms,
         "clusterability_ms": clusterability_ms,
         "clusterability_1024_ms": clusterability_1024_ms,
         "reference_grads_kept": len(reference.grads),
@@ -277,7 +273,6 @@ def _print_table(r: dict) -> None:
         (f"co-cluster {r['layer']}, k=2", f"{r['cocluster_k2_ms']:.1f} ms"),
         (f"co-cluster {r['layer']}, k=8", f"{r['cocluster_k8_ms']:.1f} ms"),
         ("co-cluster random 1024x1024, k=8", f"{r['cocluster_1024_k8_ms']:.1f} ms"),
-        ("  the same, sklearn on 1 thread", f"{r['cocluster_1024_k8_1thread_ms']:.1f} ms"),
         ("clusterability", f"{r['clusterability_ms']:.3f} ms"),
         ("clusterability 1024x1024", f"{r['clusterability_1024_ms']:.3f} ms"),
     ]

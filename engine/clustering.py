@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import SpectralCoclustering
+from threadpoolctl import threadpool_limits
 
 from engine.errors import TrainingError
 
@@ -64,7 +65,10 @@ def cocluster(matrix: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np
             f"Only {n_live} units of the layer carry any weight, too few for k={k} clusters; use a smaller --k."
         )
     model = SpectralCoclustering(n_clusters=k, svd_method="randomized", random_state=seed, n_init=10)
-    model.fit(a[np.ix_(live_rows, live_cols)])
+    # On one thread: k-means over a few thousand low-dimensional points loses more to thread wake-ups than it gains
+    # (measured 78 ms vs 269 ms for 1024x1024, k=8, on the 2-core dev machine; equal at 128x128).
+    with threadpool_limits(limits=1):
+        model.fit(a[np.ix_(live_rows, live_cols)])
     rows = _place_dead(live_rows, model.row_labels_, k)
     cols = _place_dead(live_cols, model.column_labels_, k)
     return _canonical(rows, cols, k)
