@@ -45,7 +45,7 @@ class Trainer:
         self._weights = [m.weight for m in linears]
         self._studied = config.studied_layer - 1
         # The optimizer is kept for its state_dict and its lr; plain SGD's update is fused into the step below.
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, **_sgd_options(device))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
         # A dedicated CPU generator makes the batch order independent of any other use of randomness.
         self.generator = torch.Generator().manual_seed(config.seed)
         self.perm: torch.Tensor | None = None
@@ -234,10 +234,6 @@ class Trainer:
         self.position += self.batch_size
         return idx
 
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self._next_indices()
-        return self.data.train_x.index_select(0, idx), self.data.train_y.index_select(0, idx)
-
     def state_dict(self) -> dict:
         """Everything needed to continue bit-exactly; only tensors and plain values (weights_only-safe).
 
@@ -273,12 +269,6 @@ class Trainer:
         if self._pending_count:
             self._pending[: self._pending_count].copy_(pending)
         self.grad_steps = int(state["grad_steps"])
-
-
-def _sgd_options(device: torch.device) -> dict:
-    # Only the optimizer's state_dict and lr are used (the update is fused into the step); foreach on CUDA
-    # keeps optimizer.step() batched should anything call it.
-    return {"foreach": device.type == "cuda"}
 
 
 def _graphs_wanted(device: torch.device) -> bool:
