@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import platform
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from engine.clustering import cocluster
 from engine.config import Config
 from engine.data import _IDX_FILES, MNIST_MEAN, MNIST_STD, _synthetic, default_data_dirs, find_idx_files, load_dataset
+from engine.device import configure_threads
 from engine.errors import ConfigError
 from engine.metrics import block_mask, clusterability
 from engine.model import build_mlp, studied_weight
@@ -48,6 +51,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was given but no CUDA device is available; use --device cpu.")
     device = torch.device(args.device)
+    configure_threads(device)  # the engine's own setting, so the figures are the product's
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="clusterlab-bench-") as tmp:
         data, reference_set, dataset_name = _datasets(args.dataset, args.data_dir, device, Path(tmp), notes)
@@ -159,6 +163,21 @@ class _ReferenceLoop:
 # ----------------------------------------------------------------------------------------------- measuring
 
 
+def _on_thread(work: Callable[[], None]) -> float:
+    """Seconds `work` takes on a fresh thread, as the engine's jobs run."""
+    elapsed = []
+
+    def timed() -> None:
+        t0 = time.perf_counter()
+        work()
+        elapsed.append(time.perf_counter() - t0)
+
+    thread = threading.Thread(target=timed)
+    thread.start()
+    thread.join()
+    return elapsed[0]
+
+
 def _measure(data, reference_set, dataset_name: str, device: torch.device, steps: int, notes: list[str]) -> dict:
     config = Config(dataset=dataset_name, seed=SEED, device=device.type)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -174,19 +193,23 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
     reference.run(min(WARMUP_STEPS, 10))
     sync()
 
-    engine_s = reference_s = 0.0
-    for r in range(ROUNDS):
-        n_engine = _share(steps, r)
-        t0 = time.perf_counter()
-        for _ in range(n_engine):
+    def engine_round(n: int) -> None:
+        for _ in range(n):
             trainer.train_step(capture=True)
         trainer.take_loss()  # the engine's loop syncs like this, a few times a second
         sync()
-        engine_s += time.perf_counter() - t0
+
+    engine_threads = torch.get_num_threads()
+    engine_s = reference_s = 0.0
+    for r in range(ROUNDS):
+        # The engine trains on its own thread with its own thread setting; the reference as a script would.
+        engine_s += _on_thread(lambda r=r: engine_round(_share(steps, r)))
+        torch.set_num_threads(os.cpu_count() or 1)
         t0 = time.perf_counter()
         reference.run(_share(ref_steps, r))
         sync()
         reference_s += time.perf_counter() - t0
+        torch.set_num_threads(engine_threads)
     engine_rate, reference_rate = steps / engine_s, ref_steps / reference_s
 
     # Capture's share of the step: blocks with and without capture, interleaved.

@@ -21,6 +21,7 @@ from engine import events as ev
 from engine.clustering import Clusters, cocluster, gradient_clusters
 from engine.config import Config, check_k, check_lam, check_source
 from engine.data import load_dataset
+from engine.device import configure_threads, resolve_device
 from engine.errors import ClusterlabError, ConfigError, SessionError, TrainingError
 from engine.metrics import block_mask, chance_level, cluster_shares
 from engine.session import (
@@ -69,6 +70,7 @@ class Engine:
         self.path = Path(path)
         self.config = config
         self.device = resolve_device(config.device)
+        configure_threads(self.device)
         self.data = load_dataset(config.dataset, config.data_dir, config.seed, self.device)
         self.trainer = Trainer(config, self.data, self.device)
         self.clusters: Clusters | None = None
@@ -651,14 +653,6 @@ def _check_clusters(clusters: Clusters, shape: tuple[int, int]) -> None:
 def _check_count(flag: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"{flag} must be a whole number of 0 or more, not {value!r}.")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto.")
-    return torch.device(name)
 
 
 def params_sha256(model: torch.nn.Module) -> str:
