@@ -125,28 +125,31 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)  # every flag is checked before torch is even imported
+    path = session_path(args.session or new_name(config.dataset))
     from engine.engine import Engine
 
-    config = config_from_args(args)
-    name = args.session or new_name(config.dataset)
-    engine = Engine.create(session_path(name), config)
+    engine = Engine.create(path, config)
     engine.plan_default()
-    return _drive(engine, name, args.json)
+    return _drive(engine, path.name, args.json)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from engine.engine import Engine
-
     for flag in ("epochs", "steps"):
         value = getattr(args, flag)
         if value is not None and value < 0:
             raise ConfigError(f"--{flag} must be a whole number of 0 or more, not {value}.")
-    engine = Engine.open(session_path(args.name))
+    path = session_path(args.name)
+    from engine.engine import Engine
+
+    engine = Engine.open(path)
     if not engine.snapshot()["plan"] and args.epochs is None and args.steps is None:
         engine.close()
         print(f"clusterlab: session {args.name} has nothing left to do; give --epochs or --steps to train more.",
               file=sys.stderr)
-        return 0 if not args.json else _print_json(engine.snapshot())
+        if args.json:
+            _print_json(engine.snapshot())
+        return 0
     engine.continue_plan(epochs=args.epochs, steps=args.steps)
     return _drive(engine, args.name, args.json)
 
@@ -225,9 +228,8 @@ def _drive(engine, name: str, as_json: bool) -> int:
     return EXIT_FAILED if failures else 0
 
 
-def _print_json(snapshot: dict) -> int:
+def _print_json(snapshot: dict) -> None:
     print(json.dumps({k: v for k, v in snapshot.items() if k != "state"}, indent=2))
-    return 0
 
 
 def _print_summary(snapshot: dict, name: str) -> None:

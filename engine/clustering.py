@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import SpectralCoclustering
-from threadpoolctl import threadpool_limits
 
 from engine.errors import TrainingError
 
@@ -64,6 +62,9 @@ def cocluster(matrix: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np
         raise TrainingError(
             f"Only {n_live} units of the layer carry any weight, too few for k={k} clusters; use a smaller --k."
         )
+    from sklearn.cluster import SpectralCoclustering  # imported on first use: it adds 1.2 s to every start
+    from threadpoolctl import threadpool_limits
+
     model = SpectralCoclustering(n_clusters=k, svd_method="randomized", random_state=seed, n_init=10)
     # On one thread: k-means over a few thousand low-dimensional points loses more to thread wake-ups than it gains
     # (measured 78 ms vs 269 ms for 1024x1024, k=8, on the 2-core dev machine; equal at 128x128).

@@ -10,11 +10,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import scipy
-import sklearn
 import torch
 
 from engine import events as ev
@@ -665,6 +664,7 @@ def params_sha256(model: torch.nn.Module) -> str:
 
 
 def versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "platform": sys.platform}
-
+    """Library versions recorded in session.json (read from package metadata: importing scipy and
+    scikit-learn only to ask would add a second to every start)."""
+    libs = {name: metadata.version(name) for name in ("torch", "numpy", "scipy", "scikit-learn")}
+    return {"python": platform.python_version(), **libs, "platform": sys.platform}

@@ -12,8 +12,6 @@ import zipfile
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
 from engine.errors import SessionError
 
 FORMAT_VERSION = 1
@@ -71,6 +69,8 @@ def checkpoint_name(step: int) -> str:
 
 
 def write_checkpoint(directory: Path, step: int, state: dict) -> str:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     name = checkpoint_name(step)
@@ -87,6 +87,8 @@ def prune_checkpoints(directory: Path, keep: set[str]) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """Load tensors and plain values only (weights_only=True); anything else is refused."""
+    import torch
+
     if not path.is_file():
         raise SessionError(f"{path} is missing: the session's checkpoint is gone; the session cannot be resumed.")
     try:

@@ -31,7 +31,7 @@ _GRAPH_AFTER_STEPS = 3
 
 
 class Trainer:
-    """Model, optimizer, data order and gradient accumulator; everything a checkpoint must hold."""
+    """Model, SGD settings, data order and gradient accumulator; everything a checkpoint must hold."""
 
     def __init__(self, config: Config, data: Dataset, device: torch.device) -> None:
         self.config = config
@@ -44,8 +44,9 @@ class Trainer:
             raise ValueError("the hand-written training step assumes bias-free Linear layers")
         self._weights = [m.weight for m in linears]
         self._studied = config.studied_layer - 1
-        # The optimizer is kept for its state_dict and its lr; plain SGD's update is fused into the step below.
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
+        # Plain SGD (no momentum, no weight decay) has no state: its update is fused into the step below, and
+        # torch.optim is not used (creating its first optimizer also imports torch._dynamo: 1.8 s of startup).
+        self.lr = float(config.lr)
         # A dedicated CPU generator makes the batch order independent of any other use of randomness.
         self.generator = torch.Generator().manual_seed(config.seed)
         self.perm: torch.Tensor | None = None
@@ -72,7 +73,7 @@ class Trainer:
     def train_step(self, mask: torch.Tensor | None = None, lam: float = 0.0, capture: bool = False) -> None:
         """One optimizer step on the next batch; with `mask`, loss = CE - lam * clusterability."""
         idx = self._next_indices()
-        lr = float(self.optimizer.param_groups[0]["lr"])
+        lr = self.lr
         if self._graphs is not None and mask is None and idx.numel() == self.batch_size:
             if self._eager_full_steps >= _GRAPH_AFTER_STEPS and self._graph_step(idx, lr, capture):
                 self._after_step(capture)
@@ -242,7 +243,7 @@ class Trainer:
         """
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": {"name": "sgd", "lr": self.lr, "momentum": 0.0},
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "perm": None if self.perm is None else self.perm.cpu(),
@@ -256,7 +257,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr = float(state["optimizer"]["lr"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.perm = None if state["perm"] is None else state["perm"].to(self.device)
