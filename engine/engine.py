@@ -94,7 +94,7 @@ class Engine:
         self._snapshot: dict = {}
         self.metrics = MetricsLog(self.path / METRICS_FILE)
         if session is None:
-            self._save()
+            self._save("created")
         self._refresh_snapshot()
         self._thread = threading.Thread(target=self._loop, name="clusterlab-engine", daemon=True)
         self._thread.start()
@@ -352,7 +352,7 @@ class Engine:
         try:
             if job.kind == "save":
                 self._set_state(ev.SAVING)
-                self._save()
+                self._save("request")
                 return True
             if job.kind == "cluster":
                 self._run_cluster(job)
@@ -394,11 +394,11 @@ class Engine:
                 self._report(job, last_report, reported_at_step)
                 last_report, reported_at_step = now, step
             if step % config.autosave_every == 0 and job.done < job.total:
-                self._save()
+                self._save("autosave")
         if self._last_eval_step != trainer.step:
             self._evaluate(phase)
         self._finish_phase(phase, job.total)
-        self._save()
+        self._save("phase")
         return True
 
     def _hold(self, state: str) -> bool:
@@ -467,7 +467,7 @@ class Engine:
         self._emit(ev.ClustersFound(self.trainer.step, k, source, tuple(clusters.row_sizes),
                                     tuple(clusters.col_sizes), tuple(shares), c, chance))
         self._finish_phase("cluster", 0)
-        self._save()
+        self._save("phase")
 
     def _set_clusters(self, clusters: Clusters) -> None:
         self.clusters = clusters
@@ -516,7 +516,7 @@ class Engine:
     def _finish(self) -> None:
         """Final save on close; the unfinished job (if any) stays in the plan for a later resume."""
         try:
-            self._save()
+            self._save("close")
         except Exception as exc:  # noqa: BLE001 - report, but closing must complete
             self._emit(ev.Failed("save", f"final save failed: {exc}"))
         self._set_state(ev.CLOSED)
@@ -524,7 +524,7 @@ class Engine:
             self._closed = True
             self._cv.notify_all()
 
-    def _save(self) -> None:
+    def _save(self, reason: str) -> None:
         self.metrics.sync()
         name = write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
         with self._cv:
@@ -550,7 +550,7 @@ class Engine:
             self._checkpoints = (self._checkpoints + [name])[-2:]
         prune_checkpoints(self.path, set(self._checkpoints))
         self._refresh_snapshot()
-        self._emit(ev.Saved(self.trainer.step, str(self.path)))
+        self._emit(ev.Saved(self.trainer.step, str(self.path), reason))
 
     def _phase(self) -> str:
         with self._cv:

@@ -70,6 +70,7 @@ class PhaseFinished(Event):
 class Saved(Event):
     step: int
     path: str
+    reason: str  # "created", "autosave", "phase" (a job ended), "request" (save()), "close"
 
 
 @dataclass(frozen=True)

@@ -262,7 +262,8 @@ class ClusterlabApp(App[int]):
         self._dirty = True
 
     def _on_Saved(self, event: ev.Saved) -> None:  # noqa: N802
-        self.log_pane.add(f"saved at step {event.step}")
+        if event.reason != "autosave":  # several a second at full speed: they would bury everything else
+            self.log_pane.add(f"saved at step {event.step} ({event.reason})")
         if self.engine is not None and self.has_clusters:
             # Training moves the weights: the saved snapshot has the held clusters' current shares.
             self._show_snapshot_clusters(self.engine.snapshot())

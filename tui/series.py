@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 SERIES_CAP = 1000  # points kept per series; older history is merged pairwise, never dropped
 BOUNDARY_CAP = 64  # phase boundaries kept per chart (the most recent ones)
+CHARTS = ("loss", "accuracy", "clusterability")
 
 
 class Series:
@@ -62,17 +63,20 @@ class ChartData:
     clusterability: dict[str, Series] = field(default_factory=dict)
     boundaries: list[tuple[int, str]] = field(default_factory=list)  # (step, "pretrain"|"finetune"|"cluster")
     chance: float | None = None
-    version: int = 0  # bumped on every change; the charts redraw only when it moved
+    # Per chart, bumped on every change to it: a chart is re-plotted only when its own version moved, so the
+    # accuracy and clusterability charts (a few evaluations a second) do not re-plot at the loss's rate.
+    versions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHARTS, 0))
 
     def add_loss(self, phase: str, step: int, loss: float) -> None:
         self.loss.setdefault(phase, Series()).add(step, loss)
-        self.version += 1
+        self.versions["loss"] += 1
 
     def add_eval(self, phase: str, step: int, accuracy: float, clusterability: float | None) -> None:
         self.accuracy.setdefault(phase, Series()).add(step, accuracy)
+        self.versions["accuracy"] += 1
         if clusterability is not None:
             self.clusterability.setdefault(phase, Series()).add(step, clusterability)
-        self.version += 1
+            self.versions["clusterability"] += 1
 
     def add_clusters(self, step: int, clusterability: float, chance: float) -> None:
         self.clusterability.setdefault("cluster", Series()).add(step, clusterability)
@@ -82,7 +86,8 @@ class ChartData:
     def add_boundary(self, step: int, kind: str) -> None:
         if (step, kind) not in self.boundaries[-4:]:
             self.boundaries = (self.boundaries + [(step, kind)])[-BOUNDARY_CAP:]
-        self.version += 1
+        for chart in CHARTS:  # every chart draws the boundaries
+            self.versions[chart] += 1
 
     def load(self, records: list[dict]) -> None:
         """Rebuild from `Engine.metrics_history()` records (train, eval, clusters, phase)."""

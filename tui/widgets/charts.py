@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual_plotext import PlotextPlot
 
-from tui.series import ChartData, Series
+from tui.series import CHARTS, ChartData, Series
 
 # One colour per phase so the pretrain/finetune split reads at a glance, plus vertical lines at boundaries.
 PHASE_COLORS = {"pretrain": "cyan", "finetune": "orange", "cluster": "magenta"}
@@ -19,7 +19,7 @@ class MetricsCharts(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.data = ChartData()
-        self._drawn_version = -1
+        self._drawn: dict[str, int] = {}
 
     def compose(self) -> ComposeResult:
         yield PlotextPlot(id="loss-chart")
@@ -38,14 +38,17 @@ class MetricsCharts(Vertical):
         self.redraw(force=True)
 
     def redraw(self, force: bool = False) -> bool:
-        """Re-plot if the data moved on; called from the app's timer, never per event."""
-        if not force and self.data.version == self._drawn_version:
-            return False
-        self._drawn_version = self.data.version
-        self._plot("#loss-chart", "training loss", self.data.loss)
-        self._plot("#accuracy-chart", "test accuracy", self.data.accuracy)
-        self._plot("#clusterability-chart", "clusterability", self.data.clusterability, self.data.chance)
-        return True
+        """Re-plot the charts whose data moved on; called from the app's timer, never per event."""
+        stale = [c for c in CHARTS if force or self._drawn.get(c) != self.data.versions[c]]
+        for chart in stale:
+            self._drawn[chart] = self.data.versions[chart]
+            if chart == "loss":
+                self._plot("#loss-chart", "training loss", self.data.loss)
+            elif chart == "accuracy":
+                self._plot("#accuracy-chart", "test accuracy", self.data.accuracy)
+            else:
+                self._plot("#clusterability-chart", "clusterability", self.data.clusterability, self.data.chance)
+        return bool(stale)
 
     def _plot(self, selector: str, title: str, series: dict[str, Series], hline: float | None = None) -> None:
         widget = self.query_one(selector, PlotextPlot)
