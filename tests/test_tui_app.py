@@ -83,7 +83,8 @@ async def test_whole_loop_then_reopen_shows_the_same_clusters_and_charts(tui_ses
 
         await pilot.press("s")
         final_step = app.engine.snapshot()["step"]
-        await until(pilot, lambda: f"saved at step {final_step} (request)" in app.log_pane.lines_written, "the save in the log")
+        saved_line = f"saved at step {final_step} (request)"
+        await until(pilot, lambda: saved_line in app.log_pane.lines_written, "the save in the log")
         await idle(pilot, app)
         rows, charts = table_rows(table), chart_points(app)
         assert charts["boundaries"]  # phase boundaries are drawn
