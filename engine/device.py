@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -25,3 +27,18 @@ def configure_threads(device: torch.device) -> int:
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
     return torch.get_num_threads()
+
+
+@contextmanager
+def all_cores(device: torch.device) -> Iterator[None]:
+    """One big GEMM (a test-set evaluation) is worth every core: 13.6 ms with 2 threads vs 27.8 ms with 1
+    (MNIST test set on the engine thread, medians of 8)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

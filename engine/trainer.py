@@ -18,6 +18,7 @@ from torch import nn
 
 from engine.config import Config
 from engine.data import Dataset
+from engine.device import all_cores
 from engine.metrics import clusterability
 from engine.model import build_mlp, studied_weight
 
@@ -215,11 +216,12 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         """Test-set accuracy in one batched forward pass (one host sync)."""
-        h = self.data.test_x
-        for w in self._weights[:-1]:
-            h = torch.mm(h, w.t()).relu_()
-        predictions = torch.mm(h, self._weights[-1].t()).argmax(dim=1)
-        return (predictions == self.data.test_y).sum().item() / self.data.test_y.numel()
+        with all_cores(self.device):
+            h = self.data.test_x
+            for w in self._weights[:-1]:
+                h = torch.mm(h, w.t()).relu_()
+            predictions = torch.mm(h, self._weights[-1].t()).argmax(dim=1)
+            return (predictions == self.data.test_y).sum().item() / self.data.test_y.numel()
 
     @torch.no_grad()
     def clusterability_of(self, mask: torch.Tensor) -> float:
