@@ -6,7 +6,7 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine import events as ev
@@ -114,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterlabError as exc:
         print(f"clusterlab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before any work started (loading data, say): nothing to save
+        print("clusterlab: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -130,8 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engine.engine import Engine
 
     engine = Engine.create(path, config)
-    engine.plan_default()
-    return _drive(engine, path.name, args.json)
+    return _drive(engine, path.name, args.json, lambda: engine.plan_default())
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -150,8 +152,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(engine.snapshot())
         return 0
-    engine.continue_plan(epochs=args.epochs, steps=args.steps)
-    return _drive(engine, args.name, args.json)
+    return _drive(engine, args.name, args.json, lambda: engine.continue_plan(epochs=args.epochs, steps=args.steps))
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
@@ -182,8 +183,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 COMMANDS = {"tui": cmd_tui, "run": cmd_run, "resume": cmd_resume, "sessions": cmd_sessions, "bench": cmd_bench}
 
 
-def _drive(engine, name: str, as_json: bool) -> int:
-    """Show progress until the engine is idle; Ctrl-C (or SIGTERM) stops resumably."""
+def _drive(engine, name: str, as_json: bool, start: Callable[[], None]) -> int:
+    """Subscribe, then `start` the jobs (so no early failure goes unheard), and show progress until the engine
+    is idle; Ctrl-C (or SIGTERM) stops resumably."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -204,10 +206,11 @@ def _drive(engine, name: str, as_json: bool) -> int:
                                    f"{event.clusterability:.4f} (chance {event.chance:.4f})", soft_wrap=True)
         elif isinstance(event, ev.Failed):
             failures.append(event)
-            progress.console.print(f"[red]{event.job} failed: {event.message}[/red]", soft_wrap=True)
+            progress.console.print(f"{event.job} failed: {event.message}", style="red", markup=False, soft_wrap=True)
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     engine.subscribe(on_event)
+    start()
     try:
         with progress:
             while not engine.wait(timeout=0.2):

@@ -635,8 +635,9 @@ class Engine:
         return int(default_epochs) * self.trainer.steps_per_epoch
 
     def _epochs_done(self) -> int:
-        """Completed passes over the training set (the trainer counts the epoch it is in)."""
-        return self.trainer.epoch + int(self.trainer.epoch_done)
+        """Completed passes over the training set. Every epoch is exactly steps_per_epoch steps of one unbroken
+        batch stream, so this is integer arithmetic on the step: safe to read from any thread, no torch."""
+        return self.trainer.step // self.trainer.steps_per_epoch
 
     def _finetuned(self) -> bool:
         return any(h["phase"] == "finetune" for h in self.history)

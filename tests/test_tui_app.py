@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Input
 
 from engine import Engine
 from engine.session import session_path
-from tests.test_tui_support import status_text, table_rows, tui_config, until
+from tests.test_tui_support import send_key, status_text, table_rows, tui_config, until
 from tui.app import ClusterlabApp
 from tui.screens import ConfirmScreen, HelpScreen, NewSessionScreen, OpenScreen
 
@@ -35,7 +35,7 @@ async def idle(pilot, app) -> None:
 
 def chart_points(app) -> dict:
     data = app.charts.data
-    return {name: {phase: s.points() for phase, s in getattr(data, name).items()}
+    return {name: {phase: runs.lines() for phase, runs in getattr(data, name).items()}
             for name in ("loss", "accuracy", "clusterability")} | {"boundaries": list(data.boundaries)}
 
 
@@ -50,7 +50,7 @@ async def test_whole_loop_then_reopen_shows_the_same_clusters_and_charts(tui_ses
         await until(pilot, lambda: "training" in status_text(app), "training on screen")
         await until(pilot, lambda: app.engine.snapshot()["step"] > 0, "steps to be taken")
 
-        await pilot.press("space")
+        send_key(app, "space")
         await until(pilot, lambda: "paused" in status_text(app), "paused on screen")
         assert app.engine.snapshot()["state"] == "paused"
         assert app.check_action("cluster", ()) is None and app.check_action("pause", ()) is True
@@ -58,11 +58,11 @@ async def test_whole_loop_then_reopen_shows_the_same_clusters_and_charts(tui_ses
         await pilot.pause(0.3)  # an observation window, not synchronisation: a paused engine takes no steps
         assert app.engine.snapshot()["step"] == step
 
-        await pilot.press("space")
+        send_key(app, "space")
         await until(pilot, lambda: app.engine.snapshot()["step"] > step, "training to go on")
         assert "training" in status_text(app)
 
-        await pilot.press("x")  # stop: 500 epochs would take too long
+        send_key(app, "x")  # stop: 500 epochs would take too long
         await idle(pilot, app)
 
         await pilot.press("c")
@@ -115,18 +115,20 @@ async def test_bad_settings_are_explained_and_the_app_keeps_running(tui_sessions
         await until(pilot, lambda: "--k must be a whole number from 2 to 32" in str(app.query_one("#message").content),
                     "the k message")
         assert k.has_class("-invalid")
-        await pilot.press("c")
-        await pilot.pause()
-        assert app.engine.snapshot()["clusters"] is None and app.live.state == "idle"
+        await pilot.press("c")  # the app is idle: press returns once the key has been handled
+        # Refused in the UI: nothing was sent to the engine.
+        assert not app.pending and app.engine.snapshot()["plan"] == []
+        assert not any(line.startswith("cluster k=") for line in app.log_pane.lines_written)
         k.value = "2"
         app.query_one("#lam", Input).value = "-1"
         await until(pilot, lambda: "--lam must be a finite number" in str(app.query_one("#message").content),
                     "the lam message")
         app.query_one("#epochs", Input).value = "x"
         await pilot.press("t")
-        await pilot.pause()
-        assert app.engine.snapshot()["step"] == 0
-        assert "--epochs must be a whole number" in str(app.query_one("#message").content)
+        await until(pilot, lambda: "--epochs must be a whole number" in str(app.query_one("#message").content),
+                    "the epochs message")
+        assert not app.pending and app.engine.snapshot()["plan"] == [] and app.engine.snapshot()["step"] == 0
+        assert not any(line.startswith("train ") for line in app.log_pane.lines_written)
         # The engine's own refusals arrive as events and are shown too.
         app.engine.finetune()
         await until(pilot, lambda: any("needs clusters" in line for line in app.log_pane.lines_written),
@@ -159,14 +161,14 @@ async def test_quit_while_training_asks_then_saves_resumably(tui_sessions):
         await ready(pilot, app)
         await pilot.press("t")
         await until(pilot, lambda: app.live.state == "training", "training")
-        await pilot.press("q")
+        send_key(app, "q")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the quit question")
-        await pilot.press("n")
+        send_key(app, "n")
         await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), "the question to close")
         assert app.return_code is None
-        await pilot.press("q")
+        send_key(app, "q")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the quit question")
-        await pilot.press("y")
+        send_key(app, "y")
         await until(pilot, lambda: app.return_code is not None, "the app to exit")
     saved = json.loads((tui_sessions / "busy" / "session.json").read_text())
     assert saved["step"] > 0 and saved["plan"][0]["kind"] == "pretrain"
@@ -178,8 +180,8 @@ async def test_help_new_and_open_screens(tui_sessions):
         await ready(pilot, app)
         await pilot.press("question_mark")
         await until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
-        ids = {str(row[2]) for row in table_rows(app.screen.query_one(DataTable))}
-        assert {"train", "pause", "cluster", "finetune", "save", "open", "new", "quit", "help"} <= ids
+        keys = {str(row[0]) for row in table_rows(app.screen.query_one(DataTable))}
+        assert {"t", "space", "c", "f", "s", "x", "o", "n", "1", "2", "3", "? / F1", "q"} <= keys
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, HelpScreen), "help to close")
 

@@ -25,7 +25,7 @@ def test_points_are_thinned_to_a_limit_and_keep_the_newest():
     for step in range(500):
         series.add(step, 1.0)
     xs, _ = series.points(limit=50)
-    assert len(xs) <= 50 and xs[-1] == 499
+    assert len(xs) <= 51 and xs[0] == 0 and xs[-1] == 499
 
 
 def test_chart_data_loads_a_metrics_log():
@@ -39,8 +39,8 @@ def test_chart_data_loads_a_metrics_log():
         {"type": "train", "phase": "finetune", "step": 70, "epoch": 1, "loss": 1.5},
     ])
     assert set(data.loss) == {"pretrain", "finetune"}
-    assert data.accuracy["pretrain"].points() == ([64], [0.5])
-    assert data.clusterability["cluster"].points() == ([64], [0.6])
+    assert data.accuracy["pretrain"].lines() == [([64], [0.5])]
+    assert data.clusterability["cluster"].lines() == [([64], [0.6])]
     assert data.boundaries == [(64, "pretrain"), (64, "cluster")]
     assert data.chance == 0.5
 
@@ -57,3 +57,14 @@ def test_fields_are_checked_with_the_cli_wording():
         parse_k("two", (32, 32))
     with pytest.raises(ConfigError, match="--lam must be a finite number"):
         parse_lam("nan")
+
+
+def test_a_phase_trained_again_starts_a_new_line():
+    data = ChartData()
+    data.add_loss("pretrain", 10, 2.0)
+    data.add_loss("pretrain", 20, 1.8)
+    data.add_boundary(20, "pretrain")
+    data.add_loss("finetune", 30, 1.5)
+    data.add_boundary(30, "finetune")
+    data.add_loss("pretrain", 40, 1.4)
+    assert data.loss["pretrain"].lines() == [([10, 20], [2.0, 1.8]), ([40], [1.4])]

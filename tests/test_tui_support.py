@@ -25,6 +25,14 @@ async def until(pilot, condition: Callable[[], object], what: str, timeout: floa
         await pilot.pause(0.02)
 
 
+def send_key(app, key: str) -> None:
+    """Deliver a key as the terminal driver does. Pilot.press also waits for the app to go idle, which it
+    never does while training: that wait would add seconds and time nothing."""
+    from textual import events
+
+    app.post_message(events.Key(key, " " if key == "space" else key))
+
+
 def status_text(app) -> str:
     """The control pane's live status as plain text (what the screen shows there)."""
     from textual.content import Content

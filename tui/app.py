@@ -62,6 +62,8 @@ class ClusterlabApp(App[int]):
         self.pause_wanted = False
         self.quitting = False
         self._dirty = False
+        self._shares_due = False  # a save brought new cluster shares for the table
+        self._flags_given = config != Config()  # settings given for the first session, unused if it exists
 
     # ----- layout ------------------------------------------------------------------------------------------
 
@@ -131,6 +133,9 @@ class ClusterlabApp(App[int]):
         self.post_message(EngineClosed(step))
 
     def on_engine_ready(self, message: EngineReady) -> None:
+        if self.quitting:  # q came while this session was loading: close it (saving) and go
+            self._close_engine(message.engine)
+            return
         self.engine, snap = message.engine, message.snapshot
         self.session_name = message.engine.name
         self.sub_title = self.session_name
@@ -145,6 +150,11 @@ class ClusterlabApp(App[int]):
         found = [r["step"] for r in message.history if r.get("type") == "clusters"]
         self.cluster_step = found[-1] if found else None
         self._show_snapshot_clusters(snap)
+        if self._flags_given and not message.created:
+            self.log_pane.add(f"session {self.session_name} exists: it keeps its own settings; the settings "
+                              "given on the command line were not used", "warning")
+            self.control.show_message("This session keeps its own settings; the command line's were not used.")
+        self._flags_given = False
         verb = "created" if message.created else "opened"
         self.log_pane.add(f"{verb} session {self.session_name} ({snap['session']}) at step {snap['step']}")
         if self.held:
@@ -155,7 +165,11 @@ class ClusterlabApp(App[int]):
 
     def on_engine_unavailable(self, message: EngineUnavailable) -> None:
         self.switching = False
+        if self.quitting:
+            self.exit(0)
+            return
         self.live = Live(state="no session")
+        self.control.show_session(f"[b]{message.name}[/b]\nnot open: o opens another, n makes one")
         self.log_pane.add(f"session {message.name}: {message.error}", "error")
         self.control.show_message(message.error, error=True)
         self.notify(message.error, title="Cannot open session", severity="error", timeout=10)
@@ -175,6 +189,7 @@ class ClusterlabApp(App[int]):
         self.has_clusters = False
         self.session_name = name
         self.sub_title = name
+        self.control.show_session(f"[b]{name}[/b]\nopening…")
         self.clusters.clear()
         self.charts.reset()
         self._changed()
@@ -249,7 +264,7 @@ class ClusterlabApp(App[int]):
                            shares=event.shares, clusterability=event.clusterability, chance=event.chance,
                            step=event.step)
         self.charts.data.add_clusters(event.step, event.clusterability, event.chance)
-        self.control.show_message(f"Clusters found (k={event.k}): 2 shows the table.")
+        self.control.show_message(f"Clusters found (k={event.k}); press 2 for the table.")
         self._dirty = True
 
     def _on_PhaseFinished(self, event: ev.PhaseFinished) -> None:  # noqa: N802
@@ -264,9 +279,9 @@ class ClusterlabApp(App[int]):
     def _on_Saved(self, event: ev.Saved) -> None:  # noqa: N802
         if event.reason != "autosave":  # several a second at full speed: they would bury everything else
             self.log_pane.add(f"saved at step {event.step} ({event.reason})")
-        if self.engine is not None and self.has_clusters:
-            # Training moves the weights: the saved snapshot has the held clusters' current shares.
-            self._show_snapshot_clusters(self.engine.snapshot())
+        # Training moves the weights: each save's snapshot has the held clusters' current shares; the table
+        # takes them on the redraw timer, in place.
+        self._shares_due = self.has_clusters
 
     def _on_LogLine(self, event: ev.LogLine) -> None:  # noqa: N802
         self.log_pane.add(event.message, event.level)
@@ -288,6 +303,9 @@ class ClusterlabApp(App[int]):
         if self._dirty:
             self._dirty = False
             self.control.show_status(self.live)
+        if self._shares_due and self.engine is not None:
+            self._shares_due = False
+            self._show_snapshot_clusters(self.engine.snapshot())
         self.charts.redraw()
 
     # ----- which keys make sense now --------------------------------------------------------------------------
@@ -311,11 +329,12 @@ class ClusterlabApp(App[int]):
             self._command(lambda engine: engine.continue_plan(), "continuing the unfinished plan")
             return
         try:
-            epochs = self.control.train_epochs()
+            epochs, steps = self.control.train_args()
         except ConfigError as exc:
             self._refuse(exc)
             return
-        self._command(lambda engine: engine.train(epochs=epochs), f"train {epochs} epochs")
+        what = f"train {steps} steps" if steps is not None else f"train {epochs} epochs"
+        self._command(lambda engine: engine.train(epochs=epochs, steps=steps), what)
 
     def action_cluster(self) -> None:
         try:
@@ -364,7 +383,7 @@ class ClusterlabApp(App[int]):
         config = self.engine.config if self.engine is not None else self.config
         self.push_screen(NewSessionScreen(config), self._new_chosen)
 
-    async def action_quit(self) -> None:
+    def action_quit(self) -> None:
         if self.quitting:
             return
         if self.engine is not None and (self.live.state in WORKING or self.pending):
@@ -376,12 +395,14 @@ class ClusterlabApp(App[int]):
     def _quit_chosen(self, answer: bool | None) -> None:
         if not answer:
             return
+        loading = self.switching and self.engine is None  # a session is being opened: let it finish first
         self.quitting = True
         self.switching = True
         self.refresh_bindings()
         self.log_pane.add("saving and quitting…")
         self.control.show_message("Saving…")
-        self._close_engine(self.engine)
+        if not loading:
+            self._close_engine(self.engine)
 
     def _open_chosen(self, name: str | None) -> None:
         if name and name != self.session_name:
@@ -407,14 +428,14 @@ class ClusterlabApp(App[int]):
         self.control.show_message(str(exc), error=True)
         self.notify(str(exc), title="Invalid setting", severity="error")
 
-    def key_rows(self) -> list[tuple[str, str, str]]:
-        """(keys, description, id) of every binding, for the help screen."""
+    def key_rows(self) -> list[tuple[str, str]]:
+        """(keys, description) of every binding, for the help screen."""
         rows = []
         for binding in self.BINDINGS:
             assert isinstance(binding, Binding)
-            rows.append((binding.key_display or binding.key, binding.tooltip or binding.description,
-                         binding.id or ""))
-        rows.append(("tab / enter", "move to a setting / apply it and return to the keys", ""))
+            keys = binding.key.replace("question_mark", "?").replace("f1", "F1").replace(",", " / ")
+            rows.append((keys, binding.tooltip or binding.description))
+        rows.append(("tab", "move to a setting; type, then enter or escape returns to the keys"))
         return rows
 
 

@@ -15,11 +15,11 @@ from engine.session import check_name, list_sessions, new_name, session_path
 
 
 class HelpScreen(ModalScreen[None]):
-    """Every key binding of the app, with its id and what it does."""
+    """Every key binding of the app and what it does."""
 
     BINDINGS = [Binding("escape,q,question_mark,f1,enter", "dismiss", "Close", id="help.close")]
 
-    def __init__(self, rows: list[tuple[str, str, str]]) -> None:
+    def __init__(self, rows: list[tuple[str, str]]) -> None:
         super().__init__()
         self.rows = rows
 
@@ -27,12 +27,11 @@ class HelpScreen(ModalScreen[None]):
         with Vertical(classes="dialog"):
             yield Static("Keys", classes="dialog-title")
             table: DataTable = DataTable(id="help-table", cursor_type="row")
-            table.add_columns("key", "action", "id")
-            for key, description, binding_id in self.rows:
-                table.add_row(key, description, binding_id)
+            table.add_columns("key", "action")
+            for key, description in self.rows:
+                table.add_row(key, description)
             yield table
-            yield Static("Edit settings: tab to a field, type, enter to go back to the keys.  "
-                         "Any key here closes help.", classes="dialog-hint")
+            yield Static("escape, enter, q, ? or F1 closes this.", classes="dialog-hint")
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -81,13 +80,18 @@ class OpenScreen(ModalScreen[str | None]):
         rows = list_sessions()
         for row in rows:
             if "error" in row:
-                table.add_row(row["name"], row["error"], "", "", "", "", "", key=row["name"])
+                table.add_row(row["name"], "unreadable", "", "", "", "", "", key=row["name"])
                 continue
             table.add_row(row["name"], str(row["dataset"]), str(row["phase"]), str(row["step"]),
                           _fmt(row["test_accuracy"]), _fmt(row["clusterability"]), str(row["saved_at"] or ""),
                           key=row["name"])
+        self.errors = {row["name"]: row["error"] for row in rows if "error" in row}
         if not rows:
-            self.query_one("#open-message", Static).update("No sessions yet: press n for a new one.")
+            self.query_one("#open-message", Static).update("No sessions yet: escape, then n makes one.")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """Say why a session is unreadable when its row is highlighted (the table has no room for it)."""
+        self.query_one("#open-message", Static).update(self.errors.get(str(event.row_key.value), ""))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.dismiss(str(event.row_key.value))

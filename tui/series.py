@@ -49,18 +49,44 @@ class Series:
             ys.append(self._sum / self._count)
         if limit and len(xs) > limit:
             step = -(-len(xs) // limit)
-            # Keep the newest point so the curve always reaches the current step.
-            xs, ys = xs[-1::-step][::-1], ys[-1::-step][::-1]
+            # Keep the newest point, so the curve reaches the current step, and the first, so it starts where
+            # the data does and the axis range does not jump as points are dropped.
+            keep = list(range(len(xs) - 1, 0, -step))[::-1]
+            keep.insert(0, 0)
+            xs, ys = [xs[i] for i in keep], [ys[i] for i in keep]
         return xs, ys
+
+
+class Runs:
+    """One phase's points as separate lines: a phase trained again after another phase starts a new run, so
+    the chart draws no line across the phase in between."""
+
+    def __init__(self) -> None:
+        self.series: list[Series] = []
+        self._broken = True
+
+    def add(self, x: float, y: float) -> None:
+        if self._broken:
+            self.series.append(Series())
+            self._broken = False
+        self.series[-1].add(x, y)
+
+    def break_line(self) -> None:
+        self._broken = True
+
+    def lines(self, limit: int | None = None) -> list[tuple[list[float], list[float]]]:
+        """Each run's points; `limit` is shared among the runs so the plotting cost stays bounded."""
+        share = None if limit is None else max(8, limit // max(1, len(self.series)))
+        return [run.points(share) for run in self.series]
 
 
 @dataclass
 class ChartData:
     """Everything the three charts show, fed by engine events or rebuilt from the metrics log."""
 
-    loss: dict[str, Series] = field(default_factory=dict)
-    accuracy: dict[str, Series] = field(default_factory=dict)
-    clusterability: dict[str, Series] = field(default_factory=dict)
+    loss: dict[str, Runs] = field(default_factory=dict)
+    accuracy: dict[str, Runs] = field(default_factory=dict)
+    clusterability: dict[str, Runs] = field(default_factory=dict)
     boundaries: list[tuple[int, str]] = field(default_factory=list)  # (step, "pretrain"|"finetune"|"cluster")
     chance: float | None = None
     # Per chart, bumped on every change to it: a chart is re-plotted only when its own version moved, so the
@@ -68,26 +94,28 @@ class ChartData:
     versions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHARTS, 0))
 
     def add_loss(self, phase: str, step: int, loss: float) -> None:
-        self.loss.setdefault(phase, Series()).add(step, loss)
+        self.loss.setdefault(phase, Runs()).add(step, loss)
         self.versions["loss"] += 1
 
     def add_eval(self, phase: str, step: int, accuracy: float, clusterability: float | None) -> None:
-        self.accuracy.setdefault(phase, Series()).add(step, accuracy)
+        self.accuracy.setdefault(phase, Runs()).add(step, accuracy)
         self.versions["accuracy"] += 1
         if clusterability is not None:
-            self.clusterability.setdefault(phase, Series()).add(step, clusterability)
+            self.clusterability.setdefault(phase, Runs()).add(step, clusterability)
             self.versions["clusterability"] += 1
 
     def add_clusters(self, step: int, clusterability: float, chance: float) -> None:
-        self.clusterability.setdefault("cluster", Series()).add(step, clusterability)
+        self.clusterability.setdefault("cluster", Runs()).add(step, clusterability)
         self.chance = chance
         self.add_boundary(step, "cluster")
 
     def add_boundary(self, step: int, kind: str) -> None:
         if (step, kind) not in self.boundaries[-4:]:
             self.boundaries = (self.boundaries + [(step, kind)])[-BOUNDARY_CAP:]
-        for chart in CHARTS:  # every chart draws the boundaries
+        for chart in CHARTS:  # every chart draws the boundaries, and no line crosses one
             self.versions[chart] += 1
+            for runs in getattr(self, chart).values():
+                runs.break_line()
 
     def load(self, records: list[dict]) -> None:
         """Rebuild from `Engine.metrics_history()` records (train, eval, clusters, phase)."""

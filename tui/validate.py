@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.config import SOURCES, check_k, check_lam, check_source
+from engine.config import check_k, check_lam
 from engine.errors import ConfigError
 
 
@@ -34,16 +34,8 @@ def parse_lam(text: str) -> float:
     return value
 
 
-def parse_source(text: str) -> str:
-    check_source(text)
-    return text
-
-
 def _int(text: str, flag: str, what: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
         raise ConfigError(f"{flag} must be {what}, not {text.strip()!r}.") from None
-
-
-__all__ = ["SOURCES", "parse_count", "parse_k", "parse_lam", "parse_source"]

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual_plotext import PlotextPlot
 
-from tui.series import CHARTS, ChartData, Series
+from tui.series import ChartData, Runs
 
 # One colour per phase so the pretrain/finetune split reads at a glance, plus vertical lines at boundaries.
 PHASE_COLORS = {"pretrain": "cyan", "finetune": "orange", "cluster": "magenta"}
@@ -37,32 +37,42 @@ class MetricsCharts(Vertical):
             self.data.load(records)
         self.redraw(force=True)
 
-    def redraw(self, force: bool = False) -> bool:
-        """Re-plot the charts whose data moved on; called from the app's timer, never per event."""
-        stale = [c for c in CHARTS if force or self._drawn.get(c) != self.data.versions[c]]
-        for chart in stale:
-            self._drawn[chart] = self.data.versions[chart]
-            if chart == "loss":
-                self._plot("#loss-chart", "training loss", self.data.loss)
-            elif chart == "accuracy":
-                self._plot("#accuracy-chart", "test accuracy", self.data.accuracy)
-            else:
-                self._plot("#clusterability-chart", "clusterability", self.data.clusterability, self.data.chance)
-        return bool(stale)
+    def on_show(self) -> None:
+        self.redraw(force=True)  # plotted while hidden (no width), the charts were left for now
 
-    def _plot(self, selector: str, title: str, series: dict[str, Series], hline: float | None = None) -> None:
-        widget = self.query_one(selector, PlotextPlot)
+    def on_resize(self) -> None:
+        self.redraw(force=True)  # points are thinned to the width: a new width wants a new plot
+
+    def redraw(self, force: bool = False) -> None:
+        """Re-plot the charts whose data moved on; called from the app's timer, never per event."""
+        charts = {
+            "loss": ("#loss-chart", "training loss", self.data.loss, None),
+            "accuracy": ("#accuracy-chart", "test accuracy", self.data.accuracy, None),
+            "clusterability": ("#clusterability-chart", "clusterability", self.data.clusterability,
+                               self.data.chance),
+        }
+        for chart, (selector, title, series, hline) in charts.items():
+            if not force and self._drawn.get(chart) == self.data.versions[chart]:
+                continue
+            widget = self.query_one(selector, PlotextPlot)
+            if widget.size.width == 0:
+                continue  # hidden tab: plot when shown, at the real width
+            self._drawn[chart] = self.data.versions[chart]
+            self._plot(widget, title, series, hline)
+
+    def _plot(self, widget: PlotextPlot, title: str, series: dict[str, Runs], hline: float | None) -> None:
         plt = widget.plt
         plt.clear_figure()
         plt.title(title)
-        # Braille packs two points per column: more would be invisible and only cost build time.
-        limit = max(32, 2 * widget.size.width)
-        for phase, points in series.items():
-            xs, ys = points.points(limit)
-            if xs:
-                plt.plot(xs, ys, marker="braille", color=PHASE_COLORS.get(phase, "white"))
-        for step, kind in self.data.boundaries:
-            plt.vline(step, BOUNDARY_COLORS.get(kind, "gray"))
-        if hline is not None:
-            plt.hline(hline, "red")  # chance level: the clusterability of mass spread evenly
+        if series:
+            # Braille packs two points per column: more would be invisible and only cost build time.
+            limit = max(32, 2 * widget.size.width)
+            for phase, runs in series.items():
+                for xs, ys in runs.lines(limit):
+                    if xs:
+                        plt.plot(xs, ys, marker="braille", color=PHASE_COLORS.get(phase, "white"))
+            for step, kind in self.data.boundaries:
+                plt.vline(step, BOUNDARY_COLORS.get(kind, "gray"))
+            if hline is not None:
+                plt.hline(hline, "red")  # chance level: the clusterability of mass spread evenly
         widget.refresh()

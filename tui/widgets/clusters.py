@@ -19,16 +19,28 @@ class ClusterTable(Vertical):
             table.add_column(label, key=key)
         yield table
 
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._rows: list[tuple[str, str, str]] = []  # (cluster, row size, col size) of the rows shown
+
     def clear(self) -> None:
         self.query_one(DataTable).clear()
+        self._rows = []
         self.query_one("#cluster-summary", Static).update("No clusters yet: press c to cluster the studied layer.")
 
     def show(self, *, k: int, source: str, row_sizes, col_sizes, shares, clusterability: float | None,
              chance: float | None, step: int | None = None) -> None:
+        """Show these clusters; for the same clusters, only the shares change, in place, keeping the cursor."""
         table = self.query_one(DataTable)
-        table.clear()
-        for i, (rows, cols, share) in enumerate(zip(row_sizes, col_sizes, shares, strict=True)):
-            table.add_row(str(i + 1), str(rows), str(cols), f"{share:.4f}", key=f"cluster-{i + 1}")
+        rows = [(str(i + 1), str(r), str(c)) for i, (r, c) in enumerate(zip(row_sizes, col_sizes, strict=True))]
+        if rows != self._rows:
+            table.clear()
+            for row, share in zip(rows, shares, strict=True):
+                table.add_row(*row, f"{share:.4f}", key=f"cluster-{row[0]}")
+            self._rows = rows
+        else:
+            for row, share in zip(rows, shares, strict=True):
+                table.update_cell(f"cluster-{row[0]}", "share", f"{share:.4f}")
         self.query_one("#cluster-summary", Static).update(summary(k, source, clusterability, chance, step))
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, Select, Static
 
 from engine.config import SOURCES, Config
 from engine.errors import ConfigError
-from tui.validate import parse_count, parse_k, parse_lam, parse_source
+from tui.validate import parse_count, parse_k, parse_lam
 
 # (input id, label, flag named in messages)
 FIELDS = (
     ("epochs", "epochs", "--epochs"),
+    ("steps", "or steps", "--steps"),
     ("k", "k", "--k"),
     ("lam", "λ", "--lam"),
     ("finetune-epochs", "ft epochs", "--finetune-epochs"),
@@ -23,7 +25,7 @@ FIELDS = (
 
 @dataclass
 class Live:
-    """The latest figures from engine events; shown on the redraw timer, not per event."""
+    """The latest figures from engine events; progress is shown on the redraw timer, state changes at once."""
 
     state: str = "starting"
     phase: str = "-"
@@ -40,10 +42,11 @@ class Live:
 class ControlPane(Vertical):
     """Session facts, live progress and the editable settings, validated as the CLI validates them."""
 
+    BINDINGS = [Binding("escape", "leave_field", "Keys", id="control.leave", show=False)]
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.layer_shape: tuple[int, int] = (128, 128)
-        self.info = ""
         self._field_error = False  # the message line shows a settings error
 
     def compose(self) -> ComposeResult:
@@ -63,17 +66,22 @@ class ControlPane(Vertical):
         """Show a newly opened session and load its settings as the commands' defaults."""
         self.layer_shape = config.layer_shape
         rows, cols = config.layer_shape
-        self.info = f"[b]{name}[/b]\n{dataset}/{device} fc{config.studied_layer} {rows}x{cols}"
-        self.query_one("#session-info", Static).update(self.info)
+        self.show_session(f"[b]{name}[/b]\n{dataset}/{device} fc{config.studied_layer} {rows}x{cols}")
         self.query_one("#epochs", Input).value = str(config.epochs)
+        self.query_one("#steps", Input).value = "" if config.steps is None else str(config.steps)
         self.query_one("#k", Input).value = str(config.k)
         self.query_one("#lam", Input).value = f"{config.lam:g}"
         self.query_one("#finetune-epochs", Input).value = str(config.finetune_epochs)
         self.query_one("#source", Select).value = config.cluster_on
         self.show_message("")
 
+    def show_session(self, text: str) -> None:
+        """The session lines: name and data of an open session, or which one is opening or failed to."""
+        self.query_one("#session-info", Static).update(text)
+
     def show_status(self, live: Live) -> None:
-        rate = "" if live.steps_per_s is None else f"  {live.steps_per_s:,.0f} steps/s"
+        running = live.state in ("training", "finetuning")
+        rate = f"  {live.steps_per_s:,.0f} steps/s" if running and live.steps_per_s is not None else ""
         job = f"job {live.job_step:,}/{live.job_total:,}" if live.job_total and live.state != "idle" else "job -"
         lines = [
             f"[b]{live.state}[/b]  {live.phase}",
@@ -93,12 +101,15 @@ class ControlPane(Vertical):
 
     # ----- reading the settings: each raises ConfigError with the CLI's wording --------------------------
 
-    def train_epochs(self) -> int:
-        return self._read("epochs", lambda t: parse_count(t, "--epochs"))
+    def train_args(self) -> tuple[int, int | None]:
+        """(epochs, steps): a steps value, when given, is what `t` trains, as --steps does for `run`."""
+        epochs = self._read("epochs", lambda t: parse_count(t, "--epochs"))
+        steps = self._read("steps", lambda t: parse_count(t, "--steps") if t.strip() else None)
+        return epochs, steps
 
     def cluster_args(self) -> tuple[int, str]:
         k = self._read("k", lambda t: parse_k(t, self.layer_shape))
-        return k, parse_source(str(self.query_one("#source", Select).value))
+        return k, str(self.query_one("#source", Select).value)
 
     def finetune_args(self) -> tuple[int, float]:
         epochs = self._read("finetune-epochs", lambda t: parse_count(t, "--finetune-epochs"))
@@ -126,7 +137,7 @@ class ControlPane(Vertical):
     def first_error(self) -> str | None:
         """Check every field (marking the bad ones); the first problem's message, or None."""
         errors = []
-        for reader in (self.train_epochs, self.cluster_args, self.finetune_args):
+        for reader in (self.train_args, self.cluster_args, self.finetune_args):
             try:
                 reader()
             except ConfigError as exc:
@@ -134,7 +145,10 @@ class ControlPane(Vertical):
         return errors[0] if errors else None
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        # Enter hands the keys back to the app, so t/c/f work again straight away.
+        self.action_leave_field()
+
+    def action_leave_field(self) -> None:
+        """Enter or escape hands the keys back to the app, so t/c/f work again straight away."""
         self.screen.set_focus(None)
 
 

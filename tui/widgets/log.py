@@ -15,8 +15,8 @@ class EngineLog(RichLog):
     """RichLog with a cap so an hour of events never grows memory or redraw cost."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(max_lines=1000, wrap=True, markup=False, highlight=False, **kwargs)
-        self.lines_written: deque[str] = deque(maxlen=1000)  # plain text, newest last; for tests and the latency script
+        super().__init__(max_lines=1000, min_width=0, wrap=True, markup=False, highlight=False, **kwargs)
+        self.lines_written: deque[str] = deque(maxlen=1000)  # plain text, newest last (read by tests)
 
     def add(self, message: str, level: str = "info") -> None:
         stamp = time.strftime("%H:%M:%S")
