@@ -28,6 +28,7 @@ from engine.session import (
     METRICS_FILE,
     SESSION_FILE,
     MetricsLog,
+    SessionLock,
     load_checkpoint,
     now_iso,
     prune_checkpoints,
@@ -48,7 +49,7 @@ Subscriber = Callable[[ev.Event], None]
 class Job:
     """One entry of the plan. Training jobs count their steps so a saved plan resumes mid-job."""
 
-    kind: str  # "pretrain" | "finetune" | "cluster" | "save"
+    kind: str  # "pretrain" | "finetune" | "cluster"
     total: int = 0
     done: int = 0
     lam: float | None = None
@@ -59,40 +60,52 @@ class Job:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
-JOB_KINDS = ("pretrain", "finetune", "cluster", "save")
+JOB_KINDS = ("pretrain", "finetune", "cluster")
+TRAINING = ("pretrain", "finetune")
 
 
 class Engine:
-    """A clustering experiment session driven by commands that return at once."""
+    """A clustering experiment session driven by commands that return at once.
+
+    Commands (any thread) only change the plan or set flags under `_cv`; the engine thread runs the plan and
+    serves the flags at step boundaries (one attribute check a step), and every event is emitted on it.
+    """
 
     def __init__(self, path: Path, config: Config, session: dict | None, checkpoint: dict | None) -> None:
         self.path = Path(path)
         self.config = config
         self.device = resolve_device(config.device)
-        configure_threads(self.device)
-        self.data = load_dataset(config.dataset, config.data_dir, config.seed, self.device)
-        self.trainer = Trainer(config, self.data, self.device)
-        self.clusters: Clusters | None = None
-        self._mask: torch.Tensor | None = None
-        self.history: list[dict] = []
-        self._plan: list[Job] = []
-        self._last: dict = {"test_accuracy": None, "train_loss": None, "clusterability": None}
-        self._last_eval_step = -1
-        self._checkpoints: list[str] = []
-        if session is not None and checkpoint is not None:
-            self._restore(session, checkpoint)
+        self._lock = SessionLock(self.path)
+        try:
+            configure_threads(self.device)
+            self.data = load_dataset(config.dataset, config.data_dir, config.seed, self.device)
+            self.trainer = Trainer(config, self.data, self.device)
+            self.clusters: Clusters | None = None
+            self._mask: torch.Tensor | None = None
+            self.history: list[dict] = []
+            self._plan: list[Job] = []
+            self._last: dict = {"test_accuracy": None, "train_loss": None, "clusterability": None}
+            self._last_eval_step = -1
+            self._checkpoints: list[str] = []
+            records = 0
+            if session is not None and checkpoint is not None:
+                records = self._restore(session, checkpoint)
+        except BaseException:
+            self._lock.release()
+            raise
         self._subscribers: list[Subscriber] = []
         self._cv = threading.Condition()
         self._state = ev.IDLE
-        self._pause = False
-        self._stop = False
-        self._closing = False
-        self._closed = False
         self._running: Job | None = None
-        # A reopened session's unfinished plan waits for continue_plan(); any other command replaces it.
+        # A reopened session's unfinished plan waits for continue_plan(); a new train/cluster/finetune replaces it.
         self._held = bool(self._plan)
+        # Requests served by the engine thread between steps; `_attention` is True while any is pending.
+        self._pause = self._stop = self._closing = self._save_wanted = False
+        self._notices: list[ev.Event] = []
+        self._attention = False
+        self._closed = False
         self._snapshot: dict = {}
-        self.metrics = MetricsLog(self.path / METRICS_FILE)
+        self.metrics = MetricsLog(self.path / METRICS_FILE, records)
         if session is None:
             self._save("created")
         self._refresh_snapshot()
@@ -112,6 +125,8 @@ class Engine:
         try:
             return cls(path, config, None, None)
         except BaseException:
+            for leftover in path.glob(".lock"):
+                leftover.unlink()
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
             raise
@@ -133,7 +148,8 @@ class Engine:
                 raise
             raise SessionError(f"Session {path} cannot be opened: {exc}") from None
 
-    def _restore(self, session: dict, checkpoint: dict) -> None:
+    def _restore(self, session: dict, checkpoint: dict) -> int:
+        """Take the saved state; returns how many metrics records the save had written."""
         try:
             self.trainer.load_state_dict(checkpoint["trainer"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
@@ -142,6 +158,7 @@ class Engine:
             ) from None
         try:  # valid JSON of the wrong shape is as corrupt as broken JSON: one clear error, not a traceback
             step = int(session["step"])
+            records = int(session["metrics_records"])
             clusters = Clusters.from_dict(session["clusters"]) if session.get("clusters") else None
             if clusters is not None:
                 _check_clusters(clusters, tuple(self.trainer.weight.shape))
@@ -156,13 +173,15 @@ class Engine:
             ) from None
         if step != self.trainer.step:
             raise SessionError(f"{self.path / SESSION_FILE} and its checkpoint disagree on the step.")
+        self.clusters, self._mask = None, None
         if clusters is not None:
             self._set_clusters(clusters)
         self.history = history
         self._plan = plan
         self._last.update(last)
+        self._last_eval_step = -1
         self._checkpoints = [session["checkpoint"]]
-        trim_metrics(self.path / METRICS_FILE, self.trainer.step)
+        return trim_metrics(self.path / METRICS_FILE, records)
 
     # ----- commands (any thread; all return at once) ----------------------------------------------------------
 
@@ -205,33 +224,43 @@ class Engine:
         if total is None:
             return
         with self._cv:
-            clusters_coming = self.clusters is not None or any(j.kind == "cluster" for j in self._plan)
+            queued = [] if self._held else self._plan  # a held plan is about to be replaced
+            clusters_coming = self.clusters is not None or any(j.kind == "cluster" for j in queued)
         if not clusters_coming:
             self._refuse("finetune", "Finetuning needs clusters: cluster the layer first.")
             return
         self._enqueue(Job("finetune", total=total, lam=float(lam)))
 
     def continue_plan(self, epochs: int | None = None, steps: int | None = None) -> None:
-        """Run the saved, unfinished plan; with epochs/steps, first extend its current training phase."""
-        extra = None if epochs is None and steps is None else self._count_steps("train", epochs, steps, 0, None)
+        """Run the saved, unfinished plan; with epochs/steps, first extend its current training phase (the
+        last one the session trained in); more pretraining is followed by clustering again, the clusters
+        being stale."""
+        extra = 0
+        if epochs is not None or steps is not None:
+            extra = self._count_steps("train", epochs, steps, 0, None)
+            if extra is None:
+                return  # refused: the plan stays held
         with self._cv:
             self._held = False
+            if extra:
+                self._extend(extra)
             self._cv.notify_all()
-            if not extra:
-                return
-            training = [j for j in self._plan if j.kind in ("pretrain", "finetune")]
-            if self._plan and self._plan[0] in training:
-                self._plan[0].total += extra
-            else:
-                phase = "finetune" if self.clusters is not None and self._finetuned() else "pretrain"
-                lam = self.config.lam if phase == "finetune" else None
-                self._plan.insert(0, Job(phase, total=extra, lam=lam))
-                if phase == "pretrain" and self.clusters is not None and not any(
-                    j.kind == "cluster" for j in self._plan
-                ):
-                    # More pretraining makes the held clusters stale: find them again afterwards.
-                    self._plan.insert(1, Job("cluster", k=self.clusters.k, source=self.clusters.source))
-            self._cv.notify_all()
+
+    def _extend(self, extra: int) -> None:
+        if self._plan and self._plan[0].kind in TRAINING:
+            self._plan[0].total += extra
+            return
+        phase, lam = "pretrain", None
+        for entry in reversed(self.history):
+            if entry["phase"] in TRAINING:
+                phase, lam = entry["phase"], entry.get("lam")
+                break
+        if phase == "finetune" and self.clusters is not None:
+            self._plan.insert(0, Job("finetune", total=extra, lam=self.config.lam if lam is None else lam))
+            return
+        self._plan.insert(0, Job("pretrain", total=extra))
+        if self.clusters is not None and not any(j.kind == "cluster" for j in self._plan):
+            self._plan.insert(1, Job("cluster", k=self.clusters.k, source=self.clusters.source))
 
     def plan_default(self) -> None:
         """Queue the whole default plan of the config: pretrain, cluster, finetune (if any epochs)."""
@@ -241,13 +270,11 @@ class Engine:
             self.finetune()
 
     def pause(self) -> None:
-        with self._cv:
-            self._pause = True
+        """Pause the running training job at the next step boundary (nothing to do while idle)."""
+        self._request(pause=True)
 
     def resume(self) -> None:
-        with self._cv:
-            self._pause = False
-            self._cv.notify_all()
+        self._request(pause=False)
 
     def stop(self) -> None:
         """End the running job at the next step boundary and drop the queued ones."""
@@ -256,10 +283,11 @@ class Engine:
             self._stop = self._running is not None
             self._held = False
             self._pause = False
-            self._cv.notify_all()
+            self._update_attention()
 
     def save(self) -> None:
-        self._enqueue(Job("save"))
+        """Save as soon as possible: now if idle, else at the next step boundary (never mid-step)."""
+        self._request(save_wanted=True)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until idle with nothing queued (True), or until `timeout` seconds pass (False)."""
@@ -271,9 +299,6 @@ class Engine:
                     return False
                 self._cv.wait(remaining)
             return True
-
-    def _busy(self) -> bool:
-        return bool((self._plan and not self._held) or self._running or self._state not in (ev.IDLE, ev.CLOSED))
 
     def snapshot(self) -> dict:
         """The session's current figures, with the same keys as `clusterlab run --json`.
@@ -297,19 +322,17 @@ class Engine:
 
     def metrics_history(self) -> list[dict]:
         """The session's metrics log as records ("train", "eval", "clusters", "phase"), to rebuild charts."""
-        with self._cv:
-            self.metrics.flush()
-            return read_metrics(self.path / METRICS_FILE)
+        return read_metrics(self.path / METRICS_FILE)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop at the next step boundary (an unfinished job stays in the plan), save, join the thread."""
         with self._cv:
             if self._closed:
                 return
-            self._closing = True
-            self._cv.notify_all()
+        self._request(closing=True)
         self._thread.join(timeout)
-        self.metrics.close()
+        if self._thread.is_alive():
+            log.warning("the engine thread did not stop within %.0f s; it saves when its work ends", timeout)
 
     def __enter__(self) -> Engine:
         return self
@@ -317,55 +340,116 @@ class Engine:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _request(self, **flags: bool) -> None:
+        with self._cv:
+            if self._closed:
+                return
+            for name, value in flags.items():
+                setattr(self, f"_{name}", value)
+            self._update_attention()
+
+    def _update_attention(self) -> None:
+        """Under _cv: recompute the one flag the training loop checks each step, and wake the engine."""
+        self._attention = self._pause or self._stop or self._closing or self._save_wanted or bool(self._notices)
+        self._cv.notify_all()
+
+    def _busy(self) -> bool:
+        return bool((self._plan and not self._held) or self._running or self._save_wanted or self._notices
+                    or self._state not in (ev.IDLE, ev.CLOSED))
+
     # ----- engine thread -------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while (job := self._next_job()) is not None:
-            finished = self._run_job(job)
-            with self._cv:
-                if finished and self._plan and self._plan[0] is job:
-                    self._plan.pop(0)
-                elif not finished and not self._closing:
-                    self._plan.clear()
-                self._stop = False
-                self._running = None
-        self._finish()
+        try:
+            while (job := self._next_job()) is not None:
+                outcome = self._run_job(job)
+                with self._cv:
+                    if outcome in ("done", "stopped") and self._plan and self._plan[0] is job:
+                        self._plan.pop(0)  # stop() already dropped what was queued after it
+                    self._running = None
+                    self._stop = False
+                    self._update_attention()
+                if outcome in ("done", "stopped"):
+                    self._save_after(job, outcome)
+        except BaseException:  # noqa: BLE001 - the thread must always reach _finish, or wait() would hang
+            log.exception("the engine thread failed")
+        finally:
+            self._finish()
 
     def _next_job(self) -> Job | None:
-        """The next job to run, waiting (idle) for one; None once closing."""
-        with self._cv:
-            waiting = not self._closing and (self._held or not self._plan)
-            if waiting:
-                self._pause = False  # a pause is for the running job; it must not hold up the next one
-        if waiting:
+        """The next job to run, serving requests while idle; None once closing."""
+        while True:
+            with self._cv:
+                if self._closing:
+                    return None
+                if self._plan and not self._held:
+                    self._running = self._plan[0]
+                    self._pause = False  # a pause is for a running job: a leftover one must not hold this one
+                    self._update_attention()
+                    return self._running
+                notices, save = self._take_requests()
+            if notices or save:
+                self._serve(notices, save, ev.IDLE)
+                continue
             self._set_state(ev.IDLE)
-        with self._cv:
-            while not self._closing and (self._held or not self._plan):
-                self._cv.wait()
-            if self._closing:
-                return None
-            self._running = self._plan[0]
-            return self._running
+            with self._cv:
+                while not (self._closing or (self._plan and not self._held) or self._notices or self._save_wanted):
+                    self._cv.wait()
 
-    def _run_job(self, job: Job) -> bool:
-        """Run one job; False if it was stopped, interrupted by close, or failed."""
+    def _take_requests(self) -> tuple[list[ev.Event], bool]:
+        """Under _cv: the pending notices and save request, now taken."""
+        notices, self._notices = self._notices, []
+        save, self._save_wanted = self._save_wanted, False
+        self._update_attention()
+        return notices, save
+
+    def _serve(self, notices: list[ev.Event], save: bool, state: str) -> None:
+        for notice in notices:
+            self._emit(notice)
+        if save:
+            self._set_state(ev.SAVING)
+            self._save("request")
+            self._set_state(state)
+
+    def _attend(self, state: str) -> str | None:
+        """At a step boundary: serve requests and wait out a pause; 'stopped' or 'closed' if the job ends."""
+        paused = False
+        while True:
+            with self._cv:
+                if self._closing or self._stop:
+                    return "closed" if self._closing else "stopped"
+                notices, save = self._take_requests()
+                pausing = self._pause
+            if notices or save:
+                self._serve(notices, save, ev.PAUSED if paused else state)
+                continue
+            if not pausing:
+                break
+            if not paused:
+                self._set_state(ev.PAUSED)
+                paused = True
+            with self._cv:
+                while self._pause and not (self._closing or self._stop or self._notices or self._save_wanted):
+                    self._cv.wait()
+        if paused:
+            self._set_state(state)
+        return None
+
+    def _run_job(self, job: Job) -> str:
+        """Run one job: 'done', 'stopped', 'closed' (it stays in the plan) or 'failed'."""
         try:
-            if job.kind == "save":
-                self._set_state(ev.SAVING)
-                self._save("request")
-                return True
             if job.kind == "cluster":
                 self._run_cluster(job)
-                return True
+                return "done"
             return self._run_training(job)
         except ClusterlabError as exc:
-            self._fail(job.kind, str(exc))
+            self._fail(job, str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure of a job (OOM, bad data) must leave the engine alive
             log.debug("job %s failed", job.kind, exc_info=True)
-            self._fail(job.kind, f"{type(exc).__name__}: {exc}")
-        return False
+            self._fail(job, f"{type(exc).__name__}: {exc}")
+        return "failed"
 
-    def _run_training(self, job: Job) -> bool:
+    def _run_training(self, job: Job) -> str:
         phase = job.kind
         mask, lam = None, 0.0
         if phase == "finetune":
@@ -379,10 +463,13 @@ class Engine:
         capture = phase == "pretrain"
         last_report, reported_at_step = time.monotonic(), trainer.step
         while job.done < job.total:
-            if self._pause or self._stop or self._closing:
-                if not self._hold(state):
+            if self._attention:
+                ended = self._attend(state)
+                if ended is not None:
                     self._report(job, last_report, reported_at_step)
-                    return False
+                    if ended == "stopped":
+                        self._finish_phase(phase, job.done, lam if mask is not None else None, stopped=True)
+                    return ended
                 last_report, reported_at_step = time.monotonic(), trainer.step
             trainer.train_step(mask, lam, capture)
             job.done += 1
@@ -397,24 +484,8 @@ class Engine:
                 self._save("autosave")
         if self._last_eval_step != trainer.step:
             self._evaluate(phase)
-        self._finish_phase(phase, job.total)
-        self._save("phase")
-        return True
-
-    def _hold(self, state: str) -> bool:
-        """Wait out a pause; False if the job must end (stop or close)."""
-        with self._cv:
-            paused = self._pause and not (self._stop or self._closing)
-        if paused:
-            self._set_state(ev.PAUSED)
-            with self._cv:
-                while self._pause and not (self._stop or self._closing):
-                    self._cv.wait()
-        with self._cv:
-            go_on = not (self._stop or self._closing)
-        if paused and go_on:
-            self._set_state(state)
-        return go_on
+        self._finish_phase(phase, job.done, lam if mask is not None else None)
+        return "done"
 
     def _report(self, job: Job, since: float, since_step: int) -> None:
         loss = self.trainer.take_loss()
@@ -467,51 +538,55 @@ class Engine:
         self._emit(ev.ClustersFound(self.trainer.step, k, source, tuple(clusters.row_sizes),
                                     tuple(clusters.col_sizes), tuple(shares), c, chance))
         self._finish_phase("cluster", 0)
-        self._save("phase")
+
+    def _save_after(self, job: Job, outcome: str) -> None:
+        """Save once the ended job is out of the plan, so a resume never runs it again."""
+        try:
+            self._save("phase" if outcome == "done" else "stopped")
+        except Exception as exc:  # noqa: BLE001 - a full disk must not kill the engine; the last save stands
+            self._emit(ev.Failed("save", f"saving after {job.kind} failed: {exc}"))
 
     def _set_clusters(self, clusters: Clusters) -> None:
         self.clusters = clusters
         self._mask = block_mask(clusters.row_labels, clusters.col_labels, self.device)
 
-    def _finish_phase(self, phase: str, steps: int) -> None:
+    def _finish_phase(self, phase: str, steps: int, lam: float | None = None, stopped: bool = False) -> None:
         entry = {"phase": phase, "step": self.trainer.step, "steps": steps,
                  "test_accuracy": self._last["test_accuracy"], "clusterability": self._last["clusterability"]}
+        self._emit(ev.PhaseFinished(**entry, stopped=stopped))
+        if lam is not None:
+            entry["lam"] = lam  # what `resume --steps` continues a finetune with
+        if stopped:
+            entry["stopped"] = True
         self.history.append(entry)
         self.metrics.append({"type": "phase", **entry})
-        self._emit(ev.PhaseFinished(**entry))
 
-    def _fail(self, job: str, message: str) -> None:
+    def _fail(self, job: Job, message: str) -> None:
+        """Report a failed job; a training job's session returns to its last save, plan included (held)."""
         self._log(message, "error")
-        self._emit(ev.Failed(job, message))
-        if job in ("pretrain", "finetune"):
-            self._roll_back()
+        self._emit(ev.Failed(job.kind, message))
+        if job.kind in TRAINING:
+            try:
+                self._roll_back()
+                return
+            except Exception as exc:  # noqa: BLE001 - the engine must stay usable even if the disk is not
+                self._log(f"could not return to the last save: {exc}", "error")
+        with self._cv:
+            self._plan = []
 
     def _roll_back(self) -> None:
-        """After a failed training job, return to the last saved state so nothing bad is saved over it."""
-        if not self._checkpoints:
-            return
-        try:
-            state = load_checkpoint(self.path / self._checkpoints[-1])
-            self.trainer.load_state_dict(state["trainer"])
-            session = read_session(self.path)
-        except ClusterlabError as exc:
-            self._log(f"could not return to the last save: {exc}", "error")
-            return
-        self.metrics.sync()
-        trim_metrics(self.path / METRICS_FILE, self.trainer.step)
+        """Return to the last save so that nothing bad (NaN weights, say) is saved over it."""
+        session = read_session(self.path)
+        state = load_checkpoint(self.path / session["checkpoint"])
         self.metrics.close()
-        self.metrics = MetricsLog(self.path / METRICS_FILE)
-        self.history = list(session["history"])
-        self._clusters_from(session)
-        self._last.update(session.get("last", {}))
-        self._log(f"returned to the last save (step {self.trainer.step})")
+        with self._cv:
+            records = self._restore(session, state)
+            self._held = bool(self._plan)
+        self.metrics = MetricsLog(self.path / METRICS_FILE, records)
+        self.trainer.take_loss()  # forget the failed steps' losses
+        self._log(f"returned to the last save (step {self.trainer.step})"
+                  + ("; its unfinished plan is kept: continue it, or give a new command" if self._held else ""))
         self._refresh_snapshot()
-
-    def _clusters_from(self, session: dict) -> None:
-        if session.get("clusters"):
-            self._set_clusters(Clusters.from_dict(session["clusters"]))
-        else:
-            self.clusters, self._mask = None, None
 
     def _finish(self) -> None:
         """Final save on close; the unfinished job (if any) stays in the plan for a later resume."""
@@ -519,6 +594,8 @@ class Engine:
             self._save("close")
         except Exception as exc:  # noqa: BLE001 - report, but closing must complete
             self._emit(ev.Failed("save", f"final save failed: {exc}"))
+        self.metrics.close()
+        self._lock.release()
         self._set_state(ev.CLOSED)
         with self._cv:
             self._closed = True
@@ -528,7 +605,7 @@ class Engine:
         self.metrics.sync()
         name = write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
         with self._cv:
-            plan = [j.to_dict() for j in self._plan if j.kind != "save"]
+            plan = [j.to_dict() for j in self._plan]
         session = {
             "format_version": FORMAT_VERSION,
             "name": self.path.name,
@@ -538,6 +615,7 @@ class Engine:
             "step": self.trainer.step,
             "epoch": self._epochs_done(),
             "checkpoint": name,
+            "metrics_records": self.metrics.records,
             "plan": plan,
             "clusters": self.clusters.to_dict() if self.clusters else None,
             "history": self.history,
@@ -554,7 +632,7 @@ class Engine:
 
     def _phase(self) -> str:
         with self._cv:
-            if self._plan and self._plan[0].kind != "save":
+            if self._plan:
                 return self._plan[0].kind
         return self.history[-1]["phase"] if self.history else "new"
 
@@ -594,8 +672,13 @@ class Engine:
             self._emit(ev.StateChanged(state, previous))
 
     def _refuse(self, job: str, message: str) -> None:
-        """A command that makes no sense now: a failure event, never an exception on the caller's thread."""
-        self._emit(ev.Failed(job, message))
+        """A command that makes no sense now: a failure event (sent from the engine thread like every event),
+        never an exception on the caller's thread."""
+        with self._cv:
+            if self._closed:
+                return
+            self._notices.append(ev.Failed(job, message))
+            self._update_attention()
 
     def _log(self, message: str, level: str = "info") -> None:
         self._emit(ev.LogLine(level, message))
@@ -611,7 +694,7 @@ class Engine:
 
     def _enqueue(self, job: Job) -> None:
         with self._cv:
-            if self._closing:
+            if self._closing or self._closed:
                 return
             if self._held:
                 self._plan.clear()
@@ -638,9 +721,6 @@ class Engine:
         """Completed passes over the training set. Every epoch is exactly steps_per_epoch steps of one unbroken
         batch stream, so this is integer arithmetic on the step: safe to read from any thread, no torch."""
         return self.trainer.step // self.trainer.steps_per_epoch
-
-    def _finetuned(self) -> bool:
-        return any(h["phase"] == "finetune" for h in self.history)
 
 
 def _check_clusters(clusters: Clusters, shape: tuple[int, int]) -> None:

@@ -64,6 +64,7 @@ class PhaseFinished(Event):
     steps: int
     test_accuracy: float | None
     clusterability: float | None
+    stopped: bool = False  # ended early by stop(); `steps` is what it ran
 
 
 @dataclass(frozen=True)

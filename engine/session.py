@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import pickle
 import re
+import tempfile
 import time
-import zipfile
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from engine.errors import SessionError
 FORMAT_VERSION = 1
 SESSION_FILE = "session.json"
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)\.pt")
 
@@ -51,13 +53,37 @@ def new_name(dataset: str, root: Path | None = None) -> str:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same directory, fsync, then os.replace: all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+class SessionLock:
+    """An exclusive lock on a session directory for as long as one Engine has it open: two processes writing
+    one session would interleave its files. The kernel drops it when the process dies, SIGKILL included."""
+
+    def __init__(self, directory: Path) -> None:
+        self._fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise SessionError(
+                f"{directory} is open in another clusterlab (a UI or a run); close it there first."
+            ) from None
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = -1
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -96,7 +122,7 @@ def load_checkpoint(path: Path) -> dict:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
         raise SessionError(f"{path} holds objects that are not plain tensors and was refused ({first}).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any way a damaged file fails to load is the same news
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SessionError(f"{path} is corrupt or truncated and cannot be loaded ({reason}).") from None
     if not isinstance(state, dict) or "trainer" not in state:
@@ -123,7 +149,8 @@ def read_session(directory: Path) -> dict:
             f"{path} has format version {version!r}, newer than this clusterlab understands ({FORMAT_VERSION});"
             " upgrade clusterlab to open it."
         )
-    missing = [key for key in ("config", "checkpoint", "step", "plan", "history") if key not in data]
+    missing = [key for key in ("config", "checkpoint", "step", "plan", "history", "metrics_records")
+               if key not in data]
     if missing:
         raise SessionError(f"{path} lacks required field(s) {', '.join(missing)}; the session cannot be opened.")
     if not isinstance(data["checkpoint"], str) or not _CHECKPOINT.fullmatch(data["checkpoint"]):
@@ -132,18 +159,20 @@ def read_session(directory: Path) -> dict:
 
 
 class MetricsLog:
-    """Append-only JSON-lines log of training metrics; one object per line, each with a step."""
+    """Append-only JSON-lines log of training metrics; one object per line, each with a step.
 
-    def __init__(self, path: Path) -> None:
+    Line-buffered, so every record reaches the file at once (a reader on another thread never needs to
+    flush it); `records` counts the lines, which a save records so a resume can cut the log exactly there.
+    """
+
+    def __init__(self, path: Path, records: int) -> None:
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the session's life
+        self.records = records
+        self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - open for the session's life
 
     def append(self, record: dict) -> None:
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-
-    def flush(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
+        self.records += 1
 
     def sync(self) -> None:
         self._file.flush()
@@ -155,29 +184,33 @@ class MetricsLog:
             self._file.close()
 
 
-def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
-    """Records of the log, skipping a torn last line and, if given, those after `up_to_step`."""
+def read_metrics(path: Path, limit: int | None = None) -> list[dict]:
+    """The log's records, skipping a torn (unparsable) line; at most the first `limit` if given."""
     if not path.is_file():
         return []
     records = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if limit is not None and len(records) >= limit:
+            break
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and (up_to_step is None or record.get("step", 0) <= up_to_step):
+        if isinstance(record, dict):
             records.append(record)
     return records
 
 
-def trim_metrics(path: Path, up_to_step: int) -> None:
-    """Drop torn lines and records after the resumed checkpoint, so no step appears twice."""
+def trim_metrics(path: Path, records: int) -> int:
+    """Keep the first `records` records, those the resumed save had written; what came after the save
+    (and a torn last line) goes, so no step appears twice. Returns how many records the log now holds."""
     if not path.is_file():
-        return
-    kept = read_metrics(path, up_to_step)
+        return 0
+    kept = read_metrics(path, records)
     text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept)
     if text != path.read_text(encoding="utf-8", errors="replace"):
         atomic_write(path, text.encode())
+    return len(kept)
 
 
 def list_sessions(root: Path | None = None) -> list[dict]:
@@ -187,19 +220,19 @@ def list_sessions(root: Path | None = None) -> list[dict]:
     for directory in sorted(p for p in root.glob("*") if p.is_dir() and not p.name.startswith(".")):
         try:
             data = read_session(directory)
-        except SessionError as exc:
-            rows.append({"name": directory.name, "error": str(exc)})
-            continue
-        last = data.get("last", {})
-        rows.append({
-            "name": directory.name,
-            "dataset": data["config"].get("dataset"),
-            "phase": data.get("phase"),
-            "step": data.get("step"),
-            "test_accuracy": last.get("test_accuracy"),
-            "clusterability": last.get("clusterability"),
-            "saved_at": data.get("saved_at"),
-        })
+            last = data.get("last") or {}
+            rows.append({
+                "name": directory.name,
+                "dataset": data["config"].get("dataset"),
+                "phase": data.get("phase"),
+                "step": data.get("step"),
+                "test_accuracy": last.get("test_accuracy"),
+                "clusterability": last.get("clusterability"),
+                "saved_at": data.get("saved_at"),
+            })
+        except (SessionError, AttributeError, TypeError) as exc:
+            reason = str(exc) if isinstance(exc, SessionError) else f"{directory / SESSION_FILE} is malformed"
+            rows.append({"name": directory.name, "error": reason})
     rows.sort(key=lambda r: r.get("saved_at") or "", reverse=True)
     return rows
 

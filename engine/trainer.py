@@ -162,17 +162,19 @@ class Trainer:
         weights = [w.data for w in self._weights]
         saved = [w.clone() for w in weights]
         saved_loss = self._loss_sum.clone()
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            self._core(self._gx, self._gy, lr, grad_out)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._core(self._gx, self._gy, lr, grad_out)
-        for w, v in zip(weights, saved, strict=True):
-            w.copy_(v)
-        self._loss_sum.copy_(saved_loss)
+        try:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                self._core(self._gx, self._gy, lr, grad_out)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._core(self._gx, self._gy, lr, grad_out)
+        finally:  # also when capture fails: the eager step that follows must start from the same state
+            for w, v in zip(weights, saved, strict=True):
+                w.copy_(v)
+            self._loss_sum.copy_(saved_loss)
         return graph
 
     # ----------------------------------------------------------------------------------- gradient accumulator
@@ -247,13 +249,12 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": {"name": "sgd", "lr": self.lr, "momentum": 0.0},
             "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
             "perm": None if self.perm is None else self.perm.cpu(),
             "position": self.position,
             "epoch": self.epoch,
             "step": self.step,
             "grad_sum": self._grad_sum.cpu(),
-            "grad_pending": self._pending[: self._pending_count].cpu(),
+            "grad_pending": self._pending[: self._pending_count].clone().cpu(),  # a view would save the buffer
             "grad_steps": self.grad_steps,
         }
 
@@ -261,14 +262,13 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.lr = float(state["optimizer"]["lr"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
         self.perm = None if state["perm"] is None else state["perm"].to(self.device)
         self.position = int(state["position"])
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self._grad_sum.copy_(state["grad_sum"])
-        pending = state.get("grad_pending")
-        self._pending_count = 0 if pending is None else int(pending.shape[0])
+        pending = state["grad_pending"]
+        self._pending_count = int(pending.shape[0])
         if self._pending_count:
             self._pending[: self._pending_count].copy_(pending)
         self.grad_steps = int(state["grad_steps"])

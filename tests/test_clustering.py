@@ -169,3 +169,20 @@ def test_regulariser_raises_clusterability():
     assert before0 == pytest.approx(before20)  # same start
     assert after20 > after0 + 0.1
     assert after20 > before20 + 0.1
+
+
+def test_inputs_that_never_fired_join_the_cluster_their_weight_goes_to():
+    # S has no gradient for input units 2 and 5 (never fired), but W still sends their weight somewhere.
+    rng = np.random.default_rng(0)
+    s = np.zeros((8, 8))
+    s[np.ix_([0, 1, 3], [0, 1, 3])] = 1.0
+    s[np.ix_([4, 6, 7], [4, 6, 7])] = 1.0
+    s += 0.01 * rng.random((8, 8)) * (s > 0)
+    weight = np.full((6, 8), 0.01)
+    weight[np.ix_([0, 1, 2], [0, 1, 3])] = 1.0  # outputs 0-2 read inputs 0, 1, 3
+    weight[np.ix_([3, 4, 5], [4, 6, 7])] = 1.0  # outputs 3-5 read inputs 4, 6, 7
+    weight[3:, 2] = 1.0  # dead input 2 feeds outputs 3-5
+    weight[:3, 5] = 1.0  # dead input 5 feeds outputs 0-2
+    rows, cols = gradient_clusters(s, weight, 2)
+    assert rows[0] == rows[1] == rows[2] != rows[3] == rows[4] == rows[5]
+    assert cols[2] == rows[3] and cols[5] == rows[0]

@@ -227,7 +227,11 @@ def test_stop_ends_the_running_job_and_drops_the_queue(make_engine):
     assert engine.wait(5)
     assert engine.state == ev.IDLE
     assert engine.snapshot()["plan"] == []
-    assert rec.of(ev.PhaseFinished) == [] and rec.of(ev.ClustersFound) == []
+    # The stopped job is recorded as such (with the steps it ran); nothing queued after it ran.
+    [stopped] = rec.of(ev.PhaseFinished)
+    assert stopped.phase == "pretrain" and stopped.stopped and 0 < stopped.steps < LONG
+    assert rec.of(ev.ClustersFound) == []
+    assert engine.snapshot()["history"][-1]["stopped"] is True
     step = engine.snapshot()["step"]
     assert 0 < step < LONG
     engine.train(steps=10)  # usable afterwards
@@ -244,3 +248,50 @@ def test_snapshot_has_the_keys_of_run_json(make_engine, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert set(engine.snapshot()) - {"state"} == set(printed)
     assert printed["step"] == 10 and printed["dataset"] == "synthetic"
+
+
+def test_a_command_right_after_stop_still_runs(make_engine):
+    engine = make_engine()
+    rec = Recorder()
+    engine.subscribe(rec)
+    engine.train(steps=LONG)
+    rec.wait_for(lambda e: isinstance(e, ev.Progress))
+    engine.stop()
+    engine.train(steps=20)  # before the stop has taken effect
+    assert engine.wait(10)
+    history = engine.snapshot()["history"]
+    assert [h["phase"] for h in history] == ["pretrain", "pretrain"]
+    assert history[0].get("stopped") and history[1]["steps"] == 20 and not history[1].get("stopped")
+
+
+def test_a_pause_sent_while_idle_does_not_hold_the_next_job(make_engine):
+    engine = make_engine()
+    engine.pause()
+    engine.train(steps=20)
+    assert engine.wait(10)
+    assert engine.snapshot()["step"] == 20
+
+
+def test_refusals_arrive_on_the_engine_thread(make_engine):
+    engine = make_engine()
+    threads = []
+    engine.subscribe(lambda e: threads.append(threading.current_thread().name) if isinstance(e, ev.Failed) else None)
+    engine.cluster(k=10**6)
+    assert engine.wait(5)
+    assert threads == ["clusterlab-engine"]
+
+
+def test_a_failing_rollback_leaves_a_usable_engine(make_engine, monkeypatch):
+    from engine import engine as engine_module
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    engine = make_engine(lr=1e30, steps=200)
+    monkeypatch.setattr(engine_module, "trim_metrics", disk_full)
+    rec = Recorder()
+    engine.subscribe(rec)
+    engine.train()
+    assert engine.wait(10), "the engine thread must survive a failure while recovering from a failure"
+    assert any("could not return to the last save" in e.message for e in rec.of(ev.LogLine))
+    assert engine.state == ev.IDLE

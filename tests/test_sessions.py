@@ -14,7 +14,9 @@ from engine import Engine, SessionError
 from engine import events as ev
 from engine.cli import main
 from engine.session import load_checkpoint, read_metrics
-from tests.conftest import run_json, small_config
+from tests.conftest import Recorder, run_json, small_config
+
+LONG_STEPS = 10**7
 
 
 def test_resume_mid_epoch_in_a_fresh_process_is_exact(sessions):
@@ -209,3 +211,51 @@ def test_open_continues_the_saved_plan_exactly(sessions):
         assert reopened.snapshot()["params_sha256"] == reference.snapshot()["params_sha256"]
     finally:
         reopened.close()
+
+
+def test_save_keeps_an_opened_sessions_unfinished_plan(sessions):
+    engine = Engine.create(sessions / "held", small_config(steps=LONG_STEPS, autosave_every=50))
+    rec = Recorder()
+    engine.subscribe(rec)
+    engine.plan_default()
+    rec.wait_for(lambda e: isinstance(e, ev.Saved) and e.reason == "autosave")
+    engine.close()
+    engine = Engine.open(sessions / "held")
+    plan = engine.snapshot()["plan"]
+    assert [j["kind"] for j in plan] == ["pretrain", "cluster", "finetune"]
+    engine.save()
+    assert engine.wait(10)
+    assert engine.snapshot()["plan"] == plan
+    assert json.loads((sessions / "held" / "session.json").read_text())["plan"] == plan
+    engine.close()
+
+
+def test_a_failed_job_keeps_the_last_saved_plan(sessions):
+    engine = Engine.create(sessions / "nan", small_config(lam=1e12))
+    engine.plan_default()
+    assert engine.wait(60)
+    snap = engine.snapshot()
+    assert [h["phase"] for h in snap["history"]] == ["pretrain", "cluster"]  # the finetune diverged
+    assert [j["kind"] for j in snap["plan"]] == ["finetune"] and snap["plan"][0]["done"] == 0
+    engine.close()
+    assert [j["kind"] for j in json.loads((sessions / "nan" / "session.json").read_text())["plan"]] == ["finetune"]
+
+
+def test_a_refused_extension_keeps_the_plan_held(sessions):
+    engine = Engine.create(sessions / "h", small_config())
+    engine.plan_default()
+    engine.close()  # the plan is saved unfinished
+    engine = Engine.open(sessions / "h")
+    before = engine.snapshot()
+    engine.continue_plan(epochs=-3)
+    assert engine.wait(5)
+    assert engine.snapshot()["plan"] == before["plan"] and engine.snapshot()["step"] == before["step"]
+    engine.close()
+
+
+def test_a_session_is_opened_by_one_engine_at_a_time(sessions):
+    engine = Engine.create(sessions / "one", small_config())
+    with pytest.raises(SessionError, match="open in another clusterlab"):
+        Engine.open(sessions / "one")
+    engine.close()
+    Engine.open(sessions / "one").close()  # free again once closed
