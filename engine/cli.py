@@ -103,6 +103,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    # SIGTERM (a scheduler, `kill`) is handled like Ctrl-C: stop at a step boundary and save.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
             argv = ["tui", *argv]  # `clusterlab --dataset ...` means `clusterlab tui --dataset ...`
@@ -117,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # before any work started (loading data, say): nothing to save
         print("clusterlab: interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -208,10 +212,9 @@ def _drive(engine, name: str, as_json: bool, start: Callable[[], None]) -> int:
             failures.append(event)
             progress.console.print(f"{event.job} failed: {event.message}", style="red", markup=False, soft_wrap=True)
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     engine.subscribe(on_event)
-    start()
     try:
+        start()
         with progress:
             while not engine.wait(timeout=0.2):
                 pass
@@ -219,9 +222,9 @@ def _drive(engine, name: str, as_json: bool, start: Callable[[], None]) -> int:
         engine.close()
         print(f"clusterlab: stopped at step {engine.snapshot()['step']} and saved; continue with "
               f"'clusterlab resume {name}'.", file=sys.stderr)
+        if as_json:
+            _print_json(engine.snapshot())
         return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     engine.close()
     snapshot = engine.snapshot()
     if as_json:

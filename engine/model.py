@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 
-def build_mlp(n_in: int, hidden: tuple[int, ...], n_out: int, seed: int, bias: bool = False) -> nn.Sequential:
+def build_mlp(n_in: int, hidden: tuple[int, ...], n_out: int, seed: int) -> nn.Sequential:
     """A seeded MLP; the same seed gives the same initial weights on every run."""
     widths = (n_in, *hidden, n_out)
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i in range(len(widths) - 1):
-            layers[f"fc{i + 1}"] = nn.Linear(widths[i], widths[i + 1], bias=bias)
+            layers[f"fc{i + 1}"] = nn.Linear(widths[i], widths[i + 1], bias=False)
             if i < len(widths) - 2:
                 layers[f"relu{i + 1}"] = nn.ReLU()
     return nn.Sequential(layers)
