@@ -39,6 +39,7 @@ from engine.trainer import Trainer
 REFERENCE_MAX_STEPS = 200  # the reference loop runs ~20-50 steps/s: time it on fewer steps
 REFERENCE_GRADS_KEPT = 1000  # the reference kept every gradient; past this many they are only counted
 ROUNDS = 4  # engine and reference alternate in this many rounds, so drifts in machine load hit both
+CAPTURE_BLOCKS = 10  # interleaved blocks with and without gradient capture
 WARMUP_STEPS = 30
 WIDE = 1024  # side of the random matrix that shows how co-clustering and clusterability scale
 SEED = 42
@@ -163,6 +164,13 @@ class _ReferenceLoop:
 # ----------------------------------------------------------------------------------------------- measuring
 
 
+def _steps(trainer: Trainer, n: int, capture: bool, sync: Callable[[], None]) -> None:
+    for _ in range(n):
+        trainer.train_step(capture=capture)
+    trainer.take_loss()  # the engine's loop syncs like this, a few times a second
+    sync()
+
+
 def _on_thread(work: Callable[[], None]) -> float:
     """Seconds `work` takes on a fresh thread, as the engine's jobs run."""
     elapsed = []
@@ -193,17 +201,11 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
     reference.run(min(WARMUP_STEPS, 10))
     sync()
 
-    def engine_round(n: int) -> None:
-        for _ in range(n):
-            trainer.train_step(capture=True)
-        trainer.take_loss()  # the engine's loop syncs like this, a few times a second
-        sync()
-
     engine_threads = torch.get_num_threads()
     engine_s = reference_s = 0.0
     for r in range(ROUNDS):
         # The engine trains on its own thread with its own thread setting; the reference as a script would.
-        engine_s += _on_thread(lambda r=r: engine_round(_share(steps, r)))
+        engine_s += _on_thread(lambda r=r: _steps(trainer, _share(steps, r), True, sync))
         torch.set_num_threads(os.cpu_count() or 1)
         t0 = time.perf_counter()
         reference.run(_share(ref_steps, r))
@@ -212,21 +214,16 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
         torch.set_num_threads(engine_threads)
     engine_rate, reference_rate = steps / engine_s, ref_steps / reference_s
 
-    # Capture's share of the step: blocks with and without capture, interleaved.
-    block = max(1, min(steps, 1000) // ROUNDS)
-    with_s = without_s = 0.0
-    for _ in range(ROUNDS):
+    # Capture's share of the step: blocks with and without capture, interleaved, on the engine's kind of thread;
+    # medians, since one block can be hit by whatever else the machine does. Blocks are a multiple of the
+    # 32-step fold, so each holds its share of folds.
+    block = 32 * max(1, min(steps, 1000) // (32 * CAPTURE_BLOCKS))
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(CAPTURE_BLOCKS):
         for capture in (True, False):
-            t0 = time.perf_counter()
-            for _ in range(block):
-                trainer.train_step(capture=capture)
-            trainer.take_loss()
-            sync()
-            if capture:
-                with_s += time.perf_counter() - t0
-            else:
-                without_s += time.perf_counter() - t0
-    nocapture_rate = ROUNDS * block / without_s
+            times[capture].append(_on_thread(lambda capture=capture: _steps(trainer, block, capture, sync)))
+    with_s, without_s = statistics.median(times[True]), statistics.median(times[False])
+    nocapture_rate = block / without_s
 
     eval_ms = _median_ms(trainer.evaluate, 7)
     weight = trainer.weight.detach().double().cpu().numpy()

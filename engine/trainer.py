@@ -186,7 +186,10 @@ class Trainer:
 
     def _fold_pending(self) -> None:
         if self._pending_count:
-            self._grad_sum += self._pending_gram()
+            # One big GEMM, like an evaluation: on every core the capture's share of the step measured 10% instead
+            # of 12% (engine thread, MNIST, medians of 10 interleaved blocks of 640 steps).
+            with all_cores(self.device):
+                self._grad_sum += self._pending_gram()
             self._pending_count = 0
 
     @property
