@@ -217,7 +217,7 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
     # Capture's share of the step: blocks with and without capture, interleaved, on the engine's kind of thread;
     # medians, since one block can be hit by whatever else the machine does. Blocks are a multiple of the
     # 32-step fold, so each holds its share of folds.
-    block = 32 * max(1, min(steps, 1000) // (32 * CAPTURE_BLOCKS))
+    block = 32 * max(1, min(steps, 1000) // 100)
     times: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(CAPTURE_BLOCKS):
         for capture in (True, False):
