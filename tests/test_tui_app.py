@@ -53,7 +53,8 @@ async def test_whole_loop_then_reopen_shows_the_same_clusters_and_charts(tui_ses
         send_key(app, "space")
         await until(pilot, lambda: "paused" in status_text(app), "paused on screen")
         assert app.engine.snapshot()["state"] == "paused"
-        assert app.check_action("cluster", ()) is None and app.check_action("pause", ()) is True
+        assert app.check_action("cluster", ()) is None
+        assert app.check_action("resume", ()) is True and app.check_action("pause", ()) is False  # footer: Resume
         step = app.engine.snapshot()["step"]
         await pilot.pause(0.3)  # an observation window, not synchronisation: a paused engine takes no steps
         assert app.engine.snapshot()["step"] == step

@@ -34,7 +34,9 @@ class ClusterlabApp(App[int]):
     AUTO_FOCUS = None  # nothing focused at start, so letter keys reach the app, not a settings field
     BINDINGS = [
         Binding("t", "train", "Train", id="train", tooltip="train (or continue the session's unfinished plan)"),
-        Binding("space", "pause", "Pause", id="pause", key_display="space", tooltip="pause or resume training"),
+        # One key, two bindings: the footer names what space does now (check_action hides the other).
+        Binding("space", "pause", "Pause", id="pause", key_display="space", tooltip="pause training"),
+        Binding("space", "resume", "Resume", id="resume", key_display="space", tooltip="resume paused training"),
         Binding("c", "cluster", "Cluster", id="cluster", tooltip="co-cluster the studied layer with k and source"),
         Binding("f", "finetune", "Finetune", id="finetune", tooltip="finetune with loss = CE - λ·clusterability"),
         Binding("s", "save", "Save", id="save", tooltip="save the session now"),
@@ -226,11 +228,8 @@ class ClusterlabApp(App[int]):
             self.pending = False
         if event.state == ev.PAUSED:
             self.pause_wanted = True
-        elif event.state == ev.IDLE and self.pause_wanted:
-            # A pause asked for as the job ended would otherwise linger and pause the next job at once.
-            self.pause_wanted = False
-            if self.engine is not None:
-                self.engine.resume()
+        elif event.state == ev.IDLE:
+            self.pause_wanted = False  # the engine drops a pause that outlived its job
         elif event.state in (ev.TRAINING, ev.FINETUNING) and event.previous == ev.PAUSED:
             self.pause_wanted = False
         if event.state in (ev.TRAINING, ev.FINETUNING):
@@ -316,8 +315,13 @@ class ClusterlabApp(App[int]):
             return True if idle else None
         if action == "finetune":
             return True if idle and self.has_clusters else None
-        if action in ("pause", "stop"):
-            return True if self.engine is not None and self.live.state in RUNNING else None
+        if action in ("pause", "resume", "stop"):
+            if self.engine is None or self.live.state not in RUNNING:
+                return False if action == "resume" else None
+            if action == "stop":
+                return True
+            # Decided on what was asked, not on the state shown: two quick presses pause, then resume.
+            return self.pause_wanted == (action == "resume")
         if action in ("open", "new"):
             return True if not self.switching and (self.engine is None or idle) else None
         return True
@@ -356,14 +360,14 @@ class ClusterlabApp(App[int]):
         self._command(lambda engine: engine.save(), "save")
 
     def action_pause(self) -> None:
-        if self.engine is None:
-            return
-        # Toggle on what was asked, not on the state shown: two quick presses must pause then resume.
-        self.pause_wanted = not self.pause_wanted
-        if self.pause_wanted:
-            self.engine.pause()
-        else:
-            self.engine.resume()
+        self.pause_wanted = True
+        self.engine.pause()
+        self.refresh_bindings()
+
+    def action_resume(self) -> None:
+        self.pause_wanted = False
+        self.engine.resume()
+        self.refresh_bindings()
 
     def action_stop(self) -> None:
         if self.engine is not None:
