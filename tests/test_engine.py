@@ -17,6 +17,16 @@ from tests.conftest import Recorder
 LONG = 10**7  # steps: a job that would run for hours
 
 
+def training(make_engine):
+    """An engine busy with a long pretraining job that has reported progress, and its event recorder."""
+    engine = make_engine()
+    rec = Recorder()
+    engine.subscribe(rec)
+    engine.train(steps=LONG)
+    rec.wait_for(lambda e: isinstance(e, ev.Progress))
+    return engine, rec
+
+
 def test_commands_return_at_once(make_engine):
     engine = make_engine()
     rec = Recorder()
@@ -32,11 +42,7 @@ def test_commands_return_at_once(make_engine):
 
 
 def test_pause_takes_effect_within_100_ms_and_resume_goes_on(make_engine):
-    engine = make_engine()
-    rec = Recorder()
-    engine.subscribe(rec)
-    engine.train(steps=LONG)
-    rec.wait_for(lambda e: isinstance(e, ev.Progress))
+    engine, rec = training(make_engine)
     asked = time.monotonic()
     engine.pause()
     paused = rec.wait_for(lambda e: isinstance(e, ev.StateChanged) and e.state == ev.PAUSED, timeout=5)
@@ -168,11 +174,7 @@ def test_impossible_commands_are_refused_with_failed_events(make_engine):
 
 
 def test_close_while_training_is_prompt_and_leaves_no_thread(make_engine):
-    engine = make_engine()
-    rec = Recorder()
-    engine.subscribe(rec)
-    engine.train(steps=LONG)
-    rec.wait_for(lambda e: isinstance(e, ev.Progress))
+    engine, rec = training(make_engine)
     started = time.monotonic()
     engine.close()
     assert time.monotonic() - started < 2.0
@@ -251,11 +253,7 @@ def test_snapshot_has_the_keys_of_run_json(make_engine, capsys):
 
 
 def test_a_command_right_after_stop_still_runs(make_engine):
-    engine = make_engine()
-    rec = Recorder()
-    engine.subscribe(rec)
-    engine.train(steps=LONG)
-    rec.wait_for(lambda e: isinstance(e, ev.Progress))
+    engine, rec = training(make_engine)
     engine.stop()
     engine.train(steps=20)  # before the stop has taken effect
     assert engine.wait(10)
