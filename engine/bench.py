@@ -29,7 +29,15 @@ import torch.nn.functional as F
 
 from engine.clustering import cocluster
 from engine.config import Config
-from engine.data import _IDX_FILES, MNIST_MEAN, MNIST_STD, _synthetic, default_data_dirs, find_idx_files, load_dataset
+from engine.data import (
+    IDX_FILES,
+    MNIST_MEAN,
+    MNIST_STD,
+    default_data_dirs,
+    find_idx_files,
+    load_dataset,
+    synthetic_arrays,
+)
 from engine.device import configure_threads
 from engine.errors import ConfigError
 from engine.metrics import block_mask, clusterability
@@ -80,7 +88,7 @@ def _datasets(name: str, data_dir: str | None, device: torch.device, tmp: Path, 
             data = load_dataset("mnist", str(folder), SEED, device)
             return data, _torchvision_mnist(files, tmp), "mnist"
     data = load_dataset("synthetic", None, SEED, device)
-    train_x, train_y, _, _ = _synthetic(SEED)
+    train_x, train_y, _, _ = synthetic_arrays(SEED)
     images = np.rint(train_x.reshape(-1, 28, 28) * 255.0).astype(np.uint8)
     notes.append("synthetic images go through PIL + ToTensor + Normalize in the reference, like torchvision's MNIST")
     return data, _PILImages(images, train_y), "synthetic"
@@ -92,7 +100,7 @@ def _torchvision_mnist(files: dict[str, Path], tmp: Path):
 
     raw = tmp / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for key, stem in _IDX_FILES.items():
+    for key, stem in IDX_FILES.items():
         source = files[key]
         if source.suffix == ".gz":
             with gzip.open(source, "rb") as f_in, open(raw / stem, "wb") as f_out:

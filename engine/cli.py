@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine import events as ev
-from engine.config import DATASETS, DEVICES, SOURCES, Config
-from engine.errors import ClusterlabError, ConfigError
+from engine.config import DATASETS, DEVICES, SOURCES, Config, check_int
+from engine.errors import ClusterlabError
 from engine.session import check_name, list_sessions, new_name, session_path
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -142,9 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     for flag in ("epochs", "steps"):
-        value = getattr(args, flag)
-        if value is not None and value < 0:
-            raise ConfigError(f"--{flag} must be a whole number of 0 or more, not {value}.")
+        if getattr(args, flag) is not None:
+            check_int(f"--{flag}", getattr(args, flag), 0)
     path = session_path(args.name)
     from engine.engine import Engine
 

@@ -60,14 +60,14 @@ class Config:
         check_source(self.cluster_on)
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}.")
-        _check_int("--batch-size", self.batch_size, 1)
-        _check_int("--epochs", self.epochs, 0)
-        _check_int("--finetune-epochs", self.finetune_epochs, 0)
-        _check_int("--eval-every", self.eval_every, 1)
-        _check_int("--autosave-every", self.autosave_every, 1)
-        _check_int("--seed", self.seed, 0)
+        check_int("--batch-size", self.batch_size, 1)
+        check_int("--epochs", self.epochs, 0)
+        check_int("--finetune-epochs", self.finetune_epochs, 0)
+        check_int("--eval-every", self.eval_every, 1)
+        check_int("--autosave-every", self.autosave_every, 1)
+        check_int("--seed", self.seed, 0)
         if self.steps is not None:
-            _check_int("--steps", self.steps, 0)
+            check_int("--steps", self.steps, 0)
         if not _finite(self.lr) or self.lr <= 0:
             raise ConfigError(f"--lr must be a positive number, not {self.lr!r}.")
         check_lam(self.lam)
@@ -129,7 +129,8 @@ def check_source(source: object) -> None:
         raise ConfigError(f"--cluster-on must be 'weights' or 'gradients', not {source!r}.")
 
 
-def _check_int(flag: str, value: object, minimum: int) -> None:
+def check_int(flag: str, value: object, minimum: int) -> None:
+    """A whole number (not a bool) of at least `minimum`, or ConfigError naming the flag."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{flag} must be a whole number of {minimum} or more, not {value!r}.")
 

@@ -14,7 +14,7 @@ from engine.errors import DataError
 
 # (torchvision class name, file prefix of the four IDX files)
 _IDX_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
-_IDX_FILES = {
+IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
     "test_x": "t10k-images-idx3-ubyte",
@@ -77,7 +77,7 @@ def load_dataset(name: str, data_dir: str | None, seed: int, device: torch.devic
         mean, std = float(train_x.mean()), float(train_x.std())
         source = "scikit-learn digits"
     elif name == "synthetic":
-        train_x, train_y, test_x, test_y = _synthetic(seed)
+        train_x, train_y, test_x, test_y = synthetic_arrays(seed)
         mean, std = float(train_x.mean()), float(train_x.std())
         source = f"synthetic (seed {seed})"
     else:
@@ -119,12 +119,12 @@ def find_idx_files(folder: Path, tv_name: str) -> dict[str, Path] | None:
     """The four IDX files in `folder`, flat or in torchvision's <root>/<Name>/raw layout, .gz or not."""
     for where in (folder, folder / tv_name / "raw"):
         found = {}
-        for key, stem in _IDX_FILES.items():
+        for key, stem in IDX_FILES.items():
             for candidate in (where / stem, where / f"{stem}.gz"):
                 if candidate.is_file():
                     found[key] = candidate
                     break
-        if len(found) == len(_IDX_FILES):
+        if len(found) == len(IDX_FILES):
             return found
     return None
 
@@ -139,10 +139,10 @@ def _load_idx_set(name: str, data_dir: str | None) -> tuple[list[np.ndarray], st
     for folder in folders:
         files = find_idx_files(folder, tv_name)
         if files:
-            return [read_idx(files[key]) for key in _IDX_FILES], str(folder)
+            return [read_idx(files[key]) for key in IDX_FILES], str(folder)
     looked = ", ".join(str(f) for f in folders)
     raise DataError(
-        f"{name} not found: looked for the four IDX files ({_IDX_FILES['train_x']}[.gz] and the others) in "
+        f"{name} not found: looked for the four IDX files ({IDX_FILES['train_x']}[.gz] and the others) in "
         f"{looked}{why}; pass --data-dir with a folder holding them, or use --dataset digits offline."
     )
 
@@ -171,7 +171,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x[:-n_test], y[:-n_test], x[-n_test:], y[-n_test:]
 
 
-def _synthetic(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_arrays(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Ten noisy class prototypes of MNIST's shape: learnable in a few hundred steps."""
     rng = np.random.default_rng(seed)
     n_features = SYNTHETIC_SHAPE[0] * SYNTHETIC_SHAPE[1]

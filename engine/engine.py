@@ -18,13 +18,14 @@ import torch
 
 from engine import events as ev
 from engine.clustering import Clusters, cocluster, gradient_clusters
-from engine.config import Config, check_k, check_lam, check_source
+from engine.config import Config, check_int, check_k, check_lam, check_source
 from engine.data import load_dataset
 from engine.device import configure_threads, resolve_device
 from engine.errors import ClusterlabError, ConfigError, SessionError, TrainingError
 from engine.metrics import block_mask, chance_level, cluster_shares
 from engine.session import (
     FORMAT_VERSION,
+    LOCK_FILE,
     METRICS_FILE,
     SESSION_FILE,
     MetricsLog,
@@ -125,8 +126,7 @@ class Engine:
         try:
             return cls(path, config, None, None)
         except BaseException:
-            for leftover in path.glob(".lock"):
-                leftover.unlink()
+            (path / LOCK_FILE).unlink(missing_ok=True)
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
             raise
@@ -705,10 +705,10 @@ class Engine:
     def _count_steps(self, job: str, epochs, steps, default_epochs, default_steps) -> int | None:
         try:
             if steps is not None:
-                _check_count("--steps", steps)
+                check_int("--steps", steps, 0)
                 return int(steps)
             if epochs is not None:
-                _check_count("--epochs", epochs)
+                check_int("--epochs", epochs, 0)
                 return int(epochs) * self.trainer.steps_per_epoch
         except ConfigError as exc:
             self._refuse(job, str(exc))
@@ -728,11 +728,6 @@ def _check_clusters(clusters: Clusters, shape: tuple[int, int]) -> None:
     rows, cols = clusters.row_labels, clusters.col_labels
     if (len(rows), len(cols)) != shape or not all(0 <= v < clusters.k for v in rows + cols):
         raise ValueError(f"its clusters do not fit the studied layer of shape {shape[0]}x{shape[1]}")
-
-
-def _check_count(flag: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{flag} must be a whole number of 0 or more, not {value!r}.")
 
 
 def params_sha256(model: torch.nn.Module) -> str:

@@ -35,7 +35,6 @@ class Trainer:
     """Model, SGD settings, data order and gradient accumulator; everything a checkpoint must hold."""
 
     def __init__(self, config: Config, data: Dataset, device: torch.device) -> None:
-        self.config = config
         self.data = data
         self.device = device
         self.model = build_mlp(data.n_features, config.hidden, data.n_classes, config.seed).to(device)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from engine.config import check_k, check_lam
+from engine.config import check_int, check_k, check_lam
 from engine.errors import ConfigError
 
 
 def parse_count(text: str, flag: str) -> int:
     """A whole number of 0 or more (epochs), with the engine's wording for a bad value."""
     value = _int(text, flag, "a whole number of 0 or more")
-    if value < 0:
-        raise ConfigError(f"{flag} must be a whole number of 0 or more, not {value!r}.")
+    check_int(flag, value, 0)
     return value
 
 
