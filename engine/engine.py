@@ -474,7 +474,7 @@ class Engine:
             trainer.train_step(mask, lam, capture)
             job.done += 1
             step = trainer.step
-            if step % config.eval_every == 0 or trainer.epoch_done:
+            if step % config.eval_every == 0 or step % trainer.steps_per_epoch == 0:  # an epoch ended
                 self._evaluate(phase)
             now = time.monotonic()
             if now - last_report >= REPORT_INTERVAL_S or job.done == job.total or step % config.autosave_every == 0:

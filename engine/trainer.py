@@ -209,11 +209,6 @@ class Trainer:
         self._loss_count = 0
         return value
 
-    @property
-    def epoch_done(self) -> bool:
-        """True right after the last batch of an epoch was used."""
-        return self.perm is not None and self.position >= self.perm.numel()
-
     @torch.no_grad()
     def evaluate(self) -> float:
         """Test-set accuracy in one batched forward pass (one host sync)."""
