@@ -1,4 +1,4 @@
-"""The `clusterlab` command: run, resume, sessions, bench, and the terminal UI (the default)."""
+"""The headless `clusterlab` commands: run, resume, sessions, bench. The UI's entry point (`tui.cli`) adds `tui`."""
 
 from __future__ import annotations
 
@@ -10,34 +10,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine import events as ev
-from engine.config import DATASETS, DEVICES, SOURCES, Config, check_int
+from engine.config import Config, check_int
 from engine.errors import ClusterlabError
+from engine.format import SESSION_COLUMNS, fmt, session_cells
+from engine.options import OPTIONS, config_from_texts, metavar
 from engine.session import check_name, list_sessions, new_name, session_path
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-
-# (flag, Config field, type, help): one table so run, tui and their help agree.
-CONFIG_FLAGS: list[tuple[str, str, type, str]] = [
-    ("--dataset", "dataset", str, f"data set: {', '.join(DATASETS)} (default mnist)"),
-    ("--data-dir", "data_dir", str, "folder with the dataset's four IDX files, .gz or not, flat or torchvision layout"),
-    ("--hidden", "hidden", str, "hidden layer widths, comma-separated (default 128,128)"),
-    ("--layer", "layer", int, "studied Linear layer, 1-based; must be hidden-to-hidden (default: the middle one)"),
-    ("--lr", "lr", float, "SGD learning rate (default 0.001)"),
-    ("--batch-size", "batch_size", int, "batch size (default 64)"),
-    ("--seed", "seed", int, "seed of weights and batch order (default 42)"),
-    ("--epochs", "epochs", int, "pretraining epochs (default 5)"),
-    ("--steps", "steps", int, "pretrain for exactly this many optimizer steps instead of --epochs"),
-    ("--eval-every", "eval_every", int, "test accuracy every N steps, and at each epoch's end (default 400)"),
-    ("--k", "k", int, "number of clusters (default 2)"),
-    ("--cluster-on", "cluster_on", str, f"what to co-cluster: {' or '.join(SOURCES)} (default weights)"),
-    ("--finetune-epochs", "finetune_epochs", int, "regularised finetuning epochs; 0 skips finetuning (default 10)"),
-    ("--lam", "lam", float, "regulariser strength: loss = CE - lam * clusterability (default 3.0)"),
-    ("--device", "device", str, f"compute device: {', '.join(DEVICES)} (default auto: CUDA when present)"),
-    ("--autosave-every", "autosave_every", int, "save the session every N steps (default 500)"),
-]
-
-
-_METAVARS = {"dataset": "NAME", "data_dir": "PATH", "hidden": "W,W", "cluster_on": "SOURCE", "device": "DEVICE"}
+UiRunner = Callable[[str | None, Config], int]  # opens the terminal UI on a session name (or a new one)
 
 
 class UsageError(ClusterlabError):
@@ -49,22 +29,24 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="clusterlab",
         description="Train an MLP, find clusters of neurons in a hidden layer by spectral co-clustering, "
-        "measure their clusterability, and finetune for modularity. Without a command, opens the terminal UI.",
+        "measure their clusterability, and finetune for modularity."
+        + (" Without a command, opens the terminal UI." if with_ui else ""),
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    tui = commands.add_parser("tui", help="open the terminal UI (the default command)",
-                              description="Open the terminal UI on a session (created if it does not exist).")
-    tui.add_argument("--session", metavar="NAME", help="session to open, or to create with the flags given")
-    _add_config_flags(tui)
+    if with_ui:
+        tui = commands.add_parser("tui", help="open the terminal UI (the default command)",
+                                  description="Open the terminal UI on a session (created if it does not exist).")
+        tui.add_argument("--session", metavar="NAME", help="session to open, or to create with the flags given")
+        add_config_flags(tui)
     run = commands.add_parser("run", help="pretrain, cluster and finetune headless, in a new session",
                               description="Run the whole plan headless: pretrain, co-cluster, finetune. "
                               "The session is saved as it goes; Ctrl-C stops it resumably.")
     run.add_argument("--session", metavar="NAME", help="name of the new session (default: dataset and time)")
-    _add_config_flags(run)
+    add_config_flags(run)
     run.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
     resume = commands.add_parser("resume", help="continue a saved session",
                                  description="Continue a session's unfinished plan, or train N more "
@@ -88,31 +70,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Every Config option as a flag; values stay text here and are parsed and checked as the UI's fields are."""
     group = parser.add_argument_group("experiment settings")
-    for flag, dest, kind, help_text in CONFIG_FLAGS:
-        metavar = _METAVARS.get(dest, {int: "N", float: "X"}.get(kind, dest.upper()))
-        group.add_argument(flag, dest=dest, type=kind, default=None, metavar=metavar, help=help_text)
+    for option in OPTIONS:
+        group.add_argument(option.flag, dest=option.name, default=None, metavar=metavar(option), help=option.help)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    given = {dest: getattr(args, dest) for _, dest, _, _ in CONFIG_FLAGS if getattr(args, dest, None) is not None}
-    return Config(**given)
+    return config_from_texts({option.name: getattr(args, option.name, None) for option in OPTIONS})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None) -> int:
+    """Run one command; with `ui`, also `tui`, which is then the default command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # SIGTERM (a scheduler, `kill`) is handled like Ctrl-C: stop at a step boundary and save.
+    parser = build_parser(with_ui=ui is not None)
+    # SIGTERM (a scheduler, `kill`, `timeout`) is handled like Ctrl-C: stop at a step boundary and save.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        if ui is not None and (not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help"))):
             argv = ["tui", *argv]  # `clusterlab --dataset ...` means `clusterlab tui --dataset ...`
         args = parser.parse_args(argv)
-        command = args.command or "tui"
-        if command == "tui" and args.command is None:
-            args = parser.parse_args(["tui", *argv])
-        return COMMANDS[command](args)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        if args.command == "tui":
+            config = config_from_args(args)
+            return ui(check_name(args.session) if args.session else None, config)
+        return COMMANDS[args.command](args)
     except ClusterlabError as exc:
         print(f"clusterlab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -123,21 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def cmd_tui(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    name = check_name(args.session) if args.session else None
-    from tui.app import run_app  # imported here so that `engine` never imports textual
-
-    return run_app(name, config)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # every flag is checked before torch is even imported
     path = session_path(args.session or new_name(config.dataset))
     from engine.engine import Engine
 
-    engine = Engine.create(path, config)
-    return _drive(engine, path.name, args.json, lambda: engine.plan_default())
+    return _drive(lambda: Engine.create(path, config), path.name, args.json, lambda engine: engine.plan_default())
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -147,15 +123,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
     path = session_path(args.name)
     from engine.engine import Engine
 
-    engine = Engine.open(path)
-    if not engine.snapshot()["plan"] and args.epochs is None and args.steps is None:
-        engine.close()
-        print(f"clusterlab: session {args.name} has nothing left to do; give --epochs or --steps to train more.",
-              file=sys.stderr)
-        if args.json:
-            _print_json(engine.snapshot())
-        return 0
-    return _drive(engine, args.name, args.json, lambda: engine.continue_plan(epochs=args.epochs, steps=args.steps))
+    def start(engine) -> None:
+        engine.continue_plan(epochs=args.epochs, steps=args.steps)
+
+    if args.epochs is None and args.steps is None:
+        engine = Engine.open(path)
+        if not engine.snapshot().plan:
+            engine.close()
+            print(f"clusterlab: session {args.name} has nothing left to do; give --epochs or --steps to train "
+                  "more.", file=sys.stderr)
+            if args.json:
+                _print_json(engine.snapshot())
+            return 0
+        return _drive(lambda: engine, args.name, args.json, start)
+    return _drive(lambda: Engine.open(path), args.name, args.json, start)
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
@@ -166,29 +147,37 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "dataset", "phase", "steps", "accuracy", "clusterability", "last saved", box=None)
+    console = Console()
+    if not rows:
+        console.print("No sessions yet; start one with 'clusterlab run' or 'clusterlab'.")
+        return 0
+    table = Table(box=None)
+    for key, title in SESSION_COLUMNS:
+        if key == "name":  # the one column `resume` needs whole: never cut, wrapped or shrunk
+            table.add_column(title, no_wrap=True, min_width=max(len(r["name"]) for r in rows))
+        else:
+            table.add_column(title, no_wrap=True, overflow="ellipsis")
     for row in rows:
-        if "error" in row:
-            table.add_row(row["name"], f"[red]{row['error']}[/red]", "", "", "", "", "")
-            continue
-        table.add_row(row["name"], str(row["dataset"]), str(row["phase"]), str(row["step"]),
-                      _fmt(row["test_accuracy"]), _fmt(row["clusterability"]), str(row["saved_at"] or ""))
-    Console().print(table if rows else "No sessions yet; start one with 'clusterlab run' or 'clusterlab'.")
+        cells = session_cells(row)
+        table.add_row(*cells, style="red" if "error" in row else None)
+    console.print(table)
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    check_int("--steps", args.steps, 1)
     from engine.bench import run_bench
 
     return run_bench(args)
 
 
-COMMANDS = {"tui": cmd_tui, "run": cmd_run, "resume": cmd_resume, "sessions": cmd_sessions, "bench": cmd_bench}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "sessions": cmd_sessions, "bench": cmd_bench}
 
 
-def _drive(engine, name: str, as_json: bool, start: Callable[[], None]) -> int:
-    """Subscribe, then `start` the jobs (so no early failure goes unheard), and show progress until the engine
-    is idle; Ctrl-C (or SIGTERM) stops resumably."""
+def _drive(open_engine: Callable[[], object], name: str, as_json: bool, start: Callable[[object], None]) -> int:
+    """Open the engine, subscribe, `start` its jobs (so no early failure goes unheard), and show progress until it
+    is idle. The first Ctrl-C or SIGTERM stops resumably; later ones only say that the save is still going on,
+    and the process exits only once the final save is complete."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -206,25 +195,33 @@ def _drive(engine, name: str, as_json: bool, start: Callable[[], None]) -> int:
                             info=f"loss {event.loss:.4f}  {event.steps_per_s:,.0f} steps/s")
         elif isinstance(event, ev.ClustersFound) and not as_json:
             progress.console.print(f"clusters: k={event.k} on {event.source}, clusterability "
-                                   f"{event.clusterability:.4f} (chance {event.chance:.4f})", soft_wrap=True)
+                                   f"{event.clusterability:.4f} (uniform-mass chance {event.chance:.4f})",
+                                   soft_wrap=True)
         elif isinstance(event, ev.Failed):
             failures.append(event)
             progress.console.print(f"{event.job} failed: {event.message}", style="red", markup=False, soft_wrap=True)
 
-    engine.subscribe(on_event)
+    engine = open_engine()
     try:
-        start()
+        engine.subscribe(on_event)
+        start(engine)
         with progress:
             while not engine.wait(timeout=0.2):
                 pass
     except KeyboardInterrupt:
+        _ignore_further_interrupts()
         engine.close()
-        print(f"clusterlab: stopped at step {engine.snapshot()['step']} and saved; continue with "
+        print(f"clusterlab: stopped at step {engine.snapshot().step} and saved; continue with "
               f"'clusterlab resume {name}'.", file=sys.stderr)
         if as_json:
             _print_json(engine.snapshot())
         return EXIT_INTERRUPTED
-    engine.close()
+    try:
+        engine.close()
+    except KeyboardInterrupt:  # arrived during the final save: close() again waits for it to finish
+        _ignore_further_interrupts()
+        engine.close()
+        return EXIT_INTERRUPTED
     snapshot = engine.snapshot()
     if as_json:
         _print_json(snapshot)
@@ -233,28 +230,33 @@ def _drive(engine, name: str, as_json: bool, start: Callable[[], None]) -> int:
     return EXIT_FAILED if failures else 0
 
 
-def _print_json(snapshot: dict) -> None:
-    print(json.dumps({k: v for k, v in snapshot.items() if k != "state"}, indent=2))
+def _print_json(snapshot) -> None:
+    print(json.dumps(snapshot.to_dict(), indent=2))
 
 
-def _print_summary(snapshot: dict, name: str) -> None:
-    print(f"session {name} ({Path(snapshot['session'])}): {snapshot['dataset']} on {snapshot['device']}, "
-          f"step {snapshot['step']}")
-    for entry in snapshot["history"]:
-        print(f"  {entry['phase']:<9} step {entry['step']:>7}  accuracy {_fmt(entry['test_accuracy'])}  "
-              f"clusterability {_fmt(entry['clusterability'])}")
-    if snapshot["clusters"]:
-        c = snapshot["clusters"]
+def _print_summary(snapshot, name: str) -> None:
+    print(f"session {name} ({Path(snapshot.session)}): {snapshot.dataset} on {snapshot.device}, step {snapshot.step}")
+    for entry in snapshot.history:
+        print(f"  {entry['phase']:<9} step {entry['step']:>7}  accuracy {fmt(entry['test_accuracy'])}  "
+              f"clusterability {fmt(entry['clusterability'])}")
+    if snapshot.clusters:
+        c = snapshot.clusters
         print(f"  clusters k={c['k']} ({c['source']}): rows {c['row_sizes']} cols {c['col_sizes']}; "
-              f"clusterability {_fmt(snapshot['clusterability'])} vs chance {_fmt(snapshot['clusterability_chance'])}")
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+              f"clusterability {fmt(snapshot.clusterability)} vs uniform-mass chance "
+              f"{fmt(snapshot.clusterability_chance)}")
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _ignore_further_interrupts() -> None:
+    """While the final save runs, a second Ctrl-C or SIGTERM must not abort it half-written."""
+    def still_saving(signum, frame) -> None:
+        print("clusterlab: still saving; the session will be complete in a moment.", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, still_saving)
+    signal.signal(signal.SIGTERM, still_saving)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,20 @@ import io
 import json
 import os
 import pickle
+import platform
 import re
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 
-from engine.errors import SessionError
+from engine.clustering import Clusters
+from engine.config import Config
+from engine.errors import ConfigError, SessionError
+from engine.plan import JOB_KINDS, Job
 
 FORMAT_VERSION = 1
 SESSION_FILE = "session.json"
@@ -71,10 +78,14 @@ class SessionLock:
     one session would interleave its files. The kernel drops it when the process dies, SIGKILL included."""
 
     def __init__(self, directory: Path) -> None:
-        self._fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        path = directory / LOCK_FILE
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A lock file unlinked by a failed creator between our open and our flock locks nothing.
+            if os.fstat(self._fd).st_ino != os.stat(path, follow_symlinks=False).st_ino:
+                raise BlockingIOError
+        except (BlockingIOError, FileNotFoundError):
             os.close(self._fd)
             raise SessionError(
                 f"{directory} is open in another clusterlab (a UI or a run); close it there first."
@@ -84,6 +95,48 @@ class SessionLock:
         if self._fd >= 0:
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = -1
+
+
+def claim_directory(path: Path) -> SessionLock:
+    """Make `path` a new session's folder and lock it. mkdir is atomic, so of two concurrent creators one makes
+    the folder; the other is refused, and neither ever deletes what the other wrote. A folder left by a failed
+    create (nothing in it but a lock file and temp files) may be claimed again."""
+    exists = SessionError(f"{path} already exists; open it to continue, or choose another session name.")
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        if not _unused(path):
+            raise exists from None
+    except NotADirectoryError:
+        raise SessionError(f"{path.parent} is not a directory; set $CLUSTERLAB_SESSIONS to a folder.") from None
+    try:
+        lock = SessionLock(path)
+    except SessionError:
+        raise exists from None
+    if not _unused(path):  # another creator finished before we took the lock
+        lock.release()
+        raise exists
+    return lock
+
+
+def release_directory(path: Path, lock: SessionLock) -> None:
+    """Undo a failed create: while still holding the lock (so everything in the folder is ours), remove what it
+    wrote, the lock file and the folder."""
+    for entry in path.iterdir():
+        if entry.name != LOCK_FILE and (entry.is_file() or entry.is_symlink()):
+            entry.unlink(missing_ok=True)
+    (path / LOCK_FILE).unlink(missing_ok=True)
+    lock.release()
+    try:
+        path.rmdir()
+    except OSError:
+        pass  # someone is already claiming it again
+
+
+def _unused(path: Path) -> bool:
+    return (path.is_dir() and not path.is_symlink()
+            and all(p.name == LOCK_FILE or (p.name.startswith(".") and p.name.endswith(".tmp"))
+                    for p in path.iterdir()))
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -247,3 +300,67 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass
+class SavedState:
+    """What a save holds besides the trainer's tensors, parsed from session.json."""
+
+    config: Config
+    step: int
+    checkpoint: str
+    metrics_records: int
+    plan: list[Job]
+    clusters: Clusters | None
+    history: list[dict]
+    last: dict
+
+
+def parse_session(directory: Path, data: dict) -> SavedState:
+    """The typed state of a checked session.json; valid JSON of the wrong shape is as corrupt as broken JSON."""
+    path = directory / SESSION_FILE
+    try:
+        config = Config.from_dict(data["config"])
+    except (ConfigError, TypeError) as exc:
+        raise SessionError(f"{path} has an invalid config: {exc}") from None
+    try:
+        clusters = Clusters.from_dict(data["clusters"]) if data.get("clusters") else None
+        plan = [Job(**job) for job in data["plan"]]
+        unknown = [job.kind for job in plan if job.kind not in JOB_KINDS]
+        if unknown:
+            raise ValueError(f"unknown job kind(s) {unknown} in the plan")
+        return SavedState(config=config, step=int(data["step"]), checkpoint=str(data["checkpoint"]),
+                          metrics_records=int(data["metrics_records"]), plan=plan, clusters=clusters,
+                          history=[dict(entry) for entry in data["history"]], last=dict(data.get("last") or {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SessionError(
+            f"{path} is corrupt ({type(exc).__name__}: {exc}); the session cannot be opened."
+        ) from None
+
+
+def write_session(directory: Path, saved: SavedState, *, phase: str, epoch: int, device: str) -> None:
+    """Write session.json for a save whose checkpoint is already on disk."""
+    write_json(directory / SESSION_FILE, {
+        "format_version": FORMAT_VERSION,
+        "name": directory.name,
+        "saved_at": now_iso(),
+        "config": saved.config.to_dict(),
+        "phase": phase,
+        "step": saved.step,
+        "epoch": epoch,
+        "checkpoint": saved.checkpoint,
+        "metrics_records": saved.metrics_records,
+        "plan": [job.to_dict() for job in saved.plan],
+        "clusters": saved.clusters.to_dict() if saved.clusters else None,
+        "history": saved.history,
+        "last": saved.last,
+        "device": device,
+        "versions": versions(),
+    })
+
+
+def versions() -> dict:
+    """Library versions recorded in session.json (read from package metadata: importing scipy and
+    scikit-learn only to ask would add a second to every start)."""
+    libs = {name: metadata.version(name) for name in ("torch", "numpy", "scipy", "scikit-learn")}
+    return {"python": platform.python_version(), **libs, "platform": sys.platform}

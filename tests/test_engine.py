@@ -38,7 +38,7 @@ def test_commands_return_at_once(make_engine):
     assert time.monotonic() - started < 0.5
     rec.wait_for(lambda e: isinstance(e, ev.Progress))
     assert engine.state == ev.TRAINING
-    assert [j["kind"] for j in engine.snapshot()["plan"]] == ["pretrain", "cluster", "finetune"]
+    assert [j["kind"] for j in engine.snapshot().plan] == ["pretrain", "cluster", "finetune"]
 
 
 def test_pause_takes_effect_within_100_ms_and_resume_goes_on(make_engine):
@@ -48,9 +48,9 @@ def test_pause_takes_effect_within_100_ms_and_resume_goes_on(make_engine):
     paused = rec.wait_for(lambda e: isinstance(e, ev.StateChanged) and e.state == ev.PAUSED, timeout=5)
     latency = rec.times[rec.events.index(paused)] - asked
     assert latency < 0.1, f"pause took {latency:.3f} s"
-    step = engine.snapshot()["step"]
+    step = engine.snapshot().step
     assert engine.wait(0.2) is False  # paused is busy, not idle
-    assert engine.snapshot()["step"] == step  # and no step ran meanwhile
+    assert engine.snapshot().step == step  # and no step ran meanwhile
     engine.resume()
     rec.wait_for(lambda e: isinstance(e, ev.Progress) and e.step > step)
     assert engine.state == ev.TRAINING
@@ -73,12 +73,12 @@ def test_pause_and_resume_change_nothing(make_engine):
     paused.subscribe(pause_mid_job)
     paused.train(steps=150)
     assert was_paused.wait(10)
-    assert paused.snapshot()["step"] == 50
+    assert paused.snapshot().step == 50
     paused.resume()
     assert paused.wait(30)
-    assert paused.snapshot()["step"] == plain.snapshot()["step"] == 150
+    assert paused.snapshot().step == plain.snapshot().step == 150
     assert params_sha256(paused.trainer.model) == params_sha256(plain.trainer.model)
-    assert paused.snapshot()["params_sha256"] == plain.snapshot()["params_sha256"]
+    assert paused.snapshot().params_sha256 == plain.snapshot().params_sha256
 
 
 def test_a_raising_subscriber_does_not_kill_the_engine(make_engine):
@@ -113,13 +113,14 @@ def test_failure_mid_job_then_a_successful_job(make_engine):
 
     engine.trainer.train_step = failing_step
     engine.train(steps=50)
-    engine.cluster()  # queued behind the failing job: dropped with it
+    engine.cluster()  # queued behind the failing job: it does not run
     assert engine.wait(30)
     failed = rec.of(ev.Failed)
     assert len(failed) == 1 and failed[0].job == "pretrain" and "device fell over" in failed[0].message
     assert rec.of(ev.ClustersFound) == []
-    assert engine.snapshot()["plan"] == []
-    assert engine.snapshot()["step"] == 0  # back to the last save, the new session's start
+    snap = engine.snapshot()
+    assert snap.step == 0  # back to the last save: the plan, saved before its first step, held for a retry
+    assert snap.held and [job["kind"] for job in snap.plan] == ["pretrain", "cluster"] and "continue" in snap.allowed
 
     engine.trainer.train_step = real_step
     engine.train(steps=40)
@@ -127,7 +128,7 @@ def test_failure_mid_job_then_a_successful_job(make_engine):
     assert engine.wait(30)
     assert len(rec.of(ev.Failed)) == 1
     assert [f.phase for f in rec.of(ev.PhaseFinished)] == ["pretrain", "cluster"]
-    assert engine.snapshot()["step"] == 40
+    assert engine.snapshot().step == 40
 
 
 def test_diverging_loss_fails_the_job_and_keeps_the_engine(make_engine):
@@ -165,7 +166,7 @@ def test_impossible_commands_are_refused_with_failed_events(make_engine):
     engine.cluster(source="gradients")  # nothing captured yet: fails in the job, not on this thread
     assert engine.wait(10)
     assert rec.of(ev.Failed)[-1].job == "cluster"
-    assert engine.snapshot()["plan"] == [] and engine.snapshot()["step"] == 0
+    assert engine.snapshot().plan == () and engine.snapshot().step == 0
     engine.train(steps=20)
     engine.cluster(source="gradients")
     engine.finetune(epochs=1)
@@ -232,17 +233,17 @@ def test_stop_ends_the_running_job_and_drops_the_queue(make_engine):
     engine.stop()
     assert engine.wait(5)
     assert engine.state == ev.IDLE
-    assert engine.snapshot()["plan"] == []
+    assert engine.snapshot().plan == ()
     # The stopped job is recorded as such (with the steps it ran); nothing queued after it ran.
     [stopped] = rec.of(ev.PhaseFinished)
     assert stopped.phase == "pretrain" and stopped.stopped and 0 < stopped.steps < LONG
     assert rec.of(ev.ClustersFound) == []
-    assert engine.snapshot()["history"][-1]["stopped"] is True
-    step = engine.snapshot()["step"]
+    assert engine.snapshot().history[-1]["stopped"] is True
+    step = engine.snapshot().step
     assert 0 < step < LONG
     engine.train(steps=10)  # usable afterwards
     assert engine.wait(10)
-    assert engine.snapshot()["step"] == step + 10
+    assert engine.snapshot().step == step + 10
 
 
 def test_snapshot_has_the_keys_of_run_json(make_engine, capsys):
@@ -252,7 +253,7 @@ def test_snapshot_has_the_keys_of_run_json(make_engine, capsys):
     assert main(["run", "--dataset", "synthetic", "--hidden", "16,16", "--device", "cpu", "--steps", "10",
                  "--finetune-epochs", "0", "--session", "cli", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert set(engine.snapshot()) - {"state"} == set(printed)
+    assert set(engine.snapshot().to_dict()) == set(printed)
     assert printed["step"] == 10 and printed["dataset"] == "synthetic"
 
 
@@ -261,7 +262,7 @@ def test_a_command_right_after_stop_still_runs(make_engine):
     engine.stop()
     engine.train(steps=20)  # before the stop has taken effect
     assert engine.wait(10)
-    history = engine.snapshot()["history"]
+    history = engine.snapshot().history
     assert [h["phase"] for h in history] == ["pretrain", "pretrain"]
     assert history[0].get("stopped") and history[1]["steps"] == 20 and not history[1].get("stopped")
 
@@ -271,7 +272,7 @@ def test_a_pause_sent_while_idle_does_not_hold_the_next_job(make_engine):
     engine.pause()
     engine.train(steps=20)
     assert engine.wait(10)
-    assert engine.snapshot()["step"] == 20
+    assert engine.snapshot().step == 20
 
 
 def test_refusals_arrive_on_the_engine_thread(make_engine):

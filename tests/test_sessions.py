@@ -171,7 +171,7 @@ def test_torn_line_and_records_after_the_checkpoint_are_dropped_on_open(template
     engine = Engine.open(template)
     try:
         assert engine.metrics_history() == good
-        assert engine.snapshot()["step"] == 20
+        assert engine.snapshot().step == 20
         engine.train(steps=5)
         assert engine.wait(30)
         steps = [r["step"] for r in engine.metrics_history() if r["type"] == "train"]
@@ -202,13 +202,13 @@ def test_open_continues_the_saved_plan_exactly(sessions):
     partial.close()
     reopened = Engine.open(sessions / "partial")
     try:
-        assert reopened.snapshot()["step"] == 30
-        assert reopened.snapshot()["plan"] == [{"kind": "pretrain", "total": 60, "done": 30}]
+        assert reopened.snapshot().step == 30
+        assert reopened.snapshot().plan == ({"kind": "pretrain", "total": 60, "done": 30},)
         assert reopened.wait(0.1) is True  # the saved plan waits for continue_plan()
         reopened.continue_plan()
         assert reopened.wait(30)
-        assert reopened.snapshot()["step"] == 60
-        assert reopened.snapshot()["params_sha256"] == reference.snapshot()["params_sha256"]
+        assert reopened.snapshot().step == 60
+        assert reopened.snapshot().params_sha256 == reference.snapshot().params_sha256
     finally:
         reopened.close()
 
@@ -221,12 +221,12 @@ def test_save_keeps_an_opened_sessions_unfinished_plan(sessions):
     rec.wait_for(lambda e: isinstance(e, ev.Saved) and e.reason == "autosave")
     engine.close()
     engine = Engine.open(sessions / "held")
-    plan = engine.snapshot()["plan"]
+    plan = engine.snapshot().plan
     assert [j["kind"] for j in plan] == ["pretrain", "cluster", "finetune"]
     engine.save()
     assert engine.wait(10)
-    assert engine.snapshot()["plan"] == plan
-    assert json.loads((sessions / "held" / "session.json").read_text())["plan"] == plan
+    assert engine.snapshot().plan == plan
+    assert json.loads((sessions / "held" / "session.json").read_text())["plan"] == list(plan)
     engine.close()
 
 
@@ -235,8 +235,8 @@ def test_a_failed_job_keeps_the_last_saved_plan(sessions):
     engine.plan_default()
     assert engine.wait(60)
     snap = engine.snapshot()
-    assert [h["phase"] for h in snap["history"]] == ["pretrain", "cluster"]  # the finetune diverged
-    assert [j["kind"] for j in snap["plan"]] == ["finetune"] and snap["plan"][0]["done"] == 0
+    assert [h["phase"] for h in snap.history] == ["pretrain", "cluster"]  # the finetune diverged
+    assert [j["kind"] for j in snap.plan] == ["finetune"] and snap.plan[0]["done"] == 0
     engine.close()
     assert [j["kind"] for j in json.loads((sessions / "nan" / "session.json").read_text())["plan"]] == ["finetune"]
 
@@ -249,7 +249,7 @@ def test_a_refused_extension_keeps_the_plan_held(sessions):
     before = engine.snapshot()
     engine.continue_plan(epochs=-3)
     assert engine.wait(5)
-    assert engine.snapshot()["plan"] == before["plan"] and engine.snapshot()["step"] == before["step"]
+    assert engine.snapshot().plan == before.plan and engine.snapshot().step == before.step
     engine.close()
 
 

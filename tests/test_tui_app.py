@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Input
 
 from engine import Engine
 from engine.session import session_path
-from tests.test_tui_support import send_key, status_text, table_rows, tui_config, until
+from tests.test_tui_support import log_text, read_log, send_key, status_text, table_rows, tui_config, until
 from tui.app import ClusterlabApp
 from tui.screens import ConfirmScreen, HelpScreen, NewSessionScreen, OpenScreen
 
@@ -29,8 +29,8 @@ async def ready(pilot, app) -> None:
 
 
 async def idle(pilot, app) -> None:
-    await until(pilot, lambda: app.live.state == "idle" and not app.pending
-                and app.engine.snapshot()["state"] == "idle", "the engine to be idle")
+    await until(pilot, lambda: app.live.state == "idle" and app.engine.snapshot().state == "idle"
+                and app.engine.wait(0), "the engine to be idle")
 
 
 def chart_points(app) -> dict:
@@ -48,19 +48,19 @@ async def test_whole_loop_then_reopen_shows_the_same_clusters_and_charts(tui_ses
 
         await pilot.press("t")
         await until(pilot, lambda: "training" in status_text(app), "training on screen")
-        await until(pilot, lambda: app.engine.snapshot()["step"] > 0, "steps to be taken")
+        await until(pilot, lambda: app.engine.snapshot().step > 0, "steps to be taken")
 
         send_key(app, "space")
         await until(pilot, lambda: "paused" in status_text(app), "paused on screen")
-        assert app.engine.snapshot()["state"] == "paused"
+        assert app.engine.snapshot().state == "paused"
         assert app.check_action("cluster", ()) is None
         assert app.check_action("resume", ()) is True and app.check_action("pause", ()) is False  # footer: Resume
-        step = app.engine.snapshot()["step"]
+        step = app.engine.snapshot().step
         await pilot.pause(0.3)  # an observation window, not synchronisation: a paused engine takes no steps
-        assert app.engine.snapshot()["step"] == step
+        assert app.engine.snapshot().step == step
 
         send_key(app, "space")
-        await until(pilot, lambda: app.engine.snapshot()["step"] > step, "training to go on")
+        await until(pilot, lambda: app.engine.snapshot().step > step, "training to go on")
         assert "training" in status_text(app)
 
         send_key(app, "x")  # stop: 500 epochs would take too long
@@ -70,8 +70,8 @@ async def test_whole_loop_then_reopen_shows_the_same_clusters_and_charts(tui_ses
         table = app.query_one("#cluster-table", DataTable)
         await until(pilot, lambda: table.row_count == 3, "a cluster table with k=3 rows")
         snap = app.engine.snapshot()
-        assert snap["clusters"]["k"] == 3
-        assert [int(r[1]) for r in table_rows(table)] == list(snap["clusters"]["row_sizes"])
+        assert snap.clusters["k"] == 3
+        assert [int(r[1]) for r in table_rows(table)] == list(snap.clusters["row_sizes"])
         assert "vs chance" in str(app.query_one("#cluster-summary").content)
         await idle(pilot, app)
 
@@ -79,13 +79,13 @@ async def test_whole_loop_then_reopen_shows_the_same_clusters_and_charts(tui_ses
         await pilot.press("f")
         await until(pilot, lambda: "finetune" in status_text(app), "finetune on screen")
         await idle(pilot, app)
-        assert app.engine.snapshot()["history"][-1]["phase"] == "finetune"
+        assert app.engine.snapshot().history[-1]["phase"] == "finetune"
         assert set(app.charts.data.loss) == {"pretrain", "finetune"}
 
         await pilot.press("s")
-        final_step = app.engine.snapshot()["step"]
+        final_step = app.engine.snapshot().step
         saved_line = f"saved at step {final_step} (request)"
-        await until(pilot, lambda: saved_line in app.log_pane.lines_written, "the save in the log")
+        await until(pilot, lambda: saved_line in log_text(app), "the save in the log")
         await idle(pilot, app)
         rows, charts = table_rows(table), chart_points(app)
         assert charts["boundaries"]  # phase boundaries are drawn
@@ -118,8 +118,8 @@ async def test_bad_settings_are_explained_and_the_app_keeps_running(tui_sessions
         assert k.has_class("-invalid")
         await pilot.press("c")  # the app is idle: press returns once the key has been handled
         # Refused in the UI: nothing was sent to the engine.
-        assert not app.pending and app.engine.snapshot()["plan"] == []
-        assert not any(line.startswith("cluster k=") for line in app.log_pane.lines_written)
+        assert app.engine.snapshot().plan == ()
+        assert "cluster k=" not in await read_log(pilot, app)
         k.value = "2"
         app.query_one("#lam", Input).value = "-1"
         await until(pilot, lambda: "--lam must be a finite number" in str(app.query_one("#message").content),
@@ -128,11 +128,11 @@ async def test_bad_settings_are_explained_and_the_app_keeps_running(tui_sessions
         await pilot.press("t")
         await until(pilot, lambda: "--epochs must be a whole number" in str(app.query_one("#message").content),
                     "the epochs message")
-        assert not app.pending and app.engine.snapshot()["plan"] == [] and app.engine.snapshot()["step"] == 0
-        assert not any(line.startswith("train ") for line in app.log_pane.lines_written)
+        assert app.engine.snapshot().plan == () and app.engine.snapshot().step == 0
+        assert " train " not in await read_log(pilot, app)
         # The engine's own refusals arrive as events and are shown too.
         app.engine.finetune()
-        await until(pilot, lambda: any("needs clusters" in line for line in app.log_pane.lines_written),
+        await until(pilot, lambda: "needs clusters" in log_text(app),
                     "the engine's refusal in the log")
         await pilot.press("q")
         await until(pilot, lambda: app.return_code is not None, "the app to exit")
@@ -145,13 +145,13 @@ async def test_t_continues_an_unfinished_plan(tui_sessions):
     app = ClusterlabApp("held", tui_config())
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
-        assert app.held and "Unfinished plan" in str(app.query_one("#message").content)
+        assert app.snap.held and "Unfinished plan" in str(app.query_one("#message").content)
         await pilot.press("t")
         # The plan may run start to end while the key is processed: wait on its result, not on a passing state.
-        await until(pilot, lambda: not app.engine.snapshot()["plan"] and not app.held, "the plan to run")
+        await until(pilot, lambda: not app.engine.snapshot().plan and not app.snap.held, "the plan to run")
         await idle(pilot, app)
         snap = app.engine.snapshot()
-        assert snap["plan"] == [] and [h["phase"] for h in snap["history"]][-2:] == ["cluster", "finetune"]
+        assert snap.plan == () and [h["phase"] for h in snap.history][-2:] == ["cluster", "finetune"]
         await pilot.press("q")
         await until(pilot, lambda: app.return_code is not None, "the app to exit")
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import ConfigError
 from tui.series import ChartData, Series
-from tui.validate import parse_count, parse_k, parse_lam
 
 
 def test_series_stays_bounded_and_keeps_its_span():
@@ -43,20 +41,6 @@ def test_chart_data_loads_a_metrics_log():
     assert data.clusterability["cluster"].lines() == [([64], [0.6])]
     assert data.boundaries == [(64, "pretrain"), (64, "cluster")]
     assert data.chance == 0.5
-
-
-def test_fields_are_checked_with_the_cli_wording():
-    assert parse_count("3", "--epochs") == 3
-    assert parse_k(" 4 ", (32, 32)) == 4
-    assert parse_lam("0.5") == 0.5
-    with pytest.raises(ConfigError, match="--epochs must be a whole number of 0 or more"):
-        parse_count("-1", "--epochs")
-    with pytest.raises(ConfigError, match="--k must be a whole number from 2 to 32"):
-        parse_k("40", (32, 32))
-    with pytest.raises(ConfigError, match="--k must be"):
-        parse_k("two", (32, 32))
-    with pytest.raises(ConfigError, match="--lam must be a finite number"):
-        parse_lam("nan")
 
 
 def test_a_phase_trained_again_starts_a_new_line():

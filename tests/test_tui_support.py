@@ -42,3 +42,19 @@ def status_text(app) -> str:
 
 def table_rows(table) -> list[list[str]]:
     return [[str(cell) for cell in table.get_row(key)] for key in table.rows]
+
+
+def log_text(app) -> str:
+    """The engine log as the user reads it on tab 3; the tab is shown, since a hidden log renders nothing."""
+    from textual.widgets import TabbedContent
+
+    app.query_one(TabbedContent).active = "log"
+    return " ".join(" ".join(strip.text for strip in app.log_pane.lines).split())  # wrapped lines rejoined
+
+
+async def read_log(pilot, app) -> str:
+    """log_text once the log tab has been laid out and its lines rendered."""
+    log_text(app)
+    await until(pilot, lambda: app.log_pane.size.width > 0, "the log tab to show")
+    await pilot.pause()
+    return log_text(app)

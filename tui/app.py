@@ -1,8 +1,12 @@
-"""The clusterlab Textual app and `run_app`, the entry point the `clusterlab` command calls."""
+"""The clusterlab Textual app and `run_app`, which the `clusterlab` command calls to open it.
+
+The app holds no engine rule: what a key may do comes from the engine's `Snapshot.allowed`, the figures from its
+events and snapshots. Torch is never imported here: the engine module is loaded in the worker that opens a session.
+"""
 
 from __future__ import annotations
 
-from textual import work
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -10,10 +14,10 @@ from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from engine import events as ev
 from engine.config import Config
-from engine.engine import Engine
 from engine.errors import ConfigError
 from engine.session import new_name, session_path
-from tui.messages import EngineClosed, EngineEvent, EngineReady, EngineUnavailable
+from engine.snapshot import Snapshot
+from tui import messages as msg
 from tui.screens import ConfirmScreen, HelpScreen, NewSessionScreen, OpenScreen
 from tui.widgets.charts import MetricsCharts
 from tui.widgets.clusters import ClusterTable
@@ -21,8 +25,7 @@ from tui.widgets.control import ControlPane, Live
 from tui.widgets.log import EngineLog
 
 REDRAW_INTERVAL_S = 0.25  # charts and progress text repaint at most 4 times a second
-RUNNING = (ev.TRAINING, ev.PAUSED, ev.FINETUNING)  # states with a training job that pause/stop act on
-WORKING = (*RUNNING, ev.CLUSTERING, ev.SAVING)
+QUEUEABLE = ("train", "cluster", "finetune")  # keys pressed while the first session loads run once it is ready
 
 
 class ClusterlabApp(App[int]):
@@ -54,15 +57,12 @@ class ClusterlabApp(App[int]):
         super().__init__()
         self.session_name = name or new_name(config.dataset)
         self.config = config
-        self.engine: Engine | None = None
+        self.engine = None  # engine.engine.Engine, once a session is open
+        self.snap: Snapshot | None = None  # the engine's latest snapshot
         self.live = Live()
-        self.held = False  # the opened session has an unfinished plan that t continues
-        self.has_clusters = False
-        self.cluster_step: int | None = None  # the step the shown clusters were found at
-        self.switching = True  # an engine is being opened or closed: commands wait
-        self.pending = False  # a command was sent and its job has not started yet
-        self.pause_wanted = False
+        self.switching = True  # an engine is being opened or closed
         self.quitting = False
+        self._queued: list[str] = []  # actions asked for while the session loaded
         self._dirty = False
         self._shares_due = False  # a save brought new cluster shares for the table
         self._flags_given = config != Config()  # settings given for the first session, unused if it exists
@@ -84,6 +84,7 @@ class ClusterlabApp(App[int]):
 
     def on_mount(self) -> None:
         self.sub_title = self.session_name
+        self.control.show_session(f"[b]{self.session_name}[/b]\nloading…")
         self.control.show_status(self.live)
         self.set_interval(REDRAW_INTERVAL_S, self._redraw)
         self._load_engine(self.session_name, self.config, None)
@@ -104,10 +105,17 @@ class ClusterlabApp(App[int]):
     def log_pane(self) -> EngineLog:
         return self.query_one(EngineLog)
 
-    # ----- opening and closing sessions (worker threads: loading data and saving take seconds) ------------
+    @property
+    def loading(self) -> bool:
+        """A session is being opened (keys for it are queued until it is ready)."""
+        return self.switching and self.engine is None and not self.quitting
+
+    # ----- opening and closing sessions (worker threads: importing torch, loading data, saving take seconds) -----
 
     @work(thread=True, exclusive=True, group="engine")
-    def _load_engine(self, name: str, config: Config | None, old: Engine | None) -> None:
+    def _load_engine(self, name: str, config: Config | None, old) -> None:
+        from engine.engine import Engine  # torch: loaded off the UI thread, after the first paint
+
         if old is not None:
             old.close()  # saves the old session before the new one loads
         path = session_path(name)
@@ -116,57 +124,57 @@ class ClusterlabApp(App[int]):
             engine = Engine.create(path, config or self.config) if created else Engine.open(path)
             history, snapshot = engine.metrics_history(), engine.snapshot()
         except Exception as exc:  # noqa: BLE001 - any failure to open is shown; the app must keep running
-            self.post_message(EngineUnavailable(name, str(exc)))
+            self.post_message(msg.EngineUnavailable(name, str(exc)))
             return
 
         def forward(event: ev.Event) -> None:
-            # Called on the engine thread: only post, the handler runs on the UI's thread.
-            self.post_message(EngineEvent(engine, event))
+            # Called on the engine thread: only post, the handlers run on the UI's thread.
+            self.post_message(msg.message_for(engine, event))
 
         engine.subscribe(forward)
-        self.post_message(EngineReady(engine, history, snapshot, created))
+        self.post_message(msg.EngineReady(engine, history, snapshot, created))
 
     @work(thread=True, exclusive=True, group="engine")
-    def _close_engine(self, engine: Engine | None) -> None:
+    def _close_engine(self, engine) -> None:
         step = None
         if engine is not None:
             engine.close()  # stops at a step boundary and saves; the unfinished job stays resumable
-            step = engine.snapshot()["step"]
-        self.post_message(EngineClosed(step))
+            step = engine.snapshot().step
+        self.post_message(msg.EngineClosed(step))
 
-    def on_engine_ready(self, message: EngineReady) -> None:
+    def on_engine_ready(self, message: msg.EngineReady) -> None:
         if self.quitting:  # q came while this session was loading: close it (saving) and go
             self._close_engine(message.engine)
             return
         self.engine, snap = message.engine, message.snapshot
         self.session_name = message.engine.name
         self.sub_title = self.session_name
-        self.switching, self.pending, self.pause_wanted = False, False, False
-        self.held = bool(snap["plan"])
-        self.live = Live(state=snap["state"], phase=snap["phase"], step=snap["step"], epoch=snap["epoch"],
-                         loss=snap["train_loss"], accuracy=snap["test_accuracy"],
-                         clusterability=snap["clusterability"])
-        config = message.engine.config
-        self.control.set_session(self.session_name, snap["dataset"], snap["device"], config)
+        self.switching = False
+        self.live = Live(state=snap.state, phase=snap.phase, step=snap.step, epoch=snap.epoch,
+                         loss=snap.train_loss, accuracy=snap.test_accuracy, clusterability=snap.clusterability)
+        self.control.set_session(self.session_name, snap.dataset, snap.device, message.engine.config)
         self.charts.reset(message.history)
-        found = [r["step"] for r in message.history if r.get("type") == "clusters"]
-        self.cluster_step = found[-1] if found else None
-        self._show_snapshot_clusters(snap)
+        self._take(snap)
         if self._flags_given and not message.created:
             self.log_pane.add(f"session {self.session_name} exists: it keeps its own settings; the settings "
                               "given on the command line were not used", "warning")
             self.control.show_message("This session keeps its own settings; the command line's were not used.")
         self._flags_given = False
         verb = "created" if message.created else "opened"
-        self.log_pane.add(f"{verb} session {self.session_name} ({snap['session']}) at step {snap['step']}")
-        if self.held:
-            jobs = ", ".join(job["kind"] for job in snap["plan"])
+        self.log_pane.add(f"{verb} session {self.session_name} ({snap.session}) at step {snap.step}")
+        if snap.held:
+            jobs = ", ".join(job["kind"] for job in snap.plan)
             self.log_pane.add(f"unfinished plan: {jobs}; press t to continue it")
             self.control.show_message(f"Unfinished plan ({jobs}): t continues it.")
         self._changed()
+        queued, self._queued = self._queued, []
+        for action in queued:
+            if self.check_action(action, ()):
+                getattr(self, f"action_{action}")()
 
-    def on_engine_unavailable(self, message: EngineUnavailable) -> None:
+    def on_engine_unavailable(self, message: msg.EngineUnavailable) -> None:
         self.switching = False
+        self._queued = []
         if self.quitting:
             self.exit(0)
             return
@@ -177,7 +185,7 @@ class ClusterlabApp(App[int]):
         self.notify(message.error, title="Cannot open session", severity="error", timeout=10)
         self._changed()
 
-    def on_engine_closed(self, message: EngineClosed) -> None:
+    def on_engine_closed(self, message: msg.EngineClosed) -> None:
         if message.step is not None:
             self.log_pane.add(f"saved {self.session_name} at step {message.step}")
         if self.quitting:
@@ -185,10 +193,9 @@ class ClusterlabApp(App[int]):
 
     def _switch(self, name: str, config: Config | None) -> None:
         """Close the current session (saving it) and open or create another."""
-        old, self.engine = self.engine, None
+        old, self.engine, self.snap = self.engine, None, None
         self.switching = True
         self.live = Live()
-        self.has_clusters = False
         self.session_name = name
         self.sub_title = name
         self.control.show_session(f"[b]{name}[/b]\nopening…")
@@ -197,67 +204,68 @@ class ClusterlabApp(App[int]):
         self._changed()
         self._load_engine(name, config, old)
 
-    def _show_snapshot_clusters(self, snap: dict) -> None:
-        found = snap["clusters"]
-        self.has_clusters = found is not None
-        if found is None:
+    def _take(self, snap: Snapshot) -> None:
+        """Adopt a new snapshot: the cluster table follows it, the footer's keys follow its `allowed`."""
+        self.snap = snap
+        if snap.clusters is None:
             self.clusters.clear()
-            return
-        self.clusters.show(k=found["k"], source=found["source"], row_sizes=found["row_sizes"],
-                           col_sizes=found["col_sizes"], shares=found["shares"],
-                           clusterability=snap["clusterability"], chance=snap["clusterability_chance"],
-                           step=self.cluster_step)
+        else:
+            found = snap.clusters
+            self.clusters.show(k=found["k"], source=found["source"], row_sizes=found["row_sizes"],
+                               col_sizes=found["col_sizes"], shares=found["shares"],
+                               clusterability=snap.clusterability, chance=snap.clusterability_chance,
+                               step=snap.cluster_step)
+        self.refresh_bindings()
 
-    # ----- engine events ------------------------------------------------------------------------------------
-
-    def on_engine_event(self, message: EngineEvent) -> None:
-        if message.engine is not self.engine:
-            return  # a late event from a session that is being closed
-        event = message.event
-        handler = getattr(self, f"_on_{type(event).__name__}", None)
-        if handler is not None:
-            handler(event)
-
-    def _on_StateChanged(self, event: ev.StateChanged) -> None:  # noqa: N802 - named after the event class
-        self.live.state = event.state
+    def _refresh(self) -> None:
         if self.engine is not None:
-            # Progress is throttled and not sent on pause: take the exact step from the engine (no torch).
-            snap = self.engine.snapshot()
-            self.live.step, self.live.epoch = snap["step"], snap["epoch"]
-        if event.state != ev.IDLE:
-            self.pending = False
-        if event.state == ev.PAUSED:
-            self.pause_wanted = True
-        elif event.state == ev.IDLE:
-            self.pause_wanted = False  # the engine drops a pause that outlived its job
-        elif event.state in (ev.TRAINING, ev.FINETUNING) and event.previous == ev.PAUSED:
-            self.pause_wanted = False
-        if event.state in (ev.TRAINING, ev.FINETUNING):
-            self.live.phase = "pretrain" if event.state == ev.TRAINING else "finetune"
-        elif event.state == ev.CLUSTERING:
-            self.live.phase = "cluster"
+            self.snap = self.engine.snapshot()
+            self.refresh_bindings()
+
+    # ----- engine events: one handler per event type ------------------------------------------------------------
+
+    def _current(self, message: msg.EngineMessage) -> bool:
+        return message.engine is self.engine  # else a late event from a session that is being closed
+
+    @on(msg.StateChanged)
+    def _state_changed(self, message: msg.StateChanged) -> None:
+        if not self._current(message):
+            return
+        event = message.event
+        self._refresh()
+        self.live.state = event.state
+        # Progress is throttled and not sent on pause: the snapshot has the exact step (no torch).
+        self.live.step, self.live.epoch, self.live.phase = self.snap.step, self.snap.epoch, self.snap.phase
         self.log_pane.add(f"state: {event.previous} → {event.state}", "debug")
         # State changes are rare and are what a key press waits for: show them now, not on the timer.
         self.control.show_status(self.live)
-        self.refresh_bindings()
 
-    def _on_Progress(self, event: ev.Progress) -> None:  # noqa: N802
-        live = self.live
+    @on(msg.ProgressMade)
+    def _progress(self, message: msg.ProgressMade) -> None:
+        if not self._current(message):
+            return
+        event, live = message.event, self.live
         live.phase, live.step, live.epoch, live.loss = event.phase, event.step, event.epoch, event.loss
         live.job_step, live.job_total, live.steps_per_s = event.job_step, event.job_total, event.steps_per_s
         self.charts.data.add_loss(event.phase, event.step, event.loss)
         self._dirty = True
 
-    def _on_Evaluated(self, event: ev.Evaluated) -> None:  # noqa: N802
+    @on(msg.Evaluated)
+    def _evaluated(self, message: msg.Evaluated) -> None:
+        if not self._current(message):
+            return
+        event = message.event
         self.live.accuracy = event.test_accuracy
         if event.clusterability is not None:
             self.live.clusterability = event.clusterability
         self.charts.data.add_eval(event.phase, event.step, event.test_accuracy, event.clusterability)
         self._dirty = True
 
-    def _on_ClustersFound(self, event: ev.ClustersFound) -> None:  # noqa: N802
-        self.has_clusters = True
-        self.cluster_step = event.step
+    @on(msg.ClustersFound)
+    def _clusters_found(self, message: msg.ClustersFound) -> None:
+        if not self._current(message):
+            return
+        event = message.event
         self.live.clusterability = event.clusterability
         self.clusters.show(k=event.k, source=event.source, row_sizes=event.row_sizes, col_sizes=event.col_sizes,
                            shares=event.shares, clusterability=event.clusterability, chance=event.chance,
@@ -266,31 +274,42 @@ class ClusterlabApp(App[int]):
         self.control.show_message(f"Clusters found (k={event.k}); press 2 for the table.")
         self._dirty = True
 
-    def _on_PhaseFinished(self, event: ev.PhaseFinished) -> None:  # noqa: N802
+    @on(msg.PhaseFinished)
+    def _phase_finished(self, message: msg.PhaseFinished) -> None:
+        if not self._current(message):
+            return
+        event = message.event
         if event.phase in ("pretrain", "finetune"):
             self.charts.data.add_boundary(event.step, event.phase)
         accuracy = "-" if event.test_accuracy is None else f"{event.test_accuracy:.4f}"
-        self.log_pane.add(f"{event.phase} finished at step {event.step} ({event.steps} steps), "
-                          f"accuracy {accuracy}")
+        self.log_pane.add(f"{event.phase} finished at step {event.step} ({event.steps} steps), accuracy {accuracy}")
         self.live.step = max(self.live.step, event.step)
         self._dirty = True
 
-    def _on_Saved(self, event: ev.Saved) -> None:  # noqa: N802
-        if event.reason != "autosave":  # several a second at full speed: they would bury everything else
-            self.log_pane.add(f"saved at step {event.step} ({event.reason})")
+    @on(msg.Saved)
+    def _saved(self, message: msg.Saved) -> None:
+        if not self._current(message):
+            return
+        if message.event.reason != "autosave":  # several a second at full speed: they would bury everything else
+            self.log_pane.add(f"saved at step {message.event.step} ({message.event.reason})")
         # Training moves the weights: each save's snapshot has the held clusters' current shares; the table
         # takes them on the redraw timer, in place.
-        self._shares_due = self.has_clusters
+        self._shares_due = True
 
-    def _on_LogLine(self, event: ev.LogLine) -> None:  # noqa: N802
-        self.log_pane.add(event.message, event.level)
+    @on(msg.LogLine)
+    def _log_line(self, message: msg.LogLine) -> None:
+        if self._current(message):
+            self.log_pane.add(message.event.message, message.event.level)
 
-    def _on_Failed(self, event: ev.Failed) -> None:  # noqa: N802
-        self.pending = False
+    @on(msg.Failed)
+    def _failed(self, message: msg.Failed) -> None:
+        if not self._current(message):
+            return
+        event = message.event
+        self._refresh()
         self.log_pane.add(f"{event.job} failed: {event.message}", "error")
         self.control.show_message(event.message, error=True)
         self.notify(event.message, title=f"{event.job} failed", severity="error")
-        self.refresh_bindings()
 
     def _changed(self) -> None:
         self._dirty = True
@@ -304,32 +323,35 @@ class ClusterlabApp(App[int]):
             self.control.show_status(self.live)
         if self._shares_due and self.engine is not None:
             self._shares_due = False
-            self._show_snapshot_clusters(self.engine.snapshot())
+            self._take(self.engine.snapshot())
         self.charts.redraw()
 
-    # ----- which keys make sense now --------------------------------------------------------------------------
+    # ----- which keys make sense now: the engine says, in its snapshot ----------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        idle = self.engine is not None and not self.switching and not self.pending and self.live.state == ev.IDLE
-        if action in ("train", "cluster", "save"):
-            return True if idle else None
-        if action == "finetune":
-            return True if idle and self.has_clusters else None
-        if action in ("pause", "resume", "stop"):
-            if self.engine is None or self.live.state not in RUNNING:
-                return False if action == "resume" else None
-            if action == "stop":
+        if action in QUEUEABLE and self.loading:
+            return True  # remembered and run when the session is ready
+        if action in ("train", "cluster", "finetune", "save", "pause", "resume", "stop"):
+            allowed = self.snap.allowed if self.snap is not None and not self.switching else frozenset()
+            if action == "train":
+                return True if {"train", "continue"} & allowed else None
+            if action in allowed:
                 return True
-            # Decided on what was asked, not on the state shown: two quick presses pause, then resume.
-            return self.pause_wanted == (action == "resume")
+            if action in ("pause", "resume"):  # space shows one of the two: the other is hidden
+                other = "resume" if action == "pause" else "pause"
+                return False if other in allowed or action == "resume" else None
+            return None
         if action in ("open", "new"):
+            idle = self.snap is not None and "train" in self.snap.allowed
             return True if not self.switching and (self.engine is None or idle) else None
         return True
 
     # ----- actions --------------------------------------------------------------------------------------------
 
     def action_train(self) -> None:
-        if self.held:
+        if self._queue_if_loading("train"):
+            return
+        if self.snap is not None and "continue" in self.snap.allowed:
             self._command(lambda engine: engine.continue_plan(), "continuing the unfinished plan")
             return
         try:
@@ -337,42 +359,44 @@ class ClusterlabApp(App[int]):
         except ConfigError as exc:
             self._refuse(exc)
             return
-        what = f"train {steps} steps" if steps is not None else f"train {epochs} epochs"
+        what = f"train {steps} steps" if steps is not None else f"train {epochs or self.engine.config.epochs} epochs"
         self._command(lambda engine: engine.train(epochs=epochs, steps=steps), what)
 
     def action_cluster(self) -> None:
+        if self._queue_if_loading("cluster"):
+            return
         try:
             k, source = self.control.cluster_args()
         except ConfigError as exc:
             self._refuse(exc)
             return
-        self._command(lambda engine: engine.cluster(k=k, source=source), f"cluster k={k} on {source}")
+        self._command(lambda engine: engine.cluster(k=k, source=source),
+                      f"cluster k={k or self.engine.config.k} on {source}")
 
     def action_finetune(self) -> None:
+        if self._queue_if_loading("finetune"):
+            return
         try:
             epochs, lam = self.control.finetune_args()
         except ConfigError as exc:
             self._refuse(exc)
             return
-        self._command(lambda engine: engine.finetune(epochs=epochs, lam=lam), f"finetune {epochs} epochs, λ={lam:g}")
+        config = self.engine.config
+        self._command(lambda engine: engine.finetune(epochs=epochs, lam=lam),
+                      f"finetune {config.finetune_epochs if epochs is None else epochs} epochs, "
+                      f"λ={config.lam if lam is None else lam:g}")
 
     def action_save(self) -> None:
         self._command(lambda engine: engine.save(), "save")
 
     def action_pause(self) -> None:
-        self.pause_wanted = True
-        self.engine.pause()
-        self.refresh_bindings()
+        self._command(lambda engine: engine.pause(), "pause")
 
     def action_resume(self) -> None:
-        self.pause_wanted = False
-        self.engine.resume()
-        self.refresh_bindings()
+        self._command(lambda engine: engine.resume(), "resume")
 
     def action_stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
-            self.log_pane.add("stop requested")
+        self._command(lambda engine: engine.stop(), "stop requested")
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
@@ -390,8 +414,8 @@ class ClusterlabApp(App[int]):
     def action_quit(self) -> None:
         if self.quitting:
             return
-        if self.engine is not None and (self.live.state in WORKING or self.pending):
-            self.push_screen(ConfirmScreen(f"A job is running ({self.live.state}). Quit? "
+        if self.snap is not None and "train" not in self.snap.allowed:
+            self.push_screen(ConfirmScreen(f"A job is running ({self.snap.state}). Quit? "
                                            "The session is saved and can be continued later."), self._quit_chosen)
             return
         self._quit_chosen(True)
@@ -402,6 +426,7 @@ class ClusterlabApp(App[int]):
         loading = self.switching and self.engine is None  # a session is being opened: let it finish first
         self.quitting = True
         self.switching = True
+        self._queued = []
         self.refresh_bindings()
         self.log_pane.add("saving and quitting…")
         self.control.show_message("Saving…")
@@ -417,16 +442,23 @@ class ClusterlabApp(App[int]):
             name, config = result
             self._switch(name, config)
 
+    def _queue_if_loading(self, action: str) -> bool:
+        if not self.loading:
+            return False
+        if action not in self._queued:
+            self._queued.append(action)
+        self.control.show_message(f"Loading the session: {action} starts as soon as it is ready.")
+        return True
+
     def _command(self, send, what: str) -> None:
         """Send one command to the engine; its job's events will say what happened."""
         if self.engine is None:
             return
-        self.held = False  # any command replaces a held plan, as the engine does
-        self.pending = True
         send(self.engine)
+        self._refresh()  # the engine already counts the command in what it allows
         self.log_pane.add(what)
-        self.control.show_message("")
-        self.refresh_bindings()
+        if what not in ("pause", "resume"):
+            self.control.show_message("")
 
     def _refuse(self, exc: ConfigError) -> None:
         self.control.show_message(str(exc), error=True)

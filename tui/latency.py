@@ -39,7 +39,7 @@ def headless_rate(path: Path, config: Config, seconds: float) -> float:
     engine = Engine.create(path, config)
     try:
         engine.train()
-        while engine.snapshot()["step"] < 20:
+        while engine.snapshot().step < 20:
             time.sleep(0.01)
         return _window(engine, seconds)
     finally:
@@ -48,9 +48,9 @@ def headless_rate(path: Path, config: Config, seconds: float) -> float:
 
 
 def _window(engine: Engine, seconds: float) -> float:
-    start_step, start = engine.snapshot()["step"], time.perf_counter()
+    start_step, start = engine.snapshot().step, time.perf_counter()
     time.sleep(seconds)
-    return (engine.snapshot()["step"] - start_step) / (time.perf_counter() - start)
+    return (engine.snapshot().step - start_step) / (time.perf_counter() - start)
 
 
 async def _ui(name: str, config: Config, args: argparse.Namespace, rates: list[float]) -> list[float]:
@@ -65,7 +65,7 @@ async def _ui(name: str, config: Config, args: argparse.Namespace, rates: list[f
         await _until(pilot, lambda: app.engine is not None and not app.switching)
         await pilot.press(args.tab)
         await pilot.press("t")
-        await _until(pilot, lambda: app.live.state == "training" and app.engine.snapshot()["step"] > 20)
+        await _until(pilot, lambda: app.live.state == "training" and app.engine.snapshot().step > 20)
         for _ in range(args.trials):
             for key_state in ("paused", "training"):
                 started = time.perf_counter()
@@ -77,9 +77,9 @@ async def _ui(name: str, config: Config, args: argparse.Namespace, rates: list[f
                 latencies.append((time.perf_counter() - started) * 1000)
             await pilot.pause(0.2)  # let training settle between trials, as a user would not press at 1 kHz
         for _ in range(args.rounds):
-            start_step, start = app.engine.snapshot()["step"], time.perf_counter()
+            start_step, start = app.engine.snapshot().step, time.perf_counter()
             await pilot.pause(args.seconds)  # the UI keeps redrawing charts meanwhile
-            rates.append((app.engine.snapshot()["step"] - start_step) / (time.perf_counter() - start))
+            rates.append((app.engine.snapshot().step - start_step) / (time.perf_counter() - start))
         app.engine.stop()
         await _until(pilot, lambda: app.live.state == "idle")
         await pilot.press("q")

@@ -1,4 +1,4 @@
-"""Textual messages that carry engine events and engine open/close results onto the UI's thread."""
+"""Textual messages: one per engine event type (handled with `@on`), and the results of opening or closing one."""
 
 from __future__ import annotations
 
@@ -6,22 +6,72 @@ from typing import Any
 
 from textual.message import Message
 
-from engine.events import Event
+from engine import events as ev
+from engine.snapshot import Snapshot
 
 
-class EngineEvent(Message):
-    """One engine event, posted from the engine thread (post_message is thread-safe)."""
+class EngineMessage(Message):
+    """An engine event, posted from the engine thread (post_message is thread-safe)."""
 
-    def __init__(self, engine: Any, event: Event) -> None:
+    def __init__(self, engine: Any, event: ev.Event) -> None:
         super().__init__()
         self.engine = engine  # which engine sent it: events of a session being closed are ignored
         self.event = event
 
 
+class StateChanged(EngineMessage):
+    event: ev.StateChanged
+
+
+class ProgressMade(EngineMessage):
+    event: ev.Progress
+
+
+class Evaluated(EngineMessage):
+    event: ev.Evaluated
+
+
+class ClustersFound(EngineMessage):
+    event: ev.ClustersFound
+
+
+class PhaseFinished(EngineMessage):
+    event: ev.PhaseFinished
+
+
+class Saved(EngineMessage):
+    event: ev.Saved
+
+
+class LogLine(EngineMessage):
+    event: ev.LogLine
+
+
+class Failed(EngineMessage):
+    event: ev.Failed
+
+
+# Every engine event type has its message; a new event type gets one here and a handler in the app.
+MESSAGES: dict[type[ev.Event], type[EngineMessage]] = {
+    ev.StateChanged: StateChanged,
+    ev.Progress: ProgressMade,
+    ev.Evaluated: Evaluated,
+    ev.ClustersFound: ClustersFound,
+    ev.PhaseFinished: PhaseFinished,
+    ev.Saved: Saved,
+    ev.LogLine: LogLine,
+    ev.Failed: Failed,
+}
+
+
+def message_for(engine: Any, event: ev.Event) -> EngineMessage:
+    return MESSAGES[type(event)](engine, event)
+
+
 class EngineReady(Message):
     """A session was opened or created in a worker thread; its metrics log and snapshot were read there too."""
 
-    def __init__(self, engine: Any, history: list[dict], snapshot: dict, created: bool) -> None:
+    def __init__(self, engine: Any, history: list[dict], snapshot: Snapshot, created: bool) -> None:
         super().__init__()
         self.engine = engine
         self.history = history

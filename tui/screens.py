@@ -8,9 +8,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, Static
 
-from engine.cli import CONFIG_FLAGS
 from engine.config import Config
 from engine.errors import ClusterlabError, ConfigError
+from engine.format import SESSION_COLUMNS, session_cells
+from engine.options import OPTIONS, config_from_texts
 from engine.session import check_name, list_sessions, new_name, session_path
 
 
@@ -70,8 +71,8 @@ class OpenScreen(ModalScreen[str | None]):
         with Vertical(classes="dialog"):
             yield Static("Open a session (enter opens, escape cancels)", classes="dialog-title")
             table: DataTable = DataTable(id="session-table", cursor_type="row")
-            for label in ("name", "dataset", "phase", "steps", "accuracy", "clusterability", "last saved"):
-                table.add_column(label, key=label)
+            for key, title in SESSION_COLUMNS:
+                table.add_column(title, key=key)
             yield table
             yield Static("", id="open-message", classes="dialog-hint")
 
@@ -79,12 +80,7 @@ class OpenScreen(ModalScreen[str | None]):
         table = self.query_one(DataTable)
         rows = list_sessions()
         for row in rows:
-            if "error" in row:
-                table.add_row(row["name"], "unreadable", "", "", "", "", "", key=row["name"])
-                continue
-            table.add_row(row["name"], str(row["dataset"]), str(row["phase"]), str(row["step"]),
-                          _fmt(row["test_accuracy"]), _fmt(row["clusterability"]), str(row["saved_at"] or ""),
-                          key=row["name"])
+            table.add_row(*session_cells(row), key=row["name"])
         self.errors = {row["name"]: row["error"] for row in rows if "error" in row}
         if not rows:
             self.query_one("#open-message", Static).update("No sessions yet: escape, then n makes one.")
@@ -114,11 +110,11 @@ class NewSessionScreen(ModalScreen[tuple[str, Config] | None]):
                 with Horizontal(classes="field"):
                     yield Label("name", classes="form-label")
                     yield Input(new_name(self.config.dataset), id="field-name", compact=True)
-                for flag, dest, _kind, help_text in CONFIG_FLAGS:
+                for option in OPTIONS:
                     with Horizontal(classes="field"):
-                        yield Label(flag.removeprefix("--"), classes="form-label")
-                        yield Input(_text(getattr(self.config, dest)), id=f"field-{dest}", compact=True,
-                                    tooltip=help_text, placeholder=help_text)
+                        yield Label(option.label, classes="form-label")
+                        yield Input(option.text(getattr(self.config, option.name)), id=f"field-{option.name}",
+                                    compact=True, tooltip=option.help, placeholder=option.help)
             yield Static("", id="form-message", classes="dialog-hint")
             with Horizontal(classes="buttons"):
                 yield Button("Create", id="create", variant="primary", compact=True)
@@ -148,28 +144,5 @@ class NewSessionScreen(ModalScreen[tuple[str, Config] | None]):
         name = check_name(self.query_one("#field-name", Input).value.strip())
         if session_path(name).exists():
             raise ConfigError(f"A session called {name!r} already exists: choose another name, or open it with o.")
-        given = {}
-        for flag, dest, kind, _help in CONFIG_FLAGS:
-            text = self.query_one(f"#field-{dest}", Input).value.strip()
-            if not text:
-                continue  # empty: the default, as when the flag is left out
-            try:
-                given[dest] = kind(text)
-            except ValueError:
-                raise ConfigError(f"{flag} must be a {_KIND_NAMES[kind]}, not {text!r}.") from None
-        return name, Config(**given)
-
-
-_KIND_NAMES = {int: "whole number", float: "number", str: "text"}
-
-
-def _text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return str(value)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+        texts = {option.name: self.query_one(f"#field-{option.name}", Input).value for option in OPTIONS}
+        return name, config_from_texts(texts)

@@ -7,19 +7,21 @@ from dataclasses import dataclass
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Select, Static
 
 from engine.config import SOURCES, Config
 from engine.errors import ConfigError
-from tui.validate import parse_count, parse_k, parse_lam
+from engine.format import fmt
+from engine.options import BY_NAME, Option
 
-# (input id, label, flag named in messages)
+# (Config field, label): the settings the keys t, c and f use, each checked as its CLI flag is.
 FIELDS = (
-    ("epochs", "epochs", "--epochs"),
-    ("steps", "or steps", "--steps"),
-    ("k", "k", "--k"),
-    ("lam", "λ", "--lam"),
-    ("finetune-epochs", "ft epochs", "--finetune-epochs"),
+    ("epochs", "epochs"),
+    ("steps", "or steps"),
+    ("k", "k"),
+    ("lam", "λ"),
+    ("finetune_epochs", "ft epochs"),
 )
 
 
@@ -35,8 +37,24 @@ class Live:
     loss: float | None = None
     accuracy: float | None = None
     clusterability: float | None = None
+    p_value: float | None = None
     job_step: int = 0
     job_total: int = 0
+
+
+class OptionValidator(Validator):
+    """A field's text checked by its option against the session's config: the CLI's words, as the user types."""
+
+    def __init__(self, pane: ControlPane, option: Option) -> None:
+        super().__init__()
+        self.pane, self.option = pane, option
+
+    def validate(self, value: str) -> ValidationResult:
+        try:
+            self.option.check(self.pane.config, value)
+        except ConfigError as exc:
+            return self.failure(str(exc))
+        return self.success()
 
 
 class ControlPane(Vertical):
@@ -46,17 +64,18 @@ class ControlPane(Vertical):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.layer_shape: tuple[int, int] = (128, 128)
-        self._field_error = False  # the message line shows a settings error
+        self.config = Config()  # the open session's: its defaults fill empty fields, its layer bounds k
+        self._field_error = False  # the message line shows a settings error (not news such as a failed job)
 
     def compose(self) -> ComposeResult:
         yield Static("no session", id="session-info")
         yield Static("", id="status")
         yield Static("settings", classes="pane-title")
-        for field_id, label, _flag in FIELDS:
+        for name, label in FIELDS:
             with Horizontal(classes="field"):
                 yield Label(label, classes="field-label")
-                yield Input(id=field_id, compact=True, select_on_focus=True)
+                yield Input(id=name, compact=True, select_on_focus=True, tooltip=BY_NAME[name].help,
+                            validators=[OptionValidator(self, BY_NAME[name])])
         with Horizontal(classes="field"):
             yield Label("source", classes="field-label")
             yield Select([(s, s) for s in SOURCES], id="source", allow_blank=False, compact=True)
@@ -64,14 +83,11 @@ class ControlPane(Vertical):
 
     def set_session(self, name: str, dataset: str, device: str, config: Config) -> None:
         """Show a newly opened session and load its settings as the commands' defaults."""
-        self.layer_shape = config.layer_shape
+        self.config = config
         rows, cols = config.layer_shape
         self.show_session(f"[b]{name}[/b]\n{dataset}/{device} fc{config.studied_layer} {rows}x{cols}")
-        self.query_one("#epochs", Input).value = str(config.epochs)
-        self.query_one("#steps", Input).value = "" if config.steps is None else str(config.steps)
-        self.query_one("#k", Input).value = str(config.k)
-        self.query_one("#lam", Input).value = f"{config.lam:g}"
-        self.query_one("#finetune-epochs", Input).value = str(config.finetune_epochs)
+        for name_, _label in FIELDS:
+            self.query_one(f"#{name_}", Input).value = BY_NAME[name_].text(getattr(config, name_))
         self.query_one("#source", Select).value = config.cluster_on
         self.show_message("")
 
@@ -83,12 +99,13 @@ class ControlPane(Vertical):
         running = live.state in ("training", "finetuning")
         rate = f"  {live.steps_per_s:,.0f} steps/s" if running and live.steps_per_s is not None else ""
         job = f"job {live.job_step:,}/{live.job_total:,}" if live.job_total and live.state != "idle" else "job -"
+        p = f" p={live.p_value:.3f}" if live.p_value is not None else ""
         lines = [
             f"[b]{live.state}[/b]  {live.phase}",
             f"step {live.step:,}  epoch {live.epoch}",
             job,
-            f"loss {_fmt(live.loss)}{rate}",
-            f"acc {_fmt(live.accuracy)}  clust {_fmt(live.clusterability)}",
+            f"loss {fmt(live.loss)}{rate}",
+            f"acc {fmt(live.accuracy)}  clust {fmt(live.clusterability)}{p}",
         ]
         # Always five lines: no layout pass needed, which keeps 4 updates a second cheap.
         self.query_one("#status", Static).update("\n".join(lines), layout=False)
@@ -101,48 +118,28 @@ class ControlPane(Vertical):
 
     # ----- reading the settings: each raises ConfigError with the CLI's wording --------------------------
 
-    def train_args(self) -> tuple[int, int | None]:
+    def value(self, name: str) -> object:
+        """The checked value of field `name` (None when empty: the session's default applies)."""
+        return BY_NAME[name].check(self.config, self.query_one(f"#{name}", Input).value)
+
+    def train_args(self) -> tuple[int | None, int | None]:
         """(epochs, steps): a steps value, when given, is what `t` trains, as --steps does for `run`."""
-        epochs = self._read("epochs", lambda t: parse_count(t, "--epochs"))
-        steps = self._read("steps", lambda t: parse_count(t, "--steps") if t.strip() else None)
-        return epochs, steps
+        return self.value("epochs"), self.value("steps")
 
-    def cluster_args(self) -> tuple[int, str]:
-        k = self._read("k", lambda t: parse_k(t, self.layer_shape))
-        return k, str(self.query_one("#source", Select).value)
+    def cluster_args(self) -> tuple[int | None, str]:
+        return self.value("k"), str(self.query_one("#source", Select).value)
 
-    def finetune_args(self) -> tuple[int, float]:
-        epochs = self._read("finetune-epochs", lambda t: parse_count(t, "--finetune-epochs"))
-        return epochs, self._read("lam", parse_lam)
-
-    def _read(self, field_id: str, parse):
-        widget = self.query_one(f"#{field_id}", Input)
-        try:
-            value = parse(widget.value)
-        except ConfigError:
-            widget.add_class("-invalid")
-            raise
-        widget.remove_class("-invalid")
-        return value
+    def finetune_args(self) -> tuple[int | None, float | None]:
+        return self.value("finetune_epochs"), self.value("lam")
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        """Check as the user types, so a bad value is flagged before any key uses it."""
-        error = self.first_error()
-        if error:
-            self.show_message(error, error=True)
+        """Say what is wrong as the user types, so a bad value is flagged before any key uses it."""
+        result = event.validation_result
+        if result is not None and not result.is_valid:
+            self.show_message(result.failure_descriptions[0], error=True)
             self._field_error = True
         elif self._field_error:
-            self.show_message("")  # clear only our own complaint, not news such as an unfinished plan
-
-    def first_error(self) -> str | None:
-        """Check every field (marking the bad ones); the first problem's message, or None."""
-        errors = []
-        for reader in (self.train_args, self.cluster_args, self.finetune_args):
-            try:
-                reader()
-            except ConfigError as exc:
-                errors.append(str(exc))
-        return errors[0] if errors else None
+            self.show_message("")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.action_leave_field()
@@ -150,7 +147,3 @@ class ControlPane(Vertical):
     def action_leave_field(self) -> None:
         """Enter or escape hands the keys back to the app, so t/c/f work again straight away."""
         self.screen.set_focus(None)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 
 from rich.text import Text
 from textual.widgets import RichLog
@@ -16,10 +15,8 @@ class EngineLog(RichLog):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(max_lines=1000, min_width=0, wrap=True, markup=False, highlight=False, **kwargs)
-        self.lines_written: deque[str] = deque(maxlen=1000)  # plain text, newest last (read by tests)
 
     def add(self, message: str, level: str = "info") -> None:
         stamp = time.strftime("%H:%M:%S")
         line = Text.assemble((f"{stamp} ", "dim"), (message, LEVEL_STYLES.get(level, "")))
-        self.lines_written.append(message)
         self.write(line)

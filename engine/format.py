@@ -1,0 +1,33 @@
+"""How figures and session rows are written for people: one number format and one sessions-table layout."""
+
+from __future__ import annotations
+
+# (key in a `list_sessions` row, column title); the name comes first and is never cut.
+SESSION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("name", "name"),
+    ("dataset", "dataset"),
+    ("phase", "phase"),
+    ("step", "steps"),
+    ("test_accuracy", "accuracy"),
+    ("clusterability", "clusterability"),
+    ("saved_at", "last saved"),
+)
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A figure with `digits` decimals, or '-' when there is none yet."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def session_cells(row: dict) -> tuple[str, ...]:
+    """The cells of one `list_sessions` row, in SESSION_COLUMNS order; an unreadable session says so."""
+    if "error" in row:
+        return (row["name"], "unreadable", *[""] * (len(SESSION_COLUMNS) - 2))
+    cells = []
+    for key, _title in SESSION_COLUMNS:
+        value = row.get(key)
+        if key in ("test_accuracy", "clusterability"):
+            cells.append(fmt(value))
+        else:
+            cells.append("" if value is None else str(value))
+    return tuple(cells)

@@ -1,0 +1,118 @@
+"""The plan: the queue of jobs a session still has to run, its edits, and the one place defaults are filled in."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from engine.config import Config
+
+PRETRAIN, CLUSTER, FINETUNE = "pretrain", "cluster", "finetune"
+JOB_KINDS = (PRETRAIN, CLUSTER, FINETUNE)
+TRAINING = (PRETRAIN, FINETUNE)  # jobs that take optimizer steps, counted so a saved plan resumes mid-job
+
+
+@dataclass
+class Job:
+    """One entry of the plan, every setting filled in when it was queued."""
+
+    kind: str
+    total: int = 0
+    done: int = 0
+    lam: float | None = None
+    k: int | None = None
+    source: str | None = None
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+class Jobs:
+    """Makes jobs from a command's arguments, filling in the session config's defaults and checking the result
+    exactly as the config checks its fields (so a bad value reads the same as the flag's error)."""
+
+    def __init__(self, config: Config, steps_per_epoch: int) -> None:
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+
+    def pretrain(self, epochs: int | None = None, steps: int | None = None) -> Job:
+        return Job(PRETRAIN, total=self.count(epochs, steps, self.config.epochs, self.config.steps))
+
+    def cluster(self, k: int | None = None, source: str | None = None) -> Job:
+        checked = self.config.replace(**_given(k=k, cluster_on=source))
+        return Job(CLUSTER, k=checked.k, source=checked.cluster_on)
+
+    def finetune(self, epochs: int | None = None, lam: float | None = None) -> Job:
+        checked = self.config.replace(**_given(lam=lam))
+        return Job(FINETUNE, total=self.count(epochs, None, self.config.finetune_epochs, None), lam=float(checked.lam))
+
+    def default_plan(self) -> list[Job]:
+        """The config's whole plan: pretrain, cluster, and finetune if it has epochs."""
+        jobs = [self.pretrain(), self.cluster()]
+        if self.config.finetune_epochs > 0:
+            jobs.append(self.finetune())
+        return jobs
+
+    def count(self, epochs: int | None, steps: int | None, default_epochs: int, default_steps: int | None) -> int:
+        """Optimizer steps: `steps` if given, else `epochs` whole epochs, else the defaults the same way."""
+        if steps is not None:
+            return self.config.replace(steps=steps).steps
+        if epochs is not None:
+            return self.config.replace(epochs=epochs).epochs * self.steps_per_epoch
+        return default_steps if default_steps is not None else default_epochs * self.steps_per_epoch
+
+
+@dataclass
+class Plan:
+    """The queued jobs. A reopened session's unfinished plan is `held` until continued; any new command
+    replaces a held plan."""
+
+    jobs: list[Job] = field(default_factory=list)
+    held: bool = False
+
+    def add(self, job: Job) -> None:
+        if self.held:
+            self.jobs.clear()
+            self.held = False
+        self.jobs.append(job)
+
+    def pending(self) -> list[Job]:
+        """The jobs that will run (none while held)."""
+        return [] if self.held else self.jobs
+
+    def runnable(self) -> bool:
+        return bool(self.jobs) and not self.held
+
+    def extend(self, extra: int, history: list[dict], clusters_k_source: tuple[int, str] | None,
+               default_lam: float) -> None:
+        """Train `extra` more steps of the current training phase (the last one the session trained in) before
+        the rest of the plan; more pretraining makes the clusters stale, so clustering follows it again."""
+        if self.jobs and self.jobs[0].kind in TRAINING:
+            self.jobs[0].total += extra
+            return
+        phase, lam = PRETRAIN, None
+        for entry in reversed(history):
+            if entry["phase"] in TRAINING:
+                phase, lam = entry["phase"], entry.get("lam")
+                break
+        if phase == FINETUNE and clusters_k_source is not None:
+            self.jobs.insert(0, Job(FINETUNE, total=extra, lam=default_lam if lam is None else lam))
+            return
+        self.jobs.insert(0, Job(PRETRAIN, total=extra))
+        if clusters_k_source is not None and not any(j.kind == CLUSTER for j in self.jobs):
+            k, source = clusters_k_source
+            self.jobs.insert(1, Job(CLUSTER, k=k, source=source))
+
+    def finish(self, job: Job) -> None:
+        """Take an ended job out of the plan (stop() may already have dropped what came after it)."""
+        if self.jobs and self.jobs[0] is job:
+            self.jobs.pop(0)
+
+    def clusters_coming(self) -> bool:
+        return any(j.kind == CLUSTER for j in self.pending())
+
+    def to_list(self) -> list[dict]:
+        return [j.to_dict() for j in self.jobs]
+
+
+def _given(**values: object) -> dict:
+    return {key: value for key, value in values.items() if value is not None}

@@ -1,0 +1,25 @@
+"""The `clusterlab` console script: headless commands go to `engine.cli`; `tui` (the default) opens the app.
+
+Textual is imported only when the UI opens, so `clusterlab run` never loads it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from engine.cli import main as engine_main
+from engine.config import Config
+
+
+def open_ui(name: str | None, config: Config) -> int:
+    from tui.app import run_app
+
+    return run_app(name, config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return engine_main(argv, ui=open_ui)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
