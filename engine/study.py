@@ -1,0 +1,221 @@
+"""A Study: one session's model, data, clusters, history and metrics log, and the jobs that change them.
+
+Thread-free: `Engine` runs a Study's jobs on its thread with hooks that serve its commands, and a sweep or a test
+can run them in a plain loop. Every job kind has one handler here (`HANDLERS`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from engine import events as ev
+from engine import phases
+from engine.clustering import Clusters
+from engine.config import Config
+from engine.data import load_dataset
+from engine.device import configure_threads, resolve_device
+from engine.errors import SessionError, TrainingError
+from engine.metrics import block_mask
+from engine.plan import CLUSTER, FINETUNE, PRETRAIN, Job, Jobs
+from engine.session import (
+    METRICS_FILE,
+    MetricsLog,
+    SavedState,
+    load_checkpoint,
+    parse_session,
+    prune_checkpoints,
+    read_session,
+    trim_metrics,
+    write_checkpoint,
+    write_session,
+)
+from engine.trainer import Trainer
+
+
+class Study:
+    """The state a session saves, and the job handlers that change it."""
+
+    def __init__(self, path: Path, config: Config, saved: SavedState | None = None,
+                 checkpoint: dict | None = None) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.device = resolve_device(config.device)
+        configure_threads(self.device)
+        self.data = load_dataset(config.dataset, config.data_dir, config.seed, self.device)
+        self.trainer = Trainer(config, self.data, self.device)
+        self.jobs = Jobs(config, self.trainer.steps_per_epoch)
+        self.clusters: Clusters | None = None
+        self.cluster_step: int | None = None
+        self.mask: torch.Tensor | None = None
+        self.history: list[dict] = []
+        self.figures = phases.Figures()
+        self.plan: list[Job] = []  # the saved plan this study was restored with
+        self.saved_plan: list[dict] | None = None  # the plan as last written
+        self._checkpoints: list[str] = []
+        records = self._restore(saved, checkpoint) if saved is not None else 0
+        self.metrics = MetricsLog(self.path / METRICS_FILE, records)
+
+    # ----- jobs -------------------------------------------------------------------------------------------------
+
+    def run(self, job: Job, hooks: phases.Hooks) -> str:
+        """Run one job: 'done', or 'stopped'/'closed' when the hooks end it; raises if it fails."""
+        return HANDLERS[job.kind](self, job, hooks)
+
+    def _run_training(self, job: Job, hooks: phases.Hooks) -> str:
+        mask, lam = None, 0.0
+        if job.kind == FINETUNE:
+            if self.mask is None:
+                raise TrainingError("Finetuning needs clusters: cluster the layer first.")
+            mask, lam = self.mask, float(job.lam)
+        hooks.emit(ev.LogLine("info", f"{job.kind}: steps {job.done + 1}-{job.total} of this job from step "
+                                      f"{self.trainer.step + 1}"))
+        settings = phases.TrainSettings(job.kind, mask, lam, capture=job.kind == PRETRAIN,
+                                        eval_every=self.config.eval_every, autosave_every=self.config.autosave_every)
+        outcome = phases.train(self.trainer, job, settings, self.figures, hooks)
+        if outcome in ("done", "stopped"):
+            self.finish_phase(job.kind, job.done, hooks, lam if mask is not None else None, outcome == "stopped")
+        return outcome
+
+    def _run_cluster(self, job: Job, hooks: phases.Hooks) -> str:
+        started = time.perf_counter()
+        clusters = phases.cluster(self.trainer, int(job.k), str(job.source), self.config.seed)
+        self.set_clusters(clusters, self.trainer.step)
+        found = phases.cluster_figures(self.trainer, clusters, self.mask)
+        self.figures.clusterability = found.clusterability
+        hooks.record({"type": "clusters", "step": self.trainer.step, "k": clusters.k, "source": clusters.source,
+                      "row_sizes": clusters.row_sizes, "col_sizes": clusters.col_sizes, "shares": list(found.shares),
+                      "clusterability": found.clusterability, "chance": found.chance})
+        hooks.emit(ev.LogLine("info", f"clusters (k={clusters.k}, {clusters.source}) in "
+                                      f"{time.perf_counter() - started:.3f} s: clusterability "
+                                      f"{found.clusterability:.3f} vs uniform-mass chance {found.chance:.3f}"))
+        hooks.emit(ev.ClustersFound(self.trainer.step, clusters.k, clusters.source, tuple(clusters.row_sizes),
+                                    tuple(clusters.col_sizes), found.shares, found.clusterability, found.chance))
+        self.finish_phase(CLUSTER, 0, hooks)
+        return "done"
+
+    def finish_phase(self, phase: str, steps: int, hooks: phases.Hooks, lam: float | None = None,
+                     stopped: bool = False) -> None:
+        """The history entry (and metrics record and event) of an ended job."""
+        entry = {"phase": phase, "step": self.trainer.step, "steps": steps,
+                 "test_accuracy": self.figures.test_accuracy, "clusterability": self.figures.clusterability}
+        hooks.emit(ev.PhaseFinished(**entry, stopped=stopped))
+        if lam is not None:
+            entry["lam"] = lam  # what `resume --steps` continues a finetune with
+        if stopped:
+            entry["stopped"] = True
+        self.history.append(entry)
+        hooks.record({"type": "phase", **entry})
+
+    def set_clusters(self, clusters: Clusters | None, step: int | None) -> None:
+        self.clusters, self.cluster_step = clusters, step if clusters is not None else None
+        self.mask = block_mask(clusters.row_labels, clusters.col_labels, self.device) if clusters else None
+
+    @property
+    def epochs_done(self) -> int:
+        """Completed passes over the training set. Every epoch is exactly steps_per_epoch steps of one unbroken
+        batch stream, so this is integer arithmetic on the step: safe to read from any thread, no torch."""
+        return self.trainer.step // self.trainer.steps_per_epoch
+
+    # ----- saving and restoring ---------------------------------------------------------------------------------
+
+    def save(self, plan: list[Job], phase: str) -> None:
+        """Checkpoint, then session.json pointing to it, then drop older checkpoints: a crash at any moment leaves
+        a complete pair."""
+        self.metrics.sync()
+        name = write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
+        saved = SavedState(config=self.config, step=self.trainer.step, checkpoint=name,
+                           metrics_records=self.metrics.records, plan=plan, clusters=self.clusters,
+                           history=self.history, last=self.figures.to_dict())
+        write_session(self.path, saved, phase=phase, epoch=self.epochs_done, device=str(self.device))
+        self.saved_plan = [j.to_dict() for j in plan]
+        if not self._checkpoints or self._checkpoints[-1] != name:
+            self._checkpoints = (self._checkpoints + [name])[-2:]
+        prune_checkpoints(self.path, set(self._checkpoints))
+
+    def _restore(self, saved: SavedState, checkpoint: dict) -> int:
+        """Take the saved state; returns how many metrics records the save had written."""
+        try:
+            self.trainer.load_state_dict(checkpoint["trainer"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise SessionError(f"{self.path / saved.checkpoint} does not match the session's model ({exc}).") from None
+        if saved.step != self.trainer.step:
+            raise SessionError(f"{self.path / 'session.json'} and its checkpoint disagree on the step.")
+        if saved.clusters is not None:
+            _check_clusters(saved.clusters, tuple(self.trainer.weight.shape), self.path)
+        self.set_clusters(saved.clusters, _cluster_step(saved.history))
+        self.history = saved.history
+        self.plan = saved.plan
+        self.saved_plan = [j.to_dict() for j in saved.plan]
+        last = saved.last
+        self.figures = phases.Figures(last.get("test_accuracy"), last.get("train_loss"), last.get("clusterability"))
+        self._checkpoints = [saved.checkpoint]
+        return trim_metrics(self.path / METRICS_FILE, saved.metrics_records)
+
+    def roll_back(self) -> None:
+        """Return to the last save, so that nothing bad (NaN weights, say) is saved over it."""
+        saved = parse_session(self.path, read_session(self.path))
+        state = load_checkpoint(self.path / saved.checkpoint)
+        self.metrics.close()
+        records = self._restore(saved, state)
+        self.metrics = MetricsLog(self.path / METRICS_FILE, records)
+        self.trainer.take_loss()  # forget the failed steps' losses
+
+    # ----- the snapshot's figures -----------------------------------------------------------------------------
+
+    def figures_view(self) -> dict:
+        """The Snapshot fields that read the weights (computed on the thread that owns them)."""
+        clusters = chance = clusterability = None
+        if self.clusters is not None:
+            found = phases.cluster_figures(self.trainer, self.clusters, self.mask)
+            clusters = {"k": self.clusters.k, "source": self.clusters.source, "row_sizes": self.clusters.row_sizes,
+                        "col_sizes": self.clusters.col_sizes, "shares": list(found.shares)}
+            chance, clusterability = found.chance, found.clusterability
+        return {
+            "session": str(self.path),
+            "name": self.path.name,
+            "dataset": self.config.dataset,
+            "device": str(self.device),
+            "test_accuracy": self.figures.test_accuracy,
+            "train_loss": self.figures.train_loss,
+            "clusterability": clusterability,
+            "clusterability_chance": chance,
+            "clusters": clusters,
+            "cluster_step": self.cluster_step,
+            "params_sha256": params_sha256(self.trainer.model),
+            "history": tuple(dict(entry) for entry in self.history),
+            "config": self.config.to_dict(),
+        }
+
+
+HANDLERS: dict[str, Callable[[Study, Job, phases.Hooks], str]] = {
+    PRETRAIN: Study._run_training,
+    FINETUNE: Study._run_training,
+    CLUSTER: Study._run_cluster,
+}
+
+
+def _check_clusters(clusters: Clusters, shape: tuple[int, int], path: Path) -> None:
+    """Saved clusters must label every unit of the studied layer with one of k clusters."""
+    rows, cols = clusters.row_labels, clusters.col_labels
+    if (len(rows), len(cols)) != shape or not all(0 <= v < clusters.k for v in rows + cols):
+        raise SessionError(f"{path / 'session.json'} is corrupt: its clusters do not fit the studied layer of shape "
+                           f"{shape[0]}x{shape[1]}; the session cannot be opened.")
+
+
+def _cluster_step(history: list[dict]) -> int | None:
+    """The step of the last clustering in a session's history."""
+    return next((entry["step"] for entry in reversed(history) if entry.get("phase") == CLUSTER), None)
+
+
+def params_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's name and float32 bytes, in order: equal hashes mean equal models."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
