@@ -11,7 +11,6 @@ import pytest
 
 from engine import events as ev
 from engine.cli import main
-from engine.engine import params_sha256
 from tests.conftest import Recorder
 
 LONG = 10**7  # steps: a job that would run for hours
