@@ -74,7 +74,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Every Config option as a flag; values stay text here and are parsed and checked as the UI's fields are."""
     group = parser.add_argument_group("experiment settings")
     for option in OPTIONS:
-        group.add_argument(option.flag, dest=option.name, default=None, metavar=metavar(option), help=option.help)
+        if option.kind is bool:  # a switch: given means yes
+            group.add_argument(option.flag, dest=option.name, action="store_const", const="yes", help=option.help)
+        else:
+            group.add_argument(option.flag, dest=option.name, default=None, metavar=metavar(option), help=option.help)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -52,9 +52,12 @@ class Config:
     lam: float = 3.0
     device: str = "auto"
     autosave_every: int = 500
+    control: bool = False  # before finetuning, train a λ=0 twin for the same steps: the accuracy baseline
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", parse_hidden(self.hidden))
+        if not isinstance(self.control, bool):
+            raise ConfigError(f"--control must be yes or no, not {self.control!r}.")
         if self.dataset not in DATASETS:
             raise ConfigError(f"--dataset must be one of {', '.join(DATASETS)}, not {self.dataset!r}.")
         check_source(self.cluster_on)

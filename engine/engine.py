@@ -503,4 +503,4 @@ class Engine:
 
 
 # The state a job of each kind runs in (the rest train).
-STATES = {"finetune": ev.FINETUNING, "cluster": ev.CLUSTERING}
+STATES = {"finetune": ev.FINETUNING, "control": ev.FINETUNING, "cluster": ev.CLUSTERING}

@@ -11,8 +11,9 @@ from dataclasses import MISSING, dataclass, fields
 from engine.config import DATASETS, DEVICES, SOURCES, Config
 from engine.errors import ConfigError
 
-_KIND_WORDS = {int: "a whole number", float: "a number", str: "text"}
-_METAVARS = {int: "N", float: "X", str: "TEXT"}
+_KIND_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "yes or no"}
+_METAVARS = {int: "N", float: "X", str: "TEXT", bool: ""}
+_BOOLS = {"yes": True, "no": False, "true": True, "false": False, "on": True, "off": False, "1": True, "0": False}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class Option:
             return None
         if self.kind is str:
             return text
+        if self.kind is bool:
+            if text.lower() not in _BOOLS:
+                raise ConfigError(f"{self.flag} must be yes or no, not {text!r}.")
+            return _BOOLS[text.lower()]
         try:
             return self.kind(text)
         except ValueError:
@@ -52,6 +57,8 @@ class Option:
             return ""
         if isinstance(value, tuple):
             return ",".join(map(str, value))
+        if isinstance(value, bool):
+            return "yes" if value else "no"
         if isinstance(value, float):
             return f"{value:g}"
         return str(value)
@@ -85,6 +92,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", "--device", str, f"compute device: {', '.join(DEVICES)} (default auto: CUDA when present)",
            "DEVICE"),
     Option("autosave_every", "--autosave-every", int, "save the session every N steps (default 500)"),
+    Option("control", "--control", bool, "before finetuning, train a λ=0 twin for the same steps from the same state "
+           "and data order: the control the finetuned accuracy is compared with"),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 

@@ -68,7 +68,7 @@ class TrainSettings:
 def train(trainer: Trainer, job, settings: TrainSettings, figures: Figures, hooks: Hooks | None = None) -> str:
     """Run `job` (its `done` counted up to `total`); 'done', or 'stopped'/'closed' when the hooks end it."""
     hooks = hooks or Hooks()
-    state = ev.FINETUNING if settings.phase == "finetune" else ev.TRAINING
+    state = ev.TRAINING if settings.phase == "pretrain" else ev.FINETUNING
     last_report, reported_at_step = time.monotonic(), trainer.step
     last_eval = -1
     while job.done < job.total:

@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass, field
 
 from engine.config import Config
 
-PRETRAIN, CLUSTER, FINETUNE = "pretrain", "cluster", "finetune"
-JOB_KINDS = (PRETRAIN, CLUSTER, FINETUNE)
-TRAINING = (PRETRAIN, FINETUNE)  # jobs that take optimizer steps, counted so a saved plan resumes mid-job
+PRETRAIN, CLUSTER, CONTROL, FINETUNE = "pretrain", "cluster", "control", "finetune"
+JOB_KINDS = (PRETRAIN, CLUSTER, CONTROL, FINETUNE)
+TRAINING = (PRETRAIN, CONTROL, FINETUNE)  # jobs that take optimizer steps, counted so a saved plan resumes mid-job
 
 
 @dataclass
@@ -45,11 +45,17 @@ class Jobs:
         checked = self.config.replace(**_given(lam=lam))
         return Job(FINETUNE, total=self.count(epochs, None, self.config.finetune_epochs, None), lam=float(checked.lam))
 
+    def control(self, finetune: Job) -> Job:
+        """The λ=0 twin of `finetune`: as many steps, from the same state."""
+        return Job(CONTROL, total=finetune.total, lam=0.0)
+
     def default_plan(self) -> list[Job]:
-        """The config's whole plan: pretrain, cluster, and finetune if it has epochs."""
+        """The config's whole plan: pretrain, cluster, and finetune if it has epochs (after its control if the
+        config asks for one)."""
         jobs = [self.pretrain(), self.cluster()]
         if self.config.finetune_epochs > 0:
-            jobs.append(self.finetune())
+            finetune = self.finetune()
+            jobs += [self.control(finetune), finetune] if self.config.control else [finetune]
         return jobs
 
     def count(self, epochs: int | None, steps: int | None, default_epochs: int, default_steps: int | None) -> int:
@@ -88,10 +94,12 @@ class Plan:
         the rest of the plan; more pretraining makes the clusters stale, so clustering follows it again."""
         if self.jobs and self.jobs[0].kind in TRAINING:
             self.jobs[0].total += extra
+            if self.jobs[0].kind == CONTROL and len(self.jobs) > 1 and self.jobs[1].kind == FINETUNE:
+                self.jobs[1].total += extra  # a control and its finetune take as many steps
             return
         phase, lam = PRETRAIN, None
         for entry in reversed(history):
-            if entry["phase"] in TRAINING:
+            if entry["phase"] in (PRETRAIN, FINETUNE):
                 phase, lam = entry["phase"], entry.get("lam")
                 break
         if phase == FINETUNE and clusters_k_source is not None:

@@ -314,6 +314,7 @@ class SavedState:
     clusters: Clusters | None
     history: list[dict]
     last: dict
+    control: dict | None = None
 
 
 def parse_session(directory: Path, data: dict) -> SavedState:
@@ -331,7 +332,8 @@ def parse_session(directory: Path, data: dict) -> SavedState:
             raise ValueError(f"unknown job kind(s) {unknown} in the plan")
         return SavedState(config=config, step=int(data["step"]), checkpoint=str(data["checkpoint"]),
                           metrics_records=int(data["metrics_records"]), plan=plan, clusters=clusters,
-                          history=[dict(entry) for entry in data["history"]], last=dict(data.get("last") or {}))
+                          history=[dict(entry) for entry in data["history"]], last=dict(data.get("last") or {}),
+                          control=dict(data["control"]) if data.get("control") else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise SessionError(
             f"{path} is corrupt ({type(exc).__name__}: {exc}); the session cannot be opened."
@@ -354,6 +356,7 @@ def write_session(directory: Path, saved: SavedState, *, phase: str, epoch: int,
         "clusters": saved.clusters.to_dict() if saved.clusters else None,
         "history": saved.history,
         "last": saved.last,
+        "control": saved.control,
         "device": device,
         "versions": versions(),
     })

@@ -35,6 +35,8 @@ class Snapshot:
     config: dict
     plan: tuple[dict, ...]
     held: bool  # a reopened session's unfinished plan waits for `continue`
+    control: dict | None = None  # the λ=0 twin's test_accuracy, clusterability, step, params_sha256
+    accuracy_cost: float | None = None  # control accuracy minus finetuned accuracy
     allowed: frozenset[str] = field(default_factory=frozenset)
 
     def to_dict(self) -> dict:
@@ -54,4 +56,6 @@ class Snapshot:
             "history": list(self.history),
             "config": self.config,
             "plan": list(self.plan),
+            "control": self.control,
+            "accuracy_cost": self.accuracy_cost,
         }

@@ -21,7 +21,7 @@ from engine.data import load_dataset
 from engine.device import configure_threads, resolve_device
 from engine.errors import SessionError, TrainingError
 from engine.metrics import block_mask
-from engine.plan import CLUSTER, FINETUNE, PRETRAIN, Job, Jobs
+from engine.plan import CLUSTER, CONTROL, FINETUNE, PRETRAIN, Job, Jobs
 from engine.session import (
     METRICS_FILE,
     MetricsLog,
@@ -54,6 +54,7 @@ class Study:
         self.mask: torch.Tensor | None = None
         self.history: list[dict] = []
         self.figures = phases.Figures()
+        self.control: dict | None = None  # what the λ=0 twin of the last finetune reached
         self.plan: list[Job] = []  # the saved plan this study was restored with
         self.saved_plan: list[dict] | None = None  # the plan as last written
         self._checkpoints: list[str] = []
@@ -98,11 +99,32 @@ class Study:
         self.finish_phase(CLUSTER, 0, hooks)
         return "done"
 
+    def _run_control(self, job: Job, hooks: phases.Hooks) -> str:
+        """Train a λ=0 twin of the finetune that follows, from the same state and data order, for as many steps.
+        The twin is rebuilt from the unchanged pretrained state each time, so a stopped control starts over."""
+        if self.mask is None:
+            raise TrainingError("The control needs clusters: cluster the layer first.")
+        twin = Trainer(self.config, self.data, self.device)
+        twin.load_state_dict(self.trainer.state_dict())
+        job.done = 0
+        figures = phases.Figures()
+        hooks.emit(ev.LogLine("info", f"control: a λ=0 twin trains {job.total} steps from step {twin.step}"))
+        settings = phases.TrainSettings(CONTROL, self.mask, 0.0, eval_every=self.config.eval_every,
+                                        autosave_every=2**62)
+        outcome = phases.train(twin, job, settings, figures, hooks)
+        if outcome in ("done", "stopped"):
+            if outcome == "done":
+                self.control = {"test_accuracy": figures.test_accuracy, "clusterability": figures.clusterability,
+                                "step": twin.step, "params_sha256": params_sha256(twin.model)}
+            self.finish_phase(CONTROL, job.done, hooks, 0.0, outcome == "stopped", figures, twin.step)
+        return outcome
+
     def finish_phase(self, phase: str, steps: int, hooks: phases.Hooks, lam: float | None = None,
-                     stopped: bool = False) -> None:
+                     stopped: bool = False, figures: phases.Figures | None = None, step: int | None = None) -> None:
         """The history entry (and metrics record and event) of an ended job."""
-        entry = {"phase": phase, "step": self.trainer.step, "steps": steps,
-                 "test_accuracy": self.figures.test_accuracy, "clusterability": self.figures.clusterability}
+        figures = figures or self.figures
+        entry = {"phase": phase, "step": self.trainer.step if step is None else step, "steps": steps,
+                 "test_accuracy": figures.test_accuracy, "clusterability": figures.clusterability}
         hooks.emit(ev.PhaseFinished(**entry, stopped=stopped))
         if lam is not None:
             entry["lam"] = lam  # what `resume --steps` continues a finetune with
@@ -130,7 +152,7 @@ class Study:
         name = write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
         saved = SavedState(config=self.config, step=self.trainer.step, checkpoint=name,
                            metrics_records=self.metrics.records, plan=plan, clusters=self.clusters,
-                           history=self.history, last=self.figures.to_dict())
+                           history=self.history, last=self.figures.to_dict(), control=self.control)
         write_session(self.path, saved, phase=phase, epoch=self.epochs_done, device=str(self.device))
         self.saved_plan = [j.to_dict() for j in plan]
         if not self._checkpoints or self._checkpoints[-1] != name:
@@ -149,6 +171,7 @@ class Study:
             _check_clusters(saved.clusters, tuple(self.trainer.weight.shape), self.path)
         self.set_clusters(saved.clusters, _cluster_step(saved.history))
         self.history = saved.history
+        self.control = saved.control
         self.plan = saved.plan
         self.saved_plan = [j.to_dict() for j in saved.plan]
         last = saved.last
@@ -189,13 +212,25 @@ class Study:
             "params_sha256": params_sha256(self.trainer.model),
             "history": tuple(dict(entry) for entry in self.history),
             "config": self.config.to_dict(),
+            "control": self.control,
+            "accuracy_cost": self.accuracy_cost(),
         }
+
+    def accuracy_cost(self) -> float | None:
+        """Control accuracy minus finetuned accuracy, once a finetune has run after its control."""
+        after = next((e for e in reversed(self.history) if e["phase"] in (CONTROL, FINETUNE)), None)
+        if self.control is None or after is None or after["phase"] != FINETUNE or after.get("stopped"):
+            return None
+        if self.control["test_accuracy"] is None or after["test_accuracy"] is None:
+            return None
+        return self.control["test_accuracy"] - after["test_accuracy"]
 
 
 HANDLERS: dict[str, Callable[[Study, Job, phases.Hooks], str]] = {
     PRETRAIN: Study._run_training,
     FINETUNE: Study._run_training,
     CLUSTER: Study._run_cluster,
+    CONTROL: Study._run_control,
 }
 
 

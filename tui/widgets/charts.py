@@ -9,7 +9,7 @@ from textual_plotext import PlotextPlot
 from tui.series import ChartData, Runs
 
 # One colour per phase so the pretrain/finetune split reads at a glance, plus vertical lines at boundaries.
-PHASE_COLORS = {"pretrain": "cyan", "finetune": "orange", "cluster": "magenta"}
+PHASE_COLORS = {"pretrain": "cyan", "finetune": "orange", "control": "green", "cluster": "magenta"}
 BOUNDARY_COLORS = {"pretrain": "gray", "finetune": "gray", "cluster": "magenta"}
 
 
