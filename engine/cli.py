@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # every flag is checked before torch is even imported
-    path = session_path(args.session or new_name(config.dataset))
+    path = session_path(check_name(args.session) if args.session else new_name(config.dataset))
     from engine.engine import Engine
 
     return _drive(lambda: Engine.create(path, config), path.name, args.json, lambda engine: engine.plan_default())

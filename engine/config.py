@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import struct
 from dataclasses import asdict, dataclass, fields
 
 from engine.errors import ConfigError
@@ -10,6 +12,16 @@ from engine.errors import ConfigError
 DATASETS = ("mnist", "fashion-mnist", "digits", "synthetic")
 SOURCES = ("weights", "gradients")
 DEVICES = ("auto", "cpu", "cuda")
+FLOAT32_MAX = 3.4028234663852886e38
+# scikit-learn's k-means (a RandomState) takes seeds up to 2**32 - 1, less than torch takes: the clustering bounds it.
+MAX_SEED = 2**32 - 1
+# Far above the largest training set (60,000 images), so full-batch training stays possible, while the buffers
+# sized by the batch stay small; a larger batch could only waste memory.
+MAX_BATCH_SIZE = 2**20
+# The memory estimate assumes MNIST's shape, the largest dataset: inputs, training and test images, classes.
+_INPUTS, _TRAIN, _TEST, _CLASSES = 784, 60_000, 10_000, 10
+# The trainer's raw studied-layer gradients buffer holds at most max(out * in, this many) floats.
+_PENDING_FLOATS = 1 << 20
 
 
 def parse_hidden(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -22,8 +34,10 @@ def parse_hidden(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
             raise ConfigError(
                 f"--hidden must be comma-separated layer widths such as 128,128, not {text!r}."
             ) from None
-    else:
+    elif isinstance(text, (list, tuple)) and all(whole_number(w) for w in text):
         widths = tuple(int(w) for w in text)
+    else:
+        raise ConfigError(f"--hidden must be comma-separated layer widths such as 128,128, not {text!r}.")
     if len(widths) < 2 or any(w < 2 for w in widths):
         raise ConfigError(
             "--hidden needs at least two hidden layers of width 2 or more (for example 128,128),"
@@ -63,16 +77,33 @@ class Config:
         check_source(self.cluster_on)
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}.")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ConfigError(f"--data-dir must be a folder path, not {self.data_dir!r}.")
         check_int("--batch-size", self.batch_size, 1)
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ConfigError(
+                f"--batch-size must be at most {MAX_BATCH_SIZE} (more than any training set holds), "
+                f"not {self.batch_size!r}."
+            )
         check_int("--epochs", self.epochs, 0)
         check_int("--finetune-epochs", self.finetune_epochs, 0)
         check_int("--eval-every", self.eval_every, 1)
         check_int("--autosave-every", self.autosave_every, 1)
         check_int("--seed", self.seed, 0)
+        if self.seed > MAX_SEED:
+            raise ConfigError(
+                f"--seed must be at most {MAX_SEED} (2**32 - 1, the largest seed the clustering takes), "
+                f"not {self.seed!r}."
+            )
         if self.steps is not None:
             check_int("--steps", self.steps, 0)
-        if not _finite(self.lr) or self.lr <= 0:
+        if not finite_number(self.lr) or self.lr <= 0:
             raise ConfigError(f"--lr must be a positive number, not {self.lr!r}.")
+        if not float32(self.lr):  # too large, or so small it is 0 in float32: the step would be inf or nothing
+            raise ConfigError(
+                f"--lr must be a positive number that float32 (the training precision) holds, from 1.4e-45 to "
+                f"{FLOAT32_MAX:.1e}, not {self.lr!r}."
+            )
         check_lam(self.lam)
         n_layers = len(self.hidden) + 1
         if self.layer is not None and not (isinstance(self.layer, int) and 2 <= self.layer <= n_layers - 1):
@@ -81,6 +112,7 @@ class Config:
                 f"{','.join(map(str, self.hidden))}, not {self.layer!r}."
             )
         check_k(self.k, self.layer_shape)
+        check_memory(self)
 
     @property
     def studied_layer(self) -> int:
@@ -118,13 +150,18 @@ class Config:
 def check_k(k: object, layer_shape: tuple[int, int]) -> None:
     """k must be at least 2 and no larger than the studied layer's smaller side."""
     width = min(layer_shape)
-    if not isinstance(k, int) or isinstance(k, bool) or not 2 <= k <= width:
+    if not whole_number(k) or not 2 <= k <= width:
         raise ConfigError(f"--k must be a whole number from 2 to {width} (the studied layer's width), not {k!r}.")
 
 
 def check_lam(lam: object) -> None:
-    if not _finite(lam) or lam < 0:
+    if not finite_number(lam) or lam < 0:
         raise ConfigError(f"--lam must be a finite number of 0 or more, not {lam!r}.")
+    if float32(lam) is None:
+        raise ConfigError(
+            f"--lam must be a number that float32 (the training precision) holds, at most {FLOAT32_MAX:.1e}, "
+            f"not {lam!r}."
+        )
 
 
 def check_source(source: object) -> None:
@@ -134,9 +171,73 @@ def check_source(source: object) -> None:
 
 def check_int(flag: str, value: object, minimum: int) -> None:
     """A whole number (not a bool) of at least `minimum`, or ConfigError naming the flag."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not whole_number(value) or value < minimum:
         raise ConfigError(f"{flag} must be a whole number of {minimum} or more, not {value!r}.")
 
 
-def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def estimate_memory(config: Config) -> int:
+    """Bytes of host memory a run of `config` needs at least, for a dataset of MNIST's shape (the largest).
+
+    The training state is the float32 weights, the float64 gradient statistic S (in x in, of the studied layer)
+    and the buffer of raw gradients not yet folded into S; it is counted twice, live and as the checkpoint being
+    written (or loaded on resume), which is built on the host even when training runs on CUDA. Added to it: the
+    dataset, a training batch's activations and gradients, and the test set's activations during evaluation.
+    """
+    widths = (_INPUTS, *config.hidden, _CLASSES)
+    out_w, in_w = config.layer_shape
+    weights = 4 * sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    state = weights + 8 * in_w * in_w + 4 * max(out_w * in_w, _PENDING_FLOATS)
+    batch = min(config.batch_size, _TRAIN)  # a batch never holds more than the training set
+    activations = 4 * batch * (sum(widths) + 2 * max(widths)) + 4 * _TEST * 2 * max(widths)
+    data = (4 * _INPUTS + 8) * (_TRAIN + _TEST)  # float32 images and int64 labels
+    return 2 * state + activations + data + 4 * config.batch_size
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get: MemAvailable in /proc/meminfo (it counts reclaimable caches),
+    else the physical memory; None where neither can be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_memory(config: Config) -> None:
+    """Refuse a config whose estimated memory (see estimate_memory) exceeds the memory available now."""
+    needed, available = estimate_memory(config), available_memory()
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"--hidden {','.join(map(str, config.hidden))} with --batch-size {config.batch_size} needs about "
+            f"{needed / 1e9:.1f} GB of memory (weights, gradient statistic, data and a checkpoint copy), more than "
+            f"the {available / 1e9:.1f} GB available; use narrower layers or a smaller batch."
+        )
+
+
+def finite_number(value: object) -> bool:
+    """An int or float (not a bool) that is neither infinite nor NaN, nor an int too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def float32(value: float) -> float | None:
+    """`value` as float32 (the training precision) rounds it, or None where float32 overflows to infinity."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:
+        return None
+
+
+def whole_number(value: object) -> bool:
+    """An int that is not a bool (JSON's true is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)

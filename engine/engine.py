@@ -31,6 +31,7 @@ from engine.session import (
     read_metrics,
     read_session,
     release_directory,
+    remove_stale_temps,
 )
 from engine.snapshot import Snapshot
 from engine.study import Study, params_sha256
@@ -129,6 +130,7 @@ class Engine:
         saved = parse_session(path, read_session(path))
         lock = SessionLock(path)
         try:
+            remove_stale_temps(path)  # left by a process killed mid-save; ours to delete now that we hold the lock
             checkpoint = load_checkpoint(path / saved.checkpoint)
             return cls(path, saved.config, lock, saved, checkpoint)
         except ClusterlabError as exc:

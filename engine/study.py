@@ -111,19 +111,21 @@ class Study:
         hooks.emit(ev.LogLine("info", f"control: a λ=0 twin trains {job.total} steps from step {twin.step}"))
         settings = phases.TrainSettings(CONTROL, self.mask, 0.0, eval_every=self.config.eval_every,
                                         autosave_every=2**62)
-        outcome = phases.train(twin, job, settings, figures, hooks)
+        # The twin's steps run ahead of the session's own: its progress is shown live but not logged, so the
+        # metrics log keeps one step axis (a resume cuts it by step).
+        outcome = phases.train(twin, job, settings, figures, _Unlogged(hooks))
         if outcome in ("done", "stopped"):
             if outcome == "done":
                 self.control = {"test_accuracy": figures.test_accuracy, "clusterability": figures.clusterability,
                                 "step": twin.step, "params_sha256": params_sha256(twin.model)}
-            self.finish_phase(CONTROL, job.done, hooks, 0.0, outcome == "stopped", figures, twin.step)
+            self.finish_phase(CONTROL, job.done, hooks, 0.0, outcome == "stopped", figures)
         return outcome
 
     def finish_phase(self, phase: str, steps: int, hooks: phases.Hooks, lam: float | None = None,
-                     stopped: bool = False, figures: phases.Figures | None = None, step: int | None = None) -> None:
+                     stopped: bool = False, figures: phases.Figures | None = None) -> None:
         """The history entry (and metrics record and event) of an ended job."""
         figures = figures or self.figures
-        entry = {"phase": phase, "step": self.trainer.step if step is None else step, "steps": steps,
+        entry = {"phase": phase, "step": self.trainer.step, "steps": steps,
                  "test_accuracy": figures.test_accuracy, "clusterability": figures.clusterability}
         hooks.emit(ev.PhaseFinished(**entry, stopped=stopped))
         if lam is not None:
@@ -224,6 +226,23 @@ class Study:
         if self.control["test_accuracy"] is None or after["test_accuracy"] is None:
             return None
         return self.control["test_accuracy"] - after["test_accuracy"]
+
+
+class _Unlogged(phases.Hooks):
+    """Hooks that pass everything on but the metrics records."""
+
+    def __init__(self, hooks: phases.Hooks) -> None:
+        self.hooks = hooks
+
+    @property
+    def attention(self) -> bool:
+        return self.hooks.attention
+
+    def attend(self, state: str) -> str | None:
+        return self.hooks.attend(state)
+
+    def emit(self, event: ev.Event) -> None:
+        self.hooks.emit(event)
 
 
 HANDLERS: dict[str, Callable[[Study, Job, phases.Hooks], str]] = {

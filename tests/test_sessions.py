@@ -157,8 +157,81 @@ def test_checkpoint_that_would_run_code_is_refused(capsys, template, tmp_path):
     with pytest.raises(SessionError, match="refused"):
         load_checkpoint(path)
     line = refuse(capsys, "good", template, str(path))
-    assert "refused" in line
+    assert "refused" in line and "weights_only" not in line  # never torch's advice to load it unsafely
     assert not marker.exists()
+
+
+def _edit(directory: Path, change) -> None:
+    data = json.loads((directory / "session.json").read_text())
+    change(data)
+    (directory / "session.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda d: d.update(history=[{}]), "history[0].phase"),
+        (lambda d: d.update(plan=[{"kind": "pretrain", "total": "5"}]), "plan[0].total"),
+        (lambda d: d.update(plan=[{"kind": "pretrain", "total": -5}]), "plan[0].total"),
+        (lambda d: d.update(metrics_records=-5), "metrics_records"),
+        (lambda d: d.update(metrics_records=0), "metrics_records"),
+        (lambda d: d.update(format_version=0), "format_version"),
+        (lambda d: d.update(format_version=-5), "format_version"),
+        (lambda d: d.update(format_version="1"), "format_version"),
+        (lambda d: d.update(step=20.5), "step"),
+        (lambda d: d["clusters"].update(source="evil"), "clusters.source"),
+        (lambda d: d.update(saved_at=5), "saved_at"),
+        (lambda d: d["last"].update(test_accuracy="x"), "last.test_accuracy"),
+    ],
+)
+def test_corrupt_values_are_refused_and_change_no_file(capsys, template, change, field):
+    _edit(template, change)
+    line = refuse(capsys, "good", template, f"{template / 'session.json'}: field '{field}'")
+    assert "upgrade" not in line
+
+
+@pytest.mark.parametrize("name, what", [("metrics.jsonl", "metrics log"), (".lock", "lock file")])
+def test_a_log_or_lock_that_is_a_directory(capsys, template, name, what):
+    (template / name).unlink()
+    (template / name).mkdir()
+    refuse(capsys, "good", template, f"is a directory, not a {what}")
+
+
+def test_links_in_the_sessions_root_are_never_followed(capsys, template, sessions, tmp_path):
+    outside = tmp_path / "outside.jsonl"
+    log = template / "metrics.jsonl"
+    outside.write_bytes(log.read_bytes())
+    log.unlink()
+    log.symlink_to(outside)
+    before = outside.read_bytes()
+    refuse(capsys, "good", template, f"{log} is a symbolic link")
+    (sessions / "elsewhere").symlink_to(template)
+    refuse(capsys, "elsewhere", template, "elsewhere is a symbolic link")
+    assert outside.read_bytes() == before
+
+
+def test_one_bad_session_never_breaks_the_listing(capsys, template, sessions):
+    for name, change in [("saved", lambda d: d.update(saved_at=5)),
+                         ("last", lambda d: d["last"].update(test_accuracy="x"))]:
+        (sessions / name).mkdir()
+        (sessions / name / "session.json").write_text((template / "session.json").read_text())
+        _edit(sessions / name, change)
+    (sessions / "a name").mkdir()
+    assert main(["sessions", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["good"]["step"] == 20 and "error" not in rows["good"]
+    assert "'saved_at'" in rows["saved"]["error"] and "'last.test_accuracy'" in rows["last"]["error"]
+    assert "Invalid session name" in rows["a name"]["error"]
+    assert main(["sessions"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_sessions_root_that_is_a_file(capsys, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CLUSTERLAB_SESSIONS", str(tmp_path / "file"))
+    assert main(["sessions"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "is not a folder" in err
 
 
 def test_torn_line_and_records_after_the_checkpoint_are_dropped_on_open(template):
