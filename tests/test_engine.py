@@ -119,7 +119,7 @@ def test_failure_mid_job_then_a_successful_job(make_engine):
     assert rec.of(ev.ClustersFound) == []
     snap = engine.snapshot()
     assert snap.step == 0  # back to the last save: the plan, saved before its first step, held for a retry
-    assert snap.held and [job["kind"] for job in snap.plan] == ["pretrain", "cluster"] and "continue" in snap.allowed
+    assert snap.held and snap.plan[0]["kind"] == "pretrain" and "continue" in snap.allowed
 
     engine.study.trainer.train_step = real_step
     engine.train(steps=40)
