@@ -59,6 +59,17 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
     sessions = commands.add_parser("sessions", help="list saved sessions",
                                    description="List the sessions under $CLUSTERLAB_SESSIONS or ./sessions.")
     sessions.add_argument("--json", action="store_true", help="print the list as JSON")
+    ablate = commands.add_parser("ablate", help="silence each cluster of a saved session; per-class accuracy drops",
+                                 description="Silence each cluster's output units of the studied layer in turn, "
+                                 "measure the per-class test accuracy drop, and compare each cluster's "
+                                 "specialisation with random unit sets of the same size. Saved in the session.")
+    ablate.add_argument("name", metavar="NAME", help="session name")
+    ablate.add_argument("--json", action="store_true", help="print the ablation as JSON")
+    export = commands.add_parser("export", help="write a session's metrics, clusters, ablation and figures",
+                                 description="Write metrics.csv, clusters.json, ablation.csv and figures (PNG and "
+                                 "SVG) of a saved session.")
+    export.add_argument("name", metavar="NAME", help="session name")
+    export.add_argument("--out", metavar="DIR", help="output folder (default: the session's export/ folder)")
     bench = commands.add_parser("bench", help="measure training speed against a reference loop",
                                 description="Measure the engine's training step side by side with a "
                                 "reference DataLoader loop, plus evaluation and clustering times.")
@@ -167,6 +178,35 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    path = session_path(args.name)
+    from engine.engine import Engine
+
+    engine = Engine.open(path)
+    code = _drive(lambda: engine, args.name, False, lambda e: e.ablate(), quiet=True)
+    ablation = engine.snapshot().ablation
+    if ablation is None:
+        return code or EXIT_FAILED
+    if args.json:
+        print(json.dumps(ablation, indent=2))
+    else:
+        _print_ablation(ablation)
+    return code
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.export import export_session
+
+    path = session_path(args.name)
+    out = Path(args.out) if args.out else path / "export"
+    notes: list[str] = []
+    for written in export_session(path, out, notes):
+        print(written)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     check_int("--steps", args.steps, 1)
     from engine.bench import run_bench
@@ -174,10 +214,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "sessions": cmd_sessions, "bench": cmd_bench}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "sessions": cmd_sessions, "bench": cmd_bench,
+            "ablate": cmd_ablate, "export": cmd_export}
 
 
-def _drive(open_engine: Callable[[], object], name: str, as_json: bool, start: Callable[[object], None]) -> int:
+def _drive(open_engine: Callable[[], object], name: str, as_json: bool, start: Callable[[object], None],
+           quiet: bool = False) -> int:
     """Open the engine, subscribe, `start` its jobs (so no early failure goes unheard), and show progress until it
     is idle. The first Ctrl-C or SIGTERM stops resumably; later ones only say that the save is still going on,
     and the process exits only once the final save is complete."""
@@ -228,7 +270,7 @@ def _drive(open_engine: Callable[[], object], name: str, as_json: bool, start: C
     snapshot = engine.snapshot()
     if as_json:
         _print_json(snapshot)
-    else:
+    elif not quiet:
         _print_summary(snapshot, name)
     return EXIT_FAILED if failures else 0
 
@@ -247,6 +289,19 @@ def _print_summary(snapshot, name: str) -> None:
         print(f"  clusters k={c['k']} ({c['source']}): rows {c['row_sizes']} cols {c['col_sizes']}; "
               f"clusterability {fmt(snapshot.clusterability)} vs uniform-mass chance "
               f"{fmt(snapshot.clusterability_chance)}")
+
+
+def _print_ablation(ablation: dict) -> None:
+    """Per cluster: the classes it carries most, its specialisation and p against random unit sets."""
+    print(f"silenced: {ablation['units']}")
+    print("baseline accuracy per class: " + " ".join(f"{c}:{a:.3f}" for c, a in
+                                                      zip(ablation["classes"], ablation["baseline"], strict=True)))
+    for i, drops in enumerate(ablation["drop"]):
+        top = sorted(zip(drops, ablation["classes"], strict=True), reverse=True)[:3]
+        carried = ", ".join(f"{c} (-{d * 100:.0f} pts)" for d, c in top if d > 0) or "nothing"
+        p = ablation["p_value"][i]
+        print(f"cluster {i + 1}: carries {carried}; specialisation {ablation['specialisation'][i]:.3f}"
+              + (f", p = {p:.3f}" if p is not None else ""))
 
 
 def _raise_interrupt(signum, frame):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = ["Engine", "params_sha256"]
 log = logging.getLogger("clusterlab")
 Subscriber = Callable[[ev.Event], None]
 CLOSE_NOTICE_S = 5.0  # close() says on stderr that it is still saving after this long
+FIGURES_INTERVAL_S = 1.0  # while finetuning, the picture and shares are recomputed at most this often
 
 
 @dataclass
@@ -72,6 +74,8 @@ class _Hooks(phases.Hooks):
 
     def emit(self, event: ev.Event) -> None:
         self.engine._emit(event)
+        if isinstance(event, ev.Evaluated) and event.clusterability is not None:
+            self.engine._refresh_figures(FIGURES_INTERVAL_S)
 
     def record(self, record: dict) -> None:
         self.engine.study.metrics.append(record)
@@ -99,6 +103,7 @@ class Engine:
         self._settled = True  # idle, with every event of the finished work delivered
         self._closed = False
         self._hooks = _Hooks(self)
+        self._figures_at = 0.0
         if saved is None:
             self._save("created")
         else:
@@ -207,6 +212,14 @@ class Engine:
             self._req.stop = self._running is not None
             self._req.pause = False
             self._wake()
+
+    def ablate(self) -> None:
+        """Queue a cluster ablation (it also follows every clustering and finetune by itself)."""
+        self._queue("ablate", self.study.jobs.ablate, needs_clusters=True)
+
+    def set_picture_size(self, rows: int, cols: int) -> None:
+        """The largest block picture the caller can show; snapshots carry one of that size from the next update."""
+        self.study.picture_size = (max(1, int(rows)), max(1, int(cols)))
 
     def save(self) -> None:
         """Save as soon as possible: now if idle, else at the next step boundary (never mid-step)."""
@@ -447,7 +460,7 @@ class Engine:
             self.plan = Plan(list(self.study.plan), held=bool(self.study.plan))
         self._log(f"returned to the last save (step {self.study.trainer.step})"
                   + ("; its unfinished plan is kept: continue it, or give a new command" if self.plan.held else ""))
-        self._figures_view = self.study.figures_view()
+        self._refresh_figures()
 
     def _finish(self) -> None:
         """Final save on close; the unfinished job (if any) stays in the plan for a later resume."""
@@ -469,10 +482,19 @@ class Engine:
         with self._cv:
             plan = [Job(**j.to_dict()) for j in self.plan.jobs]
         self.study.save(plan, self._phase())
+        self._refresh_figures()
+        self._emit(ev.Saved(self.study.trainer.step, str(self.path), reason))
+
+    def _refresh_figures(self, unless_within: float = 0.0) -> None:
+        """Recompute the snapshot's figures from the weights (on the engine thread, which owns them)."""
+        now = time.monotonic()
+        if now - self._figures_at < unless_within:
+            return
         view = self.study.figures_view()
         with self._cv:
             self._figures_view = view
-        self._emit(ev.Saved(self.study.trainer.step, str(self.path), reason))
+        self._figures_at = now
+        self._emit(ev.FiguresUpdated(self.study.trainer.step))
 
     def _phase(self) -> str:
         with self._cv:
@@ -505,4 +527,4 @@ class Engine:
 
 
 # The state a job of each kind runs in (the rest train).
-STATES = {"finetune": ev.FINETUNING, "control": ev.FINETUNING, "cluster": ev.CLUSTERING}
+STATES = {"finetune": ev.FINETUNING, "control": ev.FINETUNING, "cluster": ev.CLUSTERING, "ablate": ev.CLUSTERING}

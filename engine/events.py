@@ -86,3 +86,19 @@ class Failed(Event):
 
     job: str
     message: str
+
+
+@dataclass(frozen=True)
+class Ablated(Event):
+    """A cluster ablation: engine/ablation.py's Ablation.to_dict() of the held clusters at `step`."""
+
+    step: int
+    ablation: dict
+
+
+@dataclass(frozen=True)
+class FiguresUpdated(Event):
+    """The snapshot's figures (cluster shares, the block picture) were recomputed from the weights at `step`:
+    after each save, and at most once a second while training with clusters held."""
+
+    step: int

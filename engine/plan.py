@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 from engine.config import Config
 
-PRETRAIN, CLUSTER, CONTROL, FINETUNE = "pretrain", "cluster", "control", "finetune"
-JOB_KINDS = (PRETRAIN, CLUSTER, CONTROL, FINETUNE)
+PRETRAIN, CLUSTER, CONTROL, FINETUNE, ABLATE = "pretrain", "cluster", "control", "finetune", "ablate"
+JOB_KINDS = (PRETRAIN, CLUSTER, CONTROL, FINETUNE, ABLATE)
 TRAINING = (PRETRAIN, CONTROL, FINETUNE)  # jobs that take optimizer steps, counted so a saved plan resumes mid-job
 
 
@@ -44,6 +44,9 @@ class Jobs:
     def finetune(self, epochs: int | None = None, lam: float | None = None) -> Job:
         checked = self.config.replace(**_given(lam=lam))
         return Job(FINETUNE, total=self.count(epochs, None, self.config.finetune_epochs, None), lam=float(checked.lam))
+
+    def ablate(self) -> Job:
+        return Job(ABLATE)
 
     def control(self, finetune: Job) -> Job:
         """The λ=0 twin of `finetune`: as many steps, from the same state."""

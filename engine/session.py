@@ -251,7 +251,7 @@ TOP_FIELDS: Spec = {
     "name": (TEXT, False), "saved_at": (TEXT, False), "config": (OBJECT, True), "phase": (TEXT, False),
     "step": (COUNT, True), "epoch": (COUNT, False), "checkpoint": (TEXT, True), "plan": (LIST, True),
     "history": (LIST, True), "last": (OBJECT, False), "device": (TEXT, False), "versions": (OBJECT, False),
-    "control": (OBJECT_OR_NULL, False),
+    "control": (OBJECT_OR_NULL, False), "ablation": (OBJECT_OR_NULL, False),
 }
 HISTORY_FIELDS: Spec = {
     "phase": (TEXT, True), "step": (COUNT, True), "steps": (COUNT, True), "test_accuracy": (SHARE_OR_NULL, True),
@@ -680,6 +680,7 @@ class SavedState:
     history: list[dict]
     last: dict
     control: dict | None = None
+    ablation: dict | None = None
 
 
 def parse_session(directory: Path, data: dict) -> SavedState:
@@ -698,7 +699,8 @@ def parse_session(directory: Path, data: dict) -> SavedState:
         return SavedState(config=config, step=int(data["step"]), checkpoint=str(data["checkpoint"]),
                           metrics_records=int(data["metrics_records"]), plan=plan, clusters=clusters,
                           history=[dict(entry) for entry in data["history"]], last=dict(data.get("last") or {}),
-                          control=dict(data["control"]) if data.get("control") else None)
+                          control=dict(data["control"]) if data.get("control") else None,
+                          ablation=dict(data["ablation"]) if data.get("ablation") else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise SessionError(
             f"{path} is corrupt ({type(exc).__name__}: {exc}); the session cannot be opened."
@@ -722,6 +724,7 @@ def write_session(directory: Path, saved: SavedState, *, phase: str, epoch: int,
         "history": saved.history,
         "last": saved.last,
         "control": saved.control,
+        "ablation": saved.ablation,
         "device": device,
         "versions": versions(),
     })

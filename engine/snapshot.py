@@ -37,6 +37,8 @@ class Snapshot:
     held: bool  # a reopened session's unfinished plan waits for `continue`
     control: dict | None = None  # the λ=0 twin's test_accuracy, clusterability, step, params_sha256
     accuracy_cost: float | None = None  # control accuracy minus finetuned accuracy
+    ablation: dict | None = None  # per-class accuracy drops of each cluster (engine/ablation.py)
+    picture: object = None  # engine.picture.BlockPicture of the studied layer by cluster, or None
     allowed: frozenset[str] = field(default_factory=frozenset)
 
     def to_dict(self) -> dict:
@@ -58,4 +60,5 @@ class Snapshot:
             "plan": list(self.plan),
             "control": self.control,
             "accuracy_cost": self.accuracy_cost,
+            "ablation": self.ablation,
         }

@@ -15,13 +15,15 @@ import torch
 
 from engine import events as ev
 from engine import phases
+from engine.ablation import ablate
 from engine.clustering import Clusters
 from engine.config import Config
 from engine.data import load_dataset
-from engine.device import configure_threads, resolve_device
+from engine.device import all_cores, configure_threads, resolve_device
 from engine.errors import SessionError, TrainingError
 from engine.metrics import block_mask
-from engine.plan import CLUSTER, CONTROL, FINETUNE, PRETRAIN, Job, Jobs
+from engine.picture import BlockPicture, block_picture
+from engine.plan import ABLATE, CLUSTER, CONTROL, FINETUNE, PRETRAIN, Job, Jobs
 from engine.session import (
     METRICS_FILE,
     MetricsLog,
@@ -55,6 +57,8 @@ class Study:
         self.history: list[dict] = []
         self.figures = phases.Figures()
         self.control: dict | None = None  # what the λ=0 twin of the last finetune reached
+        self.ablation: dict | None = None  # the held clusters' ablation (engine/ablation.py), latest
+        self.picture_size = (32, 64)  # the block picture's largest size, rows x cols (the UI asks for its own)
         self.plan: list[Job] = []  # the saved plan this study was restored with
         self.saved_plan: list[dict] | None = None  # the plan as last written
         self._checkpoints: list[str] = []
@@ -80,6 +84,8 @@ class Study:
         outcome = phases.train(self.trainer, job, settings, self.figures, hooks)
         if outcome in ("done", "stopped"):
             self.finish_phase(job.kind, job.done, hooks, lam if mask is not None else None, outcome == "stopped")
+        if outcome == "done" and job.kind == FINETUNE:
+            self._ablate(hooks)
         return outcome
 
     def _run_cluster(self, job: Job, hooks: phases.Hooks) -> str:
@@ -97,8 +103,24 @@ class Study:
         hooks.emit(ev.ClustersFound(self.trainer.step, clusters.k, clusters.source, tuple(clusters.row_sizes),
                                     tuple(clusters.col_sizes), found.shares, found.clusterability, found.chance))
         self.finish_phase(CLUSTER, 0, hooks)
+        self._ablate(hooks)
         return "done"
 
+    def _run_ablate(self, job: Job, hooks: phases.Hooks) -> str:
+        if self.clusters is None:
+            raise TrainingError("Ablation needs clusters: cluster the layer first.")
+        self._ablate(hooks)
+        return "done"
+
+    def _ablate(self, hooks: phases.Hooks) -> None:
+        """Silence each cluster's output units in turn; per-class accuracy drops against a random-unit null."""
+        weights = [w.detach() for w in self.trainer.model.state_dict().values()]  # fc1..fcN, bias-free
+        with all_cores(self.device):
+            result = ablate(weights, self.config.studied_layer, self.clusters.row_labels, self.clusters.k,
+                            self.data.test_x, self.data.test_y, self.data.n_classes, seed=self.config.seed)
+        self.ablation = result.to_dict()
+        hooks.record({"type": "ablation", "step": self.trainer.step, **self.ablation})
+        hooks.emit(ev.Ablated(self.trainer.step, self.ablation))
     def _run_control(self, job: Job, hooks: phases.Hooks) -> str:
         """Train a λ=0 twin of the finetune that follows, from the same state and data order, for as many steps.
         The twin is rebuilt from the unchanged pretrained state each time, so a stopped control starts over."""
@@ -136,6 +158,8 @@ class Study:
         hooks.record({"type": "phase", **entry})
 
     def set_clusters(self, clusters: Clusters | None, step: int | None) -> None:
+        if clusters != self.clusters:
+            self.ablation = None  # it was of other clusters
         self.clusters, self.cluster_step = clusters, step if clusters is not None else None
         self.mask = block_mask(clusters.row_labels, clusters.col_labels, self.device) if clusters else None
 
@@ -154,7 +178,8 @@ class Study:
         name = write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
         saved = SavedState(config=self.config, step=self.trainer.step, checkpoint=name,
                            metrics_records=self.metrics.records, plan=plan, clusters=self.clusters,
-                           history=self.history, last=self.figures.to_dict(), control=self.control)
+                           history=self.history, last=self.figures.to_dict(), control=self.control,
+                           ablation=self.ablation)
         write_session(self.path, saved, phase=phase, epoch=self.epochs_done, device=str(self.device))
         self.saved_plan = [j.to_dict() for j in plan]
         if not self._checkpoints or self._checkpoints[-1] != name:
@@ -174,6 +199,7 @@ class Study:
         self.set_clusters(saved.clusters, _cluster_step(saved.history))
         self.history = saved.history
         self.control = saved.control
+        self.ablation = saved.ablation
         self.plan = saved.plan
         self.saved_plan = [j.to_dict() for j in saved.plan]
         last = saved.last
@@ -216,7 +242,17 @@ class Study:
             "config": self.config.to_dict(),
             "control": self.control,
             "accuracy_cost": self.accuracy_cost(),
+            "ablation": self.ablation,
+            "picture": self.picture(),
         }
+
+    def picture(self) -> BlockPicture | None:
+        """|W| of the studied layer reordered by cluster, pooled to `picture_size`."""
+        if self.clusters is None:
+            return None
+        weight = self.trainer.weight.detach().cpu().numpy()
+        return block_picture(weight, self.clusters.row_labels, self.clusters.col_labels, self.clusters.k,
+                             *self.picture_size)
 
     def accuracy_cost(self) -> float | None:
         """Control accuracy minus finetuned accuracy, once a finetune has run after its control."""
@@ -250,6 +286,7 @@ HANDLERS: dict[str, Callable[[Study, Job, phases.Hooks], str]] = {
     FINETUNE: Study._run_training,
     CLUSTER: Study._run_cluster,
     CONTROL: Study._run_control,
+    ABLATE: Study._run_ablate,
 }
 
 

@@ -24,6 +24,7 @@ from tui.widgets.charts import MetricsCharts
 from tui.widgets.clusters import ClusterTable
 from tui.widgets.control import ControlPane, Live
 from tui.widgets.log import EngineLog
+from tui.widgets.modules import ModulesPane
 
 REDRAW_INTERVAL_S = 0.25  # charts and progress text repaint at most 4 times a second
 QUEUEABLE = ("train", "cluster", "finetune")  # keys pressed while the first session loads run once it is ready
@@ -50,6 +51,8 @@ class ClusterlabApp(App[int]):
         Binding("1", "tab('charts')", "Charts", id="tab.charts", show=False, tooltip="show the charts"),
         Binding("2", "tab('clusters')", "Clusters", id="tab.clusters", show=False, tooltip="show the cluster table"),
         Binding("3", "tab('log')", "Log", id="tab.log", show=False, tooltip="show the engine log"),
+        Binding("4", "tab('modules')", "Modules", id="tab.modules", show=False,
+                tooltip="show the layer's blocks and what silencing each cluster costs each class"),
         Binding("question_mark,f1", "help", "Help", id="help", key_display="?", tooltip="list every key"),
         Binding("q", "quit", "Quit", id="quit", tooltip="quit; the session is saved"),
     ]
@@ -81,6 +84,8 @@ class ClusterlabApp(App[int]):
                     yield ClusterTable(id="cluster-pane")
                 with TabPane("Log 3", id="log"):
                     yield EngineLog(id="engine-log")
+                with TabPane("Modules 4", id="modules"):
+                    yield ModulesPane(id="modules-pane")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -105,6 +110,10 @@ class ClusterlabApp(App[int]):
     @property
     def log_pane(self) -> EngineLog:
         return self.query_one(EngineLog)
+
+    @property
+    def modules(self) -> ModulesPane:
+        return self.query_one(ModulesPane)
 
     @property
     def loading(self) -> bool:
@@ -210,7 +219,14 @@ class ClusterlabApp(App[int]):
         self.snap = snap
         if snap.clusters is None:
             self.clusters.clear()
+            self.modules.clear()
         else:
+            self._want_picture()
+            if snap.picture is not None:
+                self.modules.show_picture(snap.picture, layer=f"fc{self.engine.config.studied_layer}",
+                                          step=snap.step)
+            if snap.ablation is not None:
+                self.modules.show_ablation(snap.ablation)
             found = snap.clusters
             self.clusters.show(k=found["k"], source=found["source"], row_sizes=found["row_sizes"],
                                col_sizes=found["col_sizes"], shares=found["shares"],
@@ -296,6 +312,25 @@ class ClusterlabApp(App[int]):
         # Training moves the weights: each save's snapshot has the held clusters' current shares; the table
         # takes them on the redraw timer, in place.
         self._shares_due = True
+
+    @on(msg.Ablated)
+    def _ablated(self, message: msg.Ablated) -> None:
+        if self._current(message):
+            self.modules.show_ablation(message.event.ablation)
+            self.log_pane.add(f"ablation at step {message.event.step}: press 4 for what each cluster carries")
+
+    @on(msg.FiguresUpdated)
+    def _figures_updated(self, message: msg.FiguresUpdated) -> None:
+        if self._current(message):
+            self._shares_due = True  # taken on the redraw timer
+
+    @on(ModulesPane.PictureWanted)
+    def _want_picture(self) -> None:
+        """Tell the engine the size of picture the Modules tab can show (from the next update on)."""
+        if self.engine is not None and self.snap is not None and self.snap.clusters is not None:
+            size = self.modules.picture_size(self.snap.clusters["k"])
+            if size is not None:
+                self.engine.set_picture_size(*size)
 
     @on(msg.LogLine)
     def _log_line(self, message: msg.LogLine) -> None:

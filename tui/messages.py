@@ -51,6 +51,14 @@ class Failed(EngineMessage):
     event: ev.Failed
 
 
+class Ablated(EngineMessage):
+    event: ev.Ablated
+
+
+class FiguresUpdated(EngineMessage):
+    event: ev.FiguresUpdated
+
+
 # Every engine event type has its message; a new event type gets one here and a handler in the app.
 MESSAGES: dict[type[ev.Event], type[EngineMessage]] = {
     ev.StateChanged: StateChanged,
@@ -61,6 +69,8 @@ MESSAGES: dict[type[ev.Event], type[EngineMessage]] = {
     ev.Saved: Saved,
     ev.LogLine: LogLine,
     ev.Failed: Failed,
+    ev.Ablated: Ablated,
+    ev.FiguresUpdated: FiguresUpdated,
 }
 
 
