@@ -119,7 +119,10 @@ def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None) -> int:
         print("clusterlab: interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is _raise_interrupt:
+            signal.signal(signal.SIGTERM, previous)
+        # else a stop is under way: further signals keep being answered with "still saving" until the process
+        # exits, since restoring the default would let a late one kill it after the save
 
 
 def cmd_run(args: argparse.Namespace) -> int:

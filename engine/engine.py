@@ -190,7 +190,8 @@ class Engine:
                 clusters = self.study.clusters
                 held = (clusters.k, clusters.source) if clusters is not None else None
                 self.plan.extend(extra, self.study.history, held, self.config.lam)
-            self._settled = False
+            if self.plan.runnable():
+                self._settled = False
             self._cv.notify_all()
 
     def pause(self) -> None:
