@@ -24,7 +24,7 @@ from engine.model import build_mlp, studied_weight
 
 log = logging.getLogger("clusterlab")
 
-# Raw studied-layer gradients are kept in a (K, out, in) buffer and folded into S with ONE batched GEMM every K
+# Raw studied-layer gradients are kept in a (K, out, in) buffer and folded into F by one batched reduction every K
 # steps; K shrinks for wide layers so the buffer stays near _PENDING_ELEMENTS floats.
 _PENDING_MAX, _PENDING_ELEMENTS = 32, 1 << 20
 # Full-batch steps run eagerly before a CUDA graph is captured (cuBLAS handles and workspaces get created).
@@ -48,14 +48,15 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.perm: torch.Tensor | None = None
         self.position = 0
-        self.epoch = 0
         self.step = 0
         out_w, in_w = self.weight.shape
-        self._grad_sum = torch.zeros(in_w, in_w, dtype=torch.float64, device=device)
+        self._importance = torch.zeros(out_w, in_w, dtype=torch.float64, device=device)
         self._pending_max = max(1, min(_PENDING_MAX, _PENDING_ELEMENTS // (out_w * in_w)))
         self._pending = torch.zeros(self._pending_max, out_w, in_w, device=device)
         self._pending_count = 0
-        self.grad_steps = 0
+        self.grad_steps = 0  # captured steps in F
+        # True for a session saved when the accumulator held S = sum g^T g (in x in): those steps are not in F.
+        self.legacy_gradients = False
         self.batch_size = config.batch_size
         self.steps_per_epoch = math.ceil(data.n_train / config.batch_size)
         self._train_y = data.train_y.view(-1, 1)  # labels as a column: gather/scatter need no reshape per step
@@ -175,28 +176,24 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- gradient accumulator
 
-    def _pending_gram(self) -> torch.Tensor:
-        # S += sum_t g_t^T g_t / |g_t|^2 over the pending steps as ONE GEMM on the stacked unit gradients
-        # (float32, like the GEMMs of the step), added into the float64 sum.
-        g = self._pending[: self._pending_count]
-        scale = g.square().sum(dim=(1, 2)).clamp_min(torch.finfo(g.dtype).tiny).rsqrt()
-        unit = (g * scale[:, None, None]).reshape(-1, g.shape[2])
-        return unit.t() @ unit
+    def _pending_importance(self) -> torch.Tensor:
+        # sum_t g_t * g_t / |g_t|^2 over the pending steps, elementwise, in float64 (a few multiply-adds per weight).
+        squared = self._pending[: self._pending_count].double().square_()
+        norms = squared.sum(dim=(1, 2)).clamp_min_(torch.finfo(torch.float64).tiny)
+        return torch.tensordot(norms.reciprocal_(), squared, dims=1)
 
     def _fold_pending(self) -> None:
         if self._pending_count:
-            # One big GEMM, like an evaluation: on every core the capture's share of the step measured 10% instead
-            # of 12% (engine thread, MNIST, medians of 10 interleaved blocks of 640 steps).
-            with all_cores(self.device):
-                self._grad_sum += self._pending_gram()
+            self._importance += self._pending_importance()
             self._pending_count = 0
 
     @property
-    def grad_sum(self) -> torch.Tensor:
-        """S = sum over captured steps of g^T g / |g|^2, float64 (in x in). Reading it changes no state."""
+    def grad_importance(self) -> torch.Tensor:
+        """F = sum over captured steps of g * g / |g|^2 (elementwise), float64, out x in: a Fisher-style importance
+        of each weight of the studied layer. Reading it changes no state."""
         if not self._pending_count:
-            return self._grad_sum.clone()
-        return self._grad_sum + self._pending_gram()
+            return self._importance.clone()
+        return self._importance + self._pending_importance()
 
     # ---------------------------------------------------------------------------------------------- the rest
 
@@ -225,8 +222,6 @@ class Trainer:
 
     def _next_indices(self) -> torch.Tensor:
         if self.perm is None or self.position >= self.perm.numel():
-            if self.perm is not None:
-                self.epoch += 1
             self.perm = torch.randperm(self.data.n_train, generator=self.generator).to(self.device)
             self.position = 0
         idx = self.perm[self.position : self.position + self.batch_size]
@@ -236,8 +231,8 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything needed to continue bit-exactly; only tensors and plain values (weights_only-safe).
 
-        "grad_sum" is the folded float64 part of S and "grad_pending" the raw gradients not yet folded into it,
-        so that a resumed run folds exactly the same groups of steps as an uninterrupted one.
+        "grad_importance" is the folded float64 part of F and "grad_pending" the raw gradients not yet folded into
+        it, so that a resumed run folds exactly the same groups of steps as an uninterrupted one.
         """
         return {
             "model": self.model.state_dict(),
@@ -245,27 +240,35 @@ class Trainer:
             "generator": self.generator.get_state(),
             "perm": None if self.perm is None else self.perm.cpu(),
             "position": self.position,
-            "epoch": self.epoch,
             "step": self.step,
-            "grad_sum": self._grad_sum.cpu(),
+            "grad_importance": self._importance.cpu(),
             "grad_pending": self._pending[: self._pending_count].clone().cpu(),  # a view would save the buffer
             "grad_steps": self.grad_steps,
+            "legacy_gradients": self.legacy_gradients,
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Also loads checkpoints written before F: their "grad_sum" (S, in x in) cannot become F, so F starts
+        empty (grad_steps 0) and `legacy_gradients` says so; their "epoch" is derived from the step now."""
         self.model.load_state_dict(state["model"])
         self.lr = float(state["optimizer"]["lr"])
         self.generator.set_state(state["generator"])
         self.perm = None if state["perm"] is None else state["perm"].to(self.device)
         self.position = int(state["position"])
-        self.epoch = int(state["epoch"])
         self.step = int(state["step"])
-        self._grad_sum.copy_(state["grad_sum"])
-        pending = state["grad_pending"]
+        if "grad_importance" in state:
+            self._importance.copy_(state["grad_importance"])
+            pending = state["grad_pending"]
+            self.grad_steps = int(state["grad_steps"])
+            self.legacy_gradients = bool(state["legacy_gradients"])
+        else:
+            self._importance.zero_()
+            pending = state["grad_pending"][:0]
+            self.grad_steps = 0
+            self.legacy_gradients = True
         self._pending_count = int(pending.shape[0])
         if self._pending_count:
             self._pending[: self._pending_count].copy_(pending)
-        self.grad_steps = int(state["grad_steps"])
 
 
 def _graphs_wanted(device: torch.device) -> bool:

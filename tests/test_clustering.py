@@ -1,32 +1,34 @@
-"""Co-clustering recovers planted blocks, shares labels between rows and columns, survives dead units."""
+"""Co-clustering recovers planted blocks, shares labels between rows and columns, never leaves a block empty,
+survives dead units, and gives the same labels for the same input and seed."""
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 
-from engine.clustering import Clusters, cocluster, gradient_clusters
-from engine.config import Config
-from engine.data import Dataset, load_dataset
+from engine import clustering
+from engine.clustering import ALGORITHM, Clusters, cocluster, cocluster_batch
 from engine.errors import TrainingError
 from engine.metrics import block_mask, chance_level, clusterability
-from engine.model import studied_weight
-from engine.trainer import Trainer
 
 
 def planted(row_sizes, col_sizes, noise=0.05, seed=0):
-    """A block-diagonal matrix (block i = row group i x column group i) plus small noise, rows/cols shuffled."""
+    """A block-diagonal matrix (block i = row group i x column group i) plus noise, rows/cols shuffled."""
     rng = np.random.default_rng(seed)
-    rows = np.repeat(np.arange(len(row_sizes)), row_sizes)
-    cols = np.repeat(np.arange(len(col_sizes)), col_sizes)
-    rows, cols = rng.permutation(rows), rng.permutation(cols)
+    rows = rng.permutation(np.repeat(np.arange(len(row_sizes)), row_sizes))
+    cols = rng.permutation(np.repeat(np.arange(len(col_sizes)), col_sizes))
     matrix = (rows[:, None] == cols[None, :]) * (1.0 + rng.random((len(rows), len(cols))))
-    matrix = matrix + noise * rng.standard_normal(matrix.shape)
-    return matrix, rows, cols
+    return matrix + noise * rng.standard_normal(matrix.shape), rows, cols
+
+
+def unequal_sizes(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k group sizes summing to n, up to 3x apart."""
+    weights = rng.uniform(1.0, 3.0, k)
+    sizes = np.floor(weights / weights.sum() * n).astype(int)
+    sizes[: n - sizes.sum()] += 1
+    return sizes
 
 
 def partition(labels) -> set[frozenset[int]]:
@@ -42,20 +44,55 @@ def joint_partition(rows, cols) -> set[tuple[frozenset, frozenset]]:
             for c in np.unique(np.concatenate([rows, cols]))}
 
 
+def sizes_ok(rows, cols, k) -> bool:
+    return bool((np.bincount(rows, minlength=k) > 0).all() and (np.bincount(cols, minlength=k) > 0).all())
+
+
+@pytest.mark.parametrize("k", range(2, 9))
+def test_planted_unequal_blocks_with_dead_rows_are_recovered_exactly(k):
+    """The measurement behind `default_vectors`: 128 x 112, unequal blocks, noise 0.2, 3 all-zero rows, permuted;
+    at least 90% of 40 matrices must come back block for block (dead rows, which carry nothing, aside)."""
+    rng = np.random.default_rng(1000 + k)
+    n, shape, dead = 40, (128, 112), 3
+    matrices, truths = np.zeros((n, *shape)), []
+    for i in range(n):
+        live = np.sort(rng.choice(shape[0], shape[0] - dead, replace=False))
+        block, rows, cols = planted(unequal_sizes(shape[0] - dead, k, rng), unequal_sizes(shape[1], k, rng),
+                                    noise=0.2, seed=int(rng.integers(1 << 31)))
+        matrices[i, live] = block
+        truths.append((live, rows, cols))
+    result = cocluster_batch(matrices, k, seed=0)
+    assert result.svd == "exact" and result.vectors == k - 1
+    recovered = sum(joint_partition(result.rows[i, live], result.cols[i]) == joint_partition(rows, cols)
+                    for i, (live, rows, cols) in enumerate(truths))
+    assert recovered >= 0.9 * n, f"k={k}: {recovered}/{n} recovered"
+
+
 @pytest.mark.parametrize("k, row_sizes, col_sizes", [(2, (20, 12), (10, 22)), (4, (10, 8, 12, 6), (9, 9, 7, 11))])
-def test_planted_blocks_are_recovered_exactly(k, row_sizes, col_sizes):
+def test_one_matrix_is_recovered_and_far_above_chance(k, row_sizes, col_sizes):
     matrix, true_rows, true_cols = planted(row_sizes, col_sizes, seed=k)
-    rows, cols = cocluster(matrix, k, seed=0)
-    assert joint_partition(rows, cols) == joint_partition(true_rows, true_cols)
-    c = clusterability(torch.as_tensor(matrix), block_mask(rows, cols)).item()
+    result = cocluster(matrix, k, seed=0)
+    assert result.rows.shape == (sum(row_sizes),) and result.cols.shape == (sum(col_sizes),)
+    assert joint_partition(result.rows, result.cols) == joint_partition(true_rows, true_cols)
+    c = clusterability(torch.as_tensor(matrix), block_mask(result.rows, result.cols)).item()
     assert c > 0.98
-    assert c > chance_level(rows, cols, k) + 0.3
+    assert c > chance_level(result.rows, result.cols, k) + 0.3
+
+
+def test_each_matrix_of_a_batch_gets_its_own_blocks():
+    first, rows1, cols1 = planted((15, 15, 10), (12, 8, 20), seed=3)
+    second, rows2, cols2 = planted((5, 25, 10), (20, 10, 10), seed=4)
+    result = cocluster_batch(np.stack([first, second]), 3, seed=0)
+    assert joint_partition(result.rows[0], result.cols[0]) == joint_partition(rows1, cols1)
+    assert joint_partition(result.rows[1], result.cols[1]) == joint_partition(rows2, cols2)
+    single = cocluster(first, 3, seed=0)  # the first of a batch draws what a batch of one draws
+    assert np.array_equal(single.rows, result.rows[0]) and np.array_equal(single.cols, result.cols[0])
 
 
 def test_labels_are_shared_so_block_i_is_heavy():
     matrix, _, _ = planted((15, 15, 10), (12, 8, 20), seed=3)
-    rows, cols = cocluster(matrix, 3, seed=1)
-    a = np.abs(matrix)
+    result = cocluster(matrix, 3, seed=1)
+    rows, cols, a = result.rows, result.cols, np.abs(matrix)
     for i in range(3):
         diagonal = a[np.ix_(rows == i, cols == i)].mean()
         off = [a[np.ix_(rows == i, cols == j)].mean() for j in range(3) if j != i]
@@ -64,14 +101,52 @@ def test_labels_are_shared_so_block_i_is_heavy():
 
 def test_labels_are_canonical():
     matrix, _, _ = planted((10, 10, 10), (10, 10, 10), seed=5)
-    rows, cols = cocluster(matrix, 3, seed=0)
+    a, b = cocluster(matrix, 3, seed=0), cocluster(matrix, 3, seed=7)
     # Numbered by first appearance: row 0 is in cluster 0, and every label shows up in order.
-    seen = list(dict.fromkeys(np.concatenate([rows, cols]).tolist()))
-    assert seen == [0, 1, 2]
-    # The same partition under a relabelled input ordering prints the same labels.
-    rows2, cols2 = cocluster(matrix, 3, seed=7)
-    assert joint_partition(rows, cols) == joint_partition(rows2, cols2)
-    assert rows.tolist() == rows2.tolist() and cols.tolist() == cols2.tolist()
+    assert list(dict.fromkeys(np.concatenate([a.rows, a.cols]).tolist())) == [0, 1, 2]
+    # The same partition found from other random starts prints the same labels.
+    assert a.rows.tolist() == b.rows.tolist() and a.cols.tolist() == b.cols.tolist()
+
+
+def test_same_input_and_seed_give_the_same_labels_on_1_and_2_threads():
+    rng = np.random.default_rng(11)
+    matrices = rng.standard_normal((6, 64, 48))  # no structure: the labels hang on every detail of the arithmetic
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            with threadpool_limits(limits=threads):
+                results.append(cocluster_batch(matrices, 4, seed=3))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        assert np.array_equal(results[0].rows, other.rows) and np.array_equal(results[0].cols, other.cols)
+    assert not np.array_equal(cocluster_batch(matrices, 4, seed=4).rows, results[0].rows)  # the seed matters
+
+
+def test_spectrum_is_exact():
+    """The embedding's singular vectors equal a full LAPACK SVD's (up to sign), dead rows and all."""
+    matrix, _, _ = planted((12, 9, 7), (8, 10, 11), noise=0.3, seed=8)
+    a = np.abs(matrix)
+    a[[2, 5]] = 0.0
+    live_rows, live_cols = a.sum(axis=1) > 0, a.sum(axis=0) > 0
+    embedding, svd = clustering._embedding(a[None], live_rows[None], live_cols[None], 2, seed=0)
+    d_r, d_c = np.sqrt(a.sum(axis=1)[live_rows]), np.sqrt(a.sum(axis=0))
+    u, _, vt = np.linalg.svd(a[live_rows] / d_r[:, None] / d_c[None, :])
+    expected = np.concatenate([u[:, 1:3] / d_r[:, None], vt[1:3].T / d_c[:, None]])
+    got = embedding[0][np.concatenate([live_rows, live_cols])]
+    assert svd == "exact"
+    np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=1e-12)
+    assert np.all(embedding[0][[2, 5]] == 0.0)
+
+
+def test_layers_beyond_the_exact_limit_use_a_randomized_svd_and_say_so(monkeypatch):
+    monkeypatch.setattr(clustering, "EXACT_MAX", 30)
+    matrix, true_rows, true_cols = planted((20, 12), (10, 22), seed=2)
+    result = cocluster(matrix, 2, seed=0)
+    assert result.svd == "randomized"
+    assert joint_partition(result.rows, result.cols) == joint_partition(true_rows, true_cols)
 
 
 def test_dead_rows_and_columns_do_not_crash_and_live_blocks_survive():
@@ -79,8 +154,8 @@ def test_dead_rows_and_columns_do_not_crash_and_live_blocks_survive():
     dead_rows, dead_cols = [0, 5, 17], [3, 4]
     matrix[dead_rows, :] = 0.0
     matrix[:, dead_cols] = 0.0
-    rows, cols = cocluster(matrix, 2, seed=0)
-    assert rows.shape == (24,) and cols.shape == (24,)
+    result = cocluster(matrix, 2, seed=0)
+    rows, cols = result.rows, result.cols
     assert set(rows.tolist()) <= {0, 1} and set(cols.tolist()) <= {0, 1}
     live_r = np.setdiff1d(np.arange(24), dead_rows)
     live_c = np.setdiff1d(np.arange(24), dead_cols)
@@ -96,93 +171,57 @@ def test_too_few_live_units_is_a_clear_error():
         cocluster(matrix, 2)
 
 
+def test_no_block_is_ever_empty(monkeypatch):
+    """Sparse 20 x 20 matrices at k=8: k-means leaves some cluster without rows or columns now and then; every
+    result still has k non-empty blocks, and the repair moved units in at least one of them."""
+    repaired = []
+    fill = clustering._fill_empty_sides
+
+    def spy(labels, *args):
+        before = labels.copy()
+        fill(labels, *args)
+        repaired.append(not np.array_equal(before, labels))
+
+    monkeypatch.setattr(clustering, "_fill_empty_sides", spy)
+    rng = np.random.default_rng(0)
+    matrices = rng.standard_normal((200, 20, 20)) * (rng.random((200, 20, 20)) < 0.3)
+    result = cocluster_batch(matrices, 8, seed=0)
+    assert all(sizes_ok(rows, cols, 8) for rows, cols in zip(result.rows, result.cols, strict=True))
+    assert any(repaired)
+
+
+def test_an_empty_side_takes_the_unit_that_costs_least_to_move():
+    # Rows (units 0-3) sit at 0, 0.1, 1 and 5 on a line, columns (4, 5) at 0.2 and 4; cluster 1 (centre 4) has only
+    # the column at 4, and no row.
+    points = np.array([[0.0], [0.1], [1.0], [5.0], [0.2], [4.0]])
+    labels = np.array([0, 0, 0, 0, 0, 1])
+    centers = np.array([[0.5], [4.0]])
+    clustering._fill_empty_sides(labels, points, centers, 4, 2)
+    assert labels.tolist() == [0, 0, 0, 1, 0, 1]  # row 3 (at 5) moves: the cheapest move into cluster 1
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_a_layer_too_simple_for_k_blocks_is_refused(k):
+    # Two exact constant blocks: every unit embeds on one of two points, so no honest third block exists; a rank-1
+    # layer (all ones) has no second direction at all.
+    matrix = np.kron(np.eye(2), np.ones((5, 4))) if k == 3 else np.ones((8, 8))
+    with pytest.raises(TrainingError, match=f"k={k} non-empty blocks"):
+        cocluster(matrix, k)
+
+
 def test_all_zero_layer_gives_zero_not_nan():
     mask = block_mask([0, 1], [0, 1])
     assert clusterability(torch.zeros(2, 2), mask).item() == 0.0
 
 
-def test_gradient_clusters_group_inputs_by_affinity_and_rows_follow_weight():
-    # S: inputs {0..5} and {6..11} move together; weight rows 0-3 draw on inputs 0-5, rows 4-9 on 6-11.
-    groups = np.repeat([0, 1], 6)
-    s = (groups[:, None] == groups[None, :]) * 1.0 + 0.01
-    weight = np.zeros((10, 12))
-    weight[:4, :6] = 1.0
-    weight[4:, 6:] = 1.0
-    weight += 0.01
-    rows, cols = gradient_clusters(s, weight, 2)
-    assert partition(cols) == partition(groups)
-    assert joint_partition(rows, cols) == joint_partition(np.repeat([0, 1], [4, 6]), groups)
-
-
-def test_clusters_round_trip():
-    c = Clusters(3, "weights", (0, 1, 2, 2), (2, 1, 0))
+def test_clusters_round_trip_and_old_dicts_read_as_legacy():
+    result = cocluster(planted((4, 4), (3, 5), seed=1)[0], 2)
+    c = Clusters.found(2, "gradients", result)
+    assert (c.algorithm, c.svd) == (ALGORITHM, "exact")
     assert Clusters.from_dict(c.to_dict()) == c
-    assert c.row_sizes == [1, 1, 2] and c.col_sizes == [1, 1, 1]
-
-
-def _trainer(**changes) -> Trainer:
-    config = Config(**{"dataset": "synthetic", "hidden": (32, 32), "device": "cpu", **changes})
-    data = load_dataset(config.dataset, None, config.seed, torch.device("cpu"))
-    return Trainer(config, data, torch.device("cpu"))
-
-
-def test_gradient_accumulator_is_the_sum_of_normalised_gram_matrices():
-    # One batch is the whole training set, so every step's gradient can be recomputed independently of the
-    # trainer: a fresh forward/backward of a copy of the model on all samples, before the step.
-    config = Config(dataset="synthetic", hidden=(32, 24), device="cpu", batch_size=64, lr=0.05)
-    full = load_dataset("synthetic", None, config.seed, torch.device("cpu"))
-    data = Dataset("synthetic", full.train_x[:64], full.train_y[:64], full.test_x, full.test_y, 10, "test")
-    trainer = Trainer(config, data, torch.device("cpu"))
-    n = 40  # more than one float32 partial sum's worth of steps
-    expected = torch.zeros(32, 32, dtype=torch.float64)
-    for _ in range(n):
-        model = copy.deepcopy(trainer.model)
-        F.cross_entropy(model(data.train_x), data.train_y).backward()
-        g = studied_weight(model, config.studied_layer).grad.double()
-        unit = g / g.norm()
-        expected += unit.T @ unit
-        trainer.train_step(capture=True)
-    before = trainer.grad_sum.clone()
-    trainer.train_step(capture=False)  # not captured
-    got = trainer.grad_sum
-    assert trainer.grad_steps == n
-    assert got.dtype == torch.float64 and got.shape == (32, 32)
-    assert torch.equal(got, before)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
-    # trace(S) = sum of |unit g|^2 = number of captured steps
-    assert torch.diagonal(got).sum().item() == pytest.approx(n, rel=1e-5)
-
-
-def test_regulariser_raises_clusterability():
-    results = {}
-    for lam in (0.0, 20.0):
-        trainer = _trainer(lr=0.05)
-        for _ in range(150):
-            trainer.train_step()
-        rows, cols = cocluster(trainer.weight.detach().double().numpy(), 2, seed=0)
-        mask = block_mask(rows, cols)
-        before = trainer.clusterability_of(mask)
-        for _ in range(150):
-            trainer.train_step(mask, lam)
-        results[lam] = (before, trainer.clusterability_of(mask))
-    (before0, after0), (before20, after20) = results[0.0], results[20.0]
-    assert before0 == pytest.approx(before20)  # same start
-    assert after20 > after0 + 0.1
-    assert after20 > before20 + 0.1
-
-
-def test_inputs_that_never_fired_join_the_cluster_their_weight_goes_to():
-    # S has no gradient for input units 2 and 5 (never fired), but W still sends their weight somewhere.
-    rng = np.random.default_rng(0)
-    s = np.zeros((8, 8))
-    s[np.ix_([0, 1, 3], [0, 1, 3])] = 1.0
-    s[np.ix_([4, 6, 7], [4, 6, 7])] = 1.0
-    s += 0.01 * rng.random((8, 8)) * (s > 0)
-    weight = np.full((6, 8), 0.01)
-    weight[np.ix_([0, 1, 2], [0, 1, 3])] = 1.0  # outputs 0-2 read inputs 0, 1, 3
-    weight[np.ix_([3, 4, 5], [4, 6, 7])] = 1.0  # outputs 3-5 read inputs 4, 6, 7
-    weight[3:, 2] = 1.0  # dead input 2 feeds outputs 3-5
-    weight[:3, 5] = 1.0  # dead input 5 feeds outputs 0-2
-    rows, cols = gradient_clusters(s, weight, 2)
-    assert rows[0] == rows[1] == rows[2] != rows[3] == rows[4] == rows[5]
-    assert cols[2] == rows[3] and cols[5] == rows[0]
+    assert sizes_ok(np.array(c.row_labels), np.array(c.col_labels), 2)
+    old = {"k": 3, "source": "gradients", "row_sizes": [1, 1, 2], "col_sizes": [1, 1, 1],
+           "row_labels": [0, 1, 2, 2], "col_labels": [2, 1, 0]}
+    legacy = Clusters.from_dict(old)
+    assert (legacy.algorithm, legacy.svd) == ("legacy", "randomized")
+    assert legacy.row_sizes == [1, 1, 2] and legacy.col_sizes == [1, 1, 1]

@@ -1,4 +1,4 @@
-"""Clusterability and chance: hand-computed values, random matrices near chance, an exact gradient."""
+"""Clusterability, chance and ncut: hand-computed values, random matrices near chance, an exact gradient."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from engine.clustering import cocluster
-from engine.metrics import block_mask, chance_level, cluster_shares, clusterability
+from engine.metrics import (
+    block_mask,
+    chance_level,
+    cluster_shares,
+    clusterability,
+    clusterability_batch,
+    ncut,
+    ncut_batch,
+)
 
 
 def test_hand_computed_clusterability_and_chance():
@@ -33,7 +41,8 @@ def test_chance_counts_an_empty_cluster_as_nothing():
 def test_random_matrix_is_near_chance(k):
     rng = np.random.default_rng(k)
     matrix = rng.standard_normal((128, 128))
-    rows, cols = cocluster(matrix, k, seed=0)
+    result = cocluster(matrix, k, seed=0)
+    rows, cols = result.rows, result.cols
     c = clusterability(torch.as_tensor(matrix), block_mask(rows, cols)).item()
     chance = chance_level(rows, cols, k)
     # Co-clustering finds only the small excess that any random matrix has, far from a planted block's ~1.
@@ -52,3 +61,42 @@ def test_gradient_matches_analytic_form_and_finite_differences():
     analytic = 2 * w * (mask.double() - c.detach()) / total
     torch.testing.assert_close(grad, analytic)
     assert torch.autograd.gradcheck(lambda x: clusterability(x, mask), (weight,))
+
+
+def test_hand_computed_ncut():
+    # |W| is the bipartite graph: rows r0..r2, columns c0, c1. Clusters: {r0, r1, c0} and {r2, c1}.
+    weight = np.array([[1.0, -2.0], [3.0, 0.0], [1.0, 1.0]])
+    rows, cols = [0, 0, 1], [0, 1]
+    # cluster 0: edges leaving it are r0-c1 (2) and r2-c0 (1): cut 3; degrees r0 3 + r1 3 + c0 5: vol 11
+    # cluster 1: edges leaving it are r2-c0 (1) and r0-c1 (2): cut 3; degrees r2 2 + c1 3: vol 5
+    assert ncut(weight, rows, cols, 2) == pytest.approx(3 / 11 + 3 / 5)
+
+
+def test_ncut_is_zero_for_separate_blocks_and_ignores_a_massless_cluster():
+    weight = np.kron(np.eye(2), np.ones((3, 2)))
+    assert ncut(weight, [0, 0, 0, 1, 1, 1], [0, 0, 1, 1], 2) == 0.0
+    # cluster 2 holds only a dead row: no edges, vol 0, adds nothing
+    padded = np.vstack([weight, np.zeros((1, 4))])
+    assert ncut(padded, [0, 0, 0, 1, 1, 1, 2], [0, 0, 1, 1], 3) == 0.0
+    # every unit in one cluster: nothing is cut
+    assert ncut(weight, [0] * 6, [0] * 4, 1) == 0.0
+
+
+def test_batched_measures_equal_the_single_ones():
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal((5, 9, 7))
+    rows, cols = rng.integers(0, 3, (5, 9)), rng.integers(0, 3, (5, 7))
+    batch = clusterability_batch(weights, rows, cols, 3)
+    ncuts = ncut_batch(weights, rows, cols, 3)
+    for i in range(5):
+        one = clusterability(torch.as_tensor(weights[i]), block_mask(rows[i], cols[i])).item()
+        assert batch[i] == pytest.approx(one, rel=1e-12)
+        assert ncuts[i] == pytest.approx(ncut(weights[i], rows[i], cols[i], 3), rel=1e-12)
+        a = np.abs(weights[i])  # straight from the definition: sum over clusters of cut / vol
+        expected = 0.0
+        for c in range(3):
+            r, k_ = rows[i] == c, cols[i] == c
+            vol = a[r].sum() + a[:, k_].sum()
+            expected += (vol - 2 * a[np.ix_(r, k_)].sum()) / vol
+        assert ncuts[i] == pytest.approx(expected, rel=1e-12)
+    assert clusterability_batch(np.zeros((1, 2, 2)), np.zeros((1, 2), int), np.zeros((1, 2), int), 1)[0] == 0.0
