@@ -237,12 +237,14 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
     weight = trainer.weight.detach().double().cpu().numpy()
     cocluster_k2_ms = _median_ms(lambda: cocluster(weight, 2, SEED), 3)
     cocluster_k8_ms = _median_ms(lambda: cocluster(weight, 8, SEED), 3)
-    rows, cols = cocluster(weight, 2, SEED)
+    clustered = cocluster(weight, 2, SEED)
+    rows, cols = clustered.rows, clustered.cols
     mask = block_mask(rows, cols, device)
     clusterability_ms = _median_ms(lambda: trainer.clusterability_of(mask), 21)
     wide = np.random.default_rng(SEED).standard_normal((WIDE, WIDE))
     cocluster_1024_k8_ms = _median_ms(lambda: cocluster(wide, 8, SEED), 3)
-    wide_rows, wide_cols = cocluster(wide, 8, SEED)
+    wide_clustered = cocluster(wide, 8, SEED)
+    wide_rows, wide_cols = wide_clustered.rows, wide_clustered.cols
     wide_w = torch.as_tensor(wide, dtype=torch.float32, device=device)
     wide_mask = block_mask(wide_rows, wide_cols, device)
     clusterability_1024_ms = _median_ms(lambda: clusterability(wide_w, wide_mask).item(), 21)

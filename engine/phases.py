@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from engine import events as ev
-from engine.clustering import Clusters, cocluster, gradient_clusters
+from engine.clustering import Clusters, cocluster
 from engine.errors import TrainingError
 from engine.metrics import chance_level, cluster_shares
 from engine.trainer import Trainer
@@ -123,15 +123,17 @@ def _report(trainer: Trainer, job, figures: Figures, hooks: Hooks, since: float,
 
 
 def cluster(trainer: Trainer, k: int, source: str, seed: int) -> Clusters:
-    """Co-cluster the studied layer on its weights or on the gradient statistics captured while pretraining."""
-    weight = trainer.weight.detach().double().cpu().numpy()
+    """Co-cluster the studied layer's weights, or F, the gradient importance captured while pretraining."""
     if source == "weights":
-        rows, cols = cocluster(weight, k, seed=seed)
+        result = cocluster(trainer.weight.detach().double().cpu().numpy(), k, seed=seed)
     else:
+        if trainer.grad_steps == 0 and trainer.legacy_gradients:
+            raise TrainingError("This session's gradient statistics were captured the old way; re-pretrain to "
+                                "cluster on gradients, or cluster on weights.")
         if trainer.grad_steps == 0:
             raise TrainingError("No gradients were captured yet: pretrain first, or cluster on weights.")
-        rows, cols = gradient_clusters(trainer.grad_sum.cpu().numpy(), weight, k, seed=seed)
-    return Clusters(k, source, tuple(rows.tolist()), tuple(cols.tolist()))
+        result = cocluster(trainer.grad_importance.cpu().numpy(), k, seed=seed)
+    return Clusters.found(k, source, result)
 
 
 @dataclass(frozen=True)
