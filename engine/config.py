@@ -11,6 +11,7 @@ from engine.errors import ConfigError
 
 DATASETS = ("mnist", "fashion-mnist", "digits", "synthetic")
 SOURCES = ("weights", "gradients")
+NULL_METHODS = ("permute", "rows")  # shuffle every entry of the layer, or within each row
 DEVICES = ("auto", "cpu", "cuda")
 FLOAT32_MAX = 3.4028234663852886e38
 # scikit-learn's k-means (a RandomState) takes seeds up to 2**32 - 1, less than torch takes: the clustering bounds it.
@@ -67,11 +68,14 @@ class Config:
     device: str = "auto"
     autosave_every: int = 500
     control: bool = False  # before finetuning, train a λ=0 twin for the same steps: the accuracy baseline
+    null: str = "permute"  # how the layer is shuffled for the significance null
+    null_samples: int = 100  # shuffles re-co-clustered for each p-value; 0 turns the null off
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", parse_hidden(self.hidden))
         if not isinstance(self.control, bool):
             raise ConfigError(f"--control must be yes or no, not {self.control!r}.")
+        check_null(self.null, self.null_samples)
         if self.dataset not in DATASETS:
             raise ConfigError(f"--dataset must be one of {', '.join(DATASETS)}, not {self.dataset!r}.")
         check_source(self.cluster_on)
@@ -162,6 +166,13 @@ def check_lam(lam: object) -> None:
             f"--lam must be a number that float32 (the training precision) holds, at most {FLOAT32_MAX:.1e}, "
             f"not {lam!r}."
         )
+
+
+def check_null(method: object, samples: object) -> None:
+    """`--null` names a shuffle and `--null-samples` is a whole number (0 turns the null off)."""
+    if method not in NULL_METHODS:
+        raise ConfigError(f"--null must be one of {', '.join(NULL_METHODS)}, not {method!r}.")
+    check_int("--null-samples", samples, 0)
 
 
 def check_source(source: object) -> None:

@@ -163,8 +163,9 @@ class Engine:
         self._queue("train", lambda: self.study.jobs.pretrain(epochs, steps))
 
     def cluster(self, k: int | None = None, source: str | None = None) -> None:
-        """Queue co-clustering of the studied layer on 'weights' or 'gradients'."""
-        self._queue("cluster", lambda: self.study.jobs.cluster(k, source))
+        """Queue co-clustering of the studied layer on 'weights' or 'gradients', then its shuffle null."""
+        if self._queue("cluster", lambda: self.study.jobs.cluster(k, source)) and self.config.null_samples:
+            self._queue("significance", self.study.jobs.significance, needs_clusters=True)
 
     def finetune(self, epochs: int | None = None, lam: float | None = None) -> None:
         """Queue regularised finetuning (loss = CE - lam * clusterability) with the clusters held fixed."""
@@ -284,19 +285,21 @@ class Engine:
 
     # ----- command helpers (any thread) -----------------------------------------------------------------------
 
-    def _queue(self, what: str, make: Callable[[], Job], needs_clusters: bool = False) -> None:
+    def _queue(self, what: str, make: Callable[[], Job], needs_clusters: bool = False) -> bool:
+        """Make a job and queue it (True), or refuse the command with a Failed event (False)."""
         try:
             job = make()
         except ConfigError as exc:
             self._refuse(what, str(exc))
-            return
+            return False
         if needs_clusters:
             with self._cv:
                 clusters_coming = self.study.clusters is not None or self.plan.clusters_coming()
             if not clusters_coming:
-                self._refuse(what, "Finetuning needs clusters: cluster the layer first.")
-                return
+                self._refuse(what, f"{what.capitalize()} needs clusters: cluster the layer first.")
+                return False
         self._enqueue(job)
+        return True
 
     def _enqueue(self, job: Job) -> None:
         with self._cv:
@@ -528,4 +531,5 @@ class Engine:
 
 
 # The state a job of each kind runs in (the rest train).
-STATES = {"finetune": ev.FINETUNING, "control": ev.FINETUNING, "cluster": ev.CLUSTERING, "ablate": ev.CLUSTERING}
+STATES = {"finetune": ev.FINETUNING, "control": ev.FINETUNING, "cluster": ev.CLUSTERING, "ablate": ev.CLUSTERING,
+          "significance": ev.CLUSTERING}

@@ -102,3 +102,13 @@ class FiguresUpdated(Event):
     after each save, and at most once a second while training with clusters held."""
 
     step: int
+
+
+@dataclass(frozen=True)
+class SignificanceFound(Event):
+    """A clusterability at `step` against its shuffle null: engine/significance.py's Significance.to_dict()."""
+
+    step: int
+    phase: str
+    clusterability: float
+    significance: dict

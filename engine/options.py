@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields
 
-from engine.config import DATASETS, DEVICES, SOURCES, Config
+from engine.config import DATASETS, DEVICES, NULL_METHODS, SOURCES, Config
 from engine.errors import ConfigError
 
 _KIND_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "yes or no"}
@@ -94,6 +94,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("autosave_every", "--autosave-every", int, "save the session every N steps (default 500)"),
     Option("control", "--control", bool, "before finetuning, train a λ=0 twin for the same steps from the same state "
            "and data order: the control the finetuned accuracy is compared with"),
+    Option("null", "--null", str, f"shuffle for the significance null: {' or '.join(NULL_METHODS)} (permute: every "
+           "entry of the layer; rows: within each row, keeping each unit's weights) (default permute)", "SHUFFLE"),
+    Option("null_samples", "--null-samples", int,
+           "shuffled layers re-co-clustered for each p-value; 0 turns the null off (default 100)"),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 

@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass, field
 
 from engine.config import Config
 
-PRETRAIN, CLUSTER, CONTROL, FINETUNE, ABLATE = "pretrain", "cluster", "control", "finetune", "ablate"
-JOB_KINDS = (PRETRAIN, CLUSTER, CONTROL, FINETUNE, ABLATE)
+PRETRAIN, CLUSTER, CONTROL, FINETUNE = "pretrain", "cluster", "control", "finetune"
+ABLATE, SIGNIFICANCE = "ablate", "significance"
+JOB_KINDS = (PRETRAIN, CLUSTER, SIGNIFICANCE, CONTROL, FINETUNE, ABLATE)
 TRAINING = (PRETRAIN, CONTROL, FINETUNE)  # jobs that take optimizer steps, counted so a saved plan resumes mid-job
 
 
@@ -48,6 +49,10 @@ class Jobs:
     def ablate(self) -> Job:
         return Job(ABLATE)
 
+    def significance(self) -> Job:
+        """The shuffle null of a clustering: its own job, so that pause and stop act on it."""
+        return Job(SIGNIFICANCE)
+
     def control(self, finetune: Job) -> Job:
         """The λ=0 twin of `finetune`: as many steps, from the same state."""
         return Job(CONTROL, total=finetune.total, lam=0.0)
@@ -56,6 +61,8 @@ class Jobs:
         """The config's whole plan: pretrain, cluster, and finetune if it has epochs (after its control if the
         config asks for one)."""
         jobs = [self.pretrain(), self.cluster()]
+        if self.config.null_samples:
+            jobs.append(self.significance())
         if self.config.finetune_epochs > 0:
             finetune = self.finetune()
             jobs += [self.control(finetune), finetune] if self.config.control else [finetune]
@@ -111,7 +118,7 @@ class Plan:
         self.jobs.insert(0, Job(PRETRAIN, total=extra))
         if clusters_k_source is not None and not any(j.kind == CLUSTER for j in self.jobs):
             k, source = clusters_k_source
-            self.jobs.insert(1, Job(CLUSTER, k=k, source=source))
+            self.jobs[1:1] = [Job(CLUSTER, k=k, source=source), Job(SIGNIFICANCE)]
 
     def finish(self, job: Job) -> None:
         """Take an ended job out of the plan (stop() may already have dropped what came after it)."""

@@ -251,7 +251,7 @@ TOP_FIELDS: Spec = {
     "name": (TEXT, False), "saved_at": (TEXT, False), "config": (OBJECT, True), "phase": (TEXT, False),
     "step": (COUNT, True), "epoch": (COUNT, False), "checkpoint": (TEXT, True), "plan": (LIST, True),
     "history": (LIST, True), "last": (OBJECT, False), "device": (TEXT, False), "versions": (OBJECT, False),
-    "control": (OBJECT_OR_NULL, False), "ablation": (OBJECT_OR_NULL, False),
+    "control": (OBJECT_OR_NULL, False), "ablation": (OBJECT_OR_NULL, False), "significance": (OBJECT_OR_NULL, False),
 }
 HISTORY_FIELDS: Spec = {
     "phase": (TEXT, True), "step": (COUNT, True), "steps": (COUNT, True), "test_accuracy": (SHARE_OR_NULL, True),
@@ -494,6 +494,7 @@ def _summary(directory: Path, kinds: Collection[str]) -> dict:
         "step": data["step"],
         "test_accuracy": last.get("test_accuracy"),
         "clusterability": last.get("clusterability"),
+        "significance": data.get("significance"),
         "saved_at": data.get("saved_at"),
     }
 
@@ -681,6 +682,7 @@ class SavedState:
     last: dict
     control: dict | None = None
     ablation: dict | None = None
+    significance: dict | None = None
 
 
 def parse_session(directory: Path, data: dict) -> SavedState:
@@ -700,7 +702,8 @@ def parse_session(directory: Path, data: dict) -> SavedState:
                           metrics_records=int(data["metrics_records"]), plan=plan, clusters=clusters,
                           history=[dict(entry) for entry in data["history"]], last=dict(data.get("last") or {}),
                           control=dict(data["control"]) if data.get("control") else None,
-                          ablation=dict(data["ablation"]) if data.get("ablation") else None)
+                          ablation=dict(data["ablation"]) if data.get("ablation") else None,
+                          significance=dict(data["significance"]) if data.get("significance") else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise SessionError(
             f"{path} is corrupt ({type(exc).__name__}: {exc}); the session cannot be opened."
@@ -725,6 +728,7 @@ def write_session(directory: Path, saved: SavedState, *, phase: str, epoch: int,
         "last": saved.last,
         "control": saved.control,
         "ablation": saved.ablation,
+        "significance": saved.significance,
         "device": device,
         "versions": versions(),
     })

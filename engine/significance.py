@@ -7,11 +7,9 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from engine.clustering import cocluster_batch, single_threaded
-from engine.config import check_int
-from engine.errors import ConfigError
+from engine.config import check_null
 from engine.metrics import clusterability_batch, ncut_batch
 
-NULL_METHODS = ("permute", "rows")
 # Shuffled matrices co-clustered at once: a chunk of the null holds about this many floats per matrix copy.
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -45,13 +43,6 @@ class Significance:
         values = {f.name: data[f.name] for f in fields(cls)}
         values["samples"] = int(values["samples"])
         return cls(**values)
-
-
-def check_null(method: object, samples: object) -> None:
-    """`--null` names a shuffle and `--null-samples` is a whole number (0 turns the null off)."""
-    if method not in NULL_METHODS:
-        raise ConfigError(f"--null must be one of {', '.join(NULL_METHODS)}, not {method!r}.")
-    check_int("--null-samples", samples, 0)
 
 
 def significance(weight: np.ndarray, rows, cols, k: int, *, source: np.ndarray | None = None,

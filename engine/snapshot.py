@@ -38,6 +38,7 @@ class Snapshot:
     control: dict | None = None  # the λ=0 twin's test_accuracy, clusterability, step, params_sha256
     accuracy_cost: float | None = None  # control accuracy minus finetuned accuracy
     ablation: dict | None = None  # per-class accuracy drops of each cluster (engine/ablation.py)
+    significance: dict | None = None  # the clusterability's shuffle null: null_mean, null_std, z, p_value, ncut…
     picture: object = None  # engine.picture.BlockPicture of the studied layer by cluster, or None
     allowed: frozenset[str] = field(default_factory=frozenset)
 
@@ -53,6 +54,7 @@ class Snapshot:
             "train_loss": self.train_loss,
             "clusterability": self.clusterability,
             "clusterability_chance": self.clusterability_chance,
+            "significance": self.significance,
             "clusters": self.clusters,
             "params_sha256": self.params_sha256,
             "history": list(self.history),

@@ -23,7 +23,7 @@ from engine.device import all_cores, configure_threads, resolve_device
 from engine.errors import SessionError, TrainingError
 from engine.metrics import block_mask
 from engine.picture import BlockPicture, block_picture
-from engine.plan import ABLATE, CLUSTER, CONTROL, FINETUNE, PRETRAIN, Job, Jobs
+from engine.plan import ABLATE, CLUSTER, CONTROL, FINETUNE, PRETRAIN, SIGNIFICANCE, Job, Jobs
 from engine.session import (
     METRICS_FILE,
     MetricsLog,
@@ -36,6 +36,7 @@ from engine.session import (
     write_checkpoint,
     write_session,
 )
+from engine.significance import significance
 from engine.trainer import Trainer
 
 
@@ -58,6 +59,8 @@ class Study:
         self.figures = phases.Figures()
         self.control: dict | None = None  # what the λ=0 twin of the last finetune reached
         self.ablation: dict | None = None  # the held clusters' ablation (engine/ablation.py), latest
+        self.significance: dict | None = None  # the latest clusterability's shuffle null (Significance.to_dict())
+        self._null_step = -1  # the step `significance` was found at
         self.picture_size = (32, 64)  # the block picture's largest size, rows x cols (the UI asks for its own)
         self.plan: list[Job] = []  # the saved plan this study was restored with
         self.saved_plan: list[dict] | None = None  # the plan as last written
@@ -81,9 +84,14 @@ class Study:
                                       f"{self.trainer.step + 1}"))
         settings = phases.TrainSettings(job.kind, mask, lam, capture=job.kind == PRETRAIN,
                                         eval_every=self.config.eval_every, autosave_every=self.config.autosave_every)
-        outcome = phases.train(self.trainer, job, settings, self.figures, hooks)
+        watched = _EpochNull(self, hooks) if mask is not None else hooks
+        outcome = phases.train(self.trainer, job, settings, self.figures, watched)
         if outcome in ("done", "stopped"):
-            self.finish_phase(job.kind, job.done, hooks, lam if mask is not None else None, outcome == "stopped")
+            found = None
+            if mask is not None:  # the finetuned clusterability, with its null
+                found = self.significance if self._null_step == self.trainer.step else self.test_null(job.kind, hooks)
+            self.finish_phase(job.kind, job.done, hooks, lam if mask is not None else None, outcome == "stopped",
+                              significance=found)
         if outcome == "done" and job.kind == FINETUNE:
             self._ablate(hooks)
         return outcome
@@ -105,6 +113,35 @@ class Study:
         self.finish_phase(CLUSTER, 0, hooks)
         self._ablate(hooks)
         return "done"
+
+    def _run_significance(self, job: Job, hooks: phases.Hooks) -> str:
+        """The shuffle null of the clusterability just found; it joins the clustering's history entry."""
+        if self.clusters is None:
+            raise TrainingError("Significance needs clusters: cluster the layer first.")
+        found = self.test_null(CLUSTER, hooks)
+        last = self.history[-1] if self.history else None
+        if found is not None and last is not None and last["phase"] == CLUSTER and last["step"] == self.trainer.step:
+            last["significance"] = found
+        return "done"
+
+    def test_null(self, phase: str, hooks: phases.Hooks, trainer: Trainer | None = None) -> dict | None:
+        """Re-co-cluster `null_samples` shuffles of the layer (of `trainer`, the session's by default) and compare
+        its clusterability under the held clusters; recorded, reported, and the latest kept (None if off)."""
+        trainer = trainer or self.trainer
+        clusters = self.clusters
+        source = trainer.grad_importance.cpu().numpy() if clusters.source == "gradients" else None
+        found = significance(trainer.weight.detach().cpu().numpy(), clusters.row_labels, clusters.col_labels,
+                             clusters.k, source=source, method=self.config.null, samples=self.config.null_samples,
+                             seed=self.config.seed)
+        if found is None:
+            return None
+        result = found.to_dict()
+        c = trainer.clusterability_of(self.mask)
+        hooks.record({"type": "significance", "step": trainer.step, "phase": phase, "clusterability": c, **result})
+        hooks.emit(ev.SignificanceFound(trainer.step, phase, c, result))
+        if trainer is self.trainer:
+            self.significance, self._null_step = result, trainer.step
+        return result
 
     def _run_ablate(self, job: Job, hooks: phases.Hooks) -> str:
         if self.clusters is None:
@@ -137,14 +174,17 @@ class Study:
         # metrics log keeps one step axis (a resume cuts it by step).
         outcome = phases.train(twin, job, settings, figures, _Unlogged(hooks))
         if outcome in ("done", "stopped"):
+            found = None
             if outcome == "done":
+                found = self.test_null(CONTROL, _Unlogged(hooks), twin)
                 self.control = {"test_accuracy": figures.test_accuracy, "clusterability": figures.clusterability,
-                                "step": twin.step, "params_sha256": params_sha256(twin.model)}
-            self.finish_phase(CONTROL, job.done, hooks, 0.0, outcome == "stopped", figures)
+                                "significance": found, "step": twin.step, "params_sha256": params_sha256(twin.model)}
+            self.finish_phase(CONTROL, job.done, hooks, 0.0, outcome == "stopped", figures, found)
         return outcome
 
     def finish_phase(self, phase: str, steps: int, hooks: phases.Hooks, lam: float | None = None,
-                     stopped: bool = False, figures: phases.Figures | None = None) -> None:
+                     stopped: bool = False, figures: phases.Figures | None = None,
+                     significance: dict | None = None) -> None:
         """The history entry (and metrics record and event) of an ended job."""
         figures = figures or self.figures
         entry = {"phase": phase, "step": self.trainer.step, "steps": steps,
@@ -154,12 +194,14 @@ class Study:
             entry["lam"] = lam  # what `resume --steps` continues a finetune with
         if stopped:
             entry["stopped"] = True
+        if significance is not None:
+            entry["significance"] = significance
         self.history.append(entry)
         hooks.record({"type": "phase", **entry})
 
     def set_clusters(self, clusters: Clusters | None, step: int | None) -> None:
         if clusters != self.clusters:
-            self.ablation = None  # it was of other clusters
+            self.ablation = self.significance = None  # they were of other clusters
         self.clusters, self.cluster_step = clusters, step if clusters is not None else None
         self.mask = block_mask(clusters.row_labels, clusters.col_labels, self.device) if clusters else None
 
@@ -179,7 +221,7 @@ class Study:
         saved = SavedState(config=self.config, step=self.trainer.step, checkpoint=name,
                            metrics_records=self.metrics.records, plan=plan, clusters=self.clusters,
                            history=self.history, last=self.figures.to_dict(), control=self.control,
-                           ablation=self.ablation)
+                           ablation=self.ablation, significance=self.significance)
         write_session(self.path, saved, phase=phase, epoch=self.epochs_done, device=str(self.device))
         self.saved_plan = [j.to_dict() for j in plan]
         if not self._checkpoints or self._checkpoints[-1] != name:
@@ -200,6 +242,7 @@ class Study:
         self.history = saved.history
         self.control = saved.control
         self.ablation = saved.ablation
+        self.significance = saved.significance
         self.plan = saved.plan
         self.saved_plan = [j.to_dict() for j in saved.plan]
         last = saved.last
@@ -243,6 +286,7 @@ class Study:
             "control": self.control,
             "accuracy_cost": self.accuracy_cost(),
             "ablation": self.ablation,
+            "significance": self.significance,
             "picture": self.picture(),
         }
 
@@ -281,12 +325,38 @@ class _Unlogged(phases.Hooks):
         self.hooks.emit(event)
 
 
+class _EpochNull(phases.Hooks):
+    """Hooks that also test each finetune epoch's clusterability against its null, after its evaluation."""
+
+    def __init__(self, study: Study, hooks: phases.Hooks) -> None:
+        self.study, self.hooks = study, hooks
+
+    @property
+    def attention(self) -> bool:
+        return self.hooks.attention
+
+    def attend(self, state: str) -> str | None:
+        return self.hooks.attend(state)
+
+    def emit(self, event: ev.Event) -> None:
+        self.hooks.emit(event)
+        if isinstance(event, ev.Evaluated) and event.step % self.study.trainer.steps_per_epoch == 0:
+            self.study.test_null(event.phase, self.hooks)
+
+    def record(self, record: dict) -> None:
+        self.hooks.record(record)
+
+    def autosave(self) -> None:
+        self.hooks.autosave()
+
+
 HANDLERS: dict[str, Callable[[Study, Job, phases.Hooks], str]] = {
     PRETRAIN: Study._run_training,
     FINETUNE: Study._run_training,
     CLUSTER: Study._run_cluster,
     CONTROL: Study._run_control,
     ABLATE: Study._run_ablate,
+    SIGNIFICANCE: Study._run_significance,
 }
 
 

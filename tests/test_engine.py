@@ -37,7 +37,7 @@ def test_commands_return_at_once(make_engine):
     assert time.monotonic() - started < 0.5
     rec.wait_for(lambda e: isinstance(e, ev.Progress))
     assert engine.state == ev.TRAINING
-    assert [j["kind"] for j in engine.snapshot().plan] == ["pretrain", "cluster", "finetune"]
+    assert [j["kind"] for j in engine.snapshot().plan] == ["pretrain", "cluster", "significance", "finetune"]
 
 
 def test_pause_takes_effect_within_100_ms_and_resume_goes_on(make_engine):

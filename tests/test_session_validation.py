@@ -181,9 +181,9 @@ def test_required_fields():
 
 def test_the_known_job_kinds_can_be_extended():
     data = valid()
-    data["plan"].append({"kind": "significance"})
+    data["plan"].append({"kind": "prune"})
     assert "'plan[1].kind'" in refused(data)
-    validate_session(data, PATH, (*JOB_KINDS, "significance"))
+    validate_session(data, PATH, (*JOB_KINDS, "prune"))
 
 
 # ----- the metrics log ---------------------------------------------------------------------------------------
@@ -378,7 +378,7 @@ def test_one_bad_session_never_breaks_the_listing(session):
     assert "'saved_at'" in errors["a"] and "'last.test_accuracy'" in errors["b"]
     assert "'history[0].phase'" in errors["c"] and "Invalid session name" in errors["bad name"]
     assert rows[names.index("x")] == {"name": "x", "dataset": "synthetic", "phase": "finetune", "step": 20,
-                                      "test_accuracy": 0.5, "clusterability": 0.6,
+                                      "test_accuracy": 0.5, "clusterability": 0.6, "significance": None,
                                       "saved_at": "2026-11-26T16:15:02+0000"}
 
 

@@ -295,7 +295,7 @@ def test_save_keeps_an_opened_sessions_unfinished_plan(sessions):
     engine.close()
     engine = Engine.open(sessions / "held")
     plan = engine.snapshot().plan
-    assert [j["kind"] for j in plan] == ["pretrain", "cluster", "finetune"]
+    assert [j["kind"] for j in plan] == ["pretrain", "cluster", "significance", "finetune"]
     engine.save()
     assert engine.wait(10)
     assert engine.snapshot().plan == plan

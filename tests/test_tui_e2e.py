@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -67,7 +68,9 @@ def test_clusterlab_in_tmux(tmp_path):
     flags = "--dataset synthetic --hidden 32,32 --device cpu --epochs 2 --finetune-epochs 1 --k 3 --session e2e"
     app = " ".join(shlex.quote(part) for part in clusterlab_command())
     # The shell prints the exit code, then lingers so the final screen can still be captured.
-    tmux = Tmux(f"{app} {flags}; echo CLUSTERLAB-EXIT=$?; sleep 60", tmp_path, {"CLUSTERLAB_SESSIONS": str(sessions)})
+    # The tmux server may be older than this test: its environment is passed explicitly.
+    env = {"CLUSTERLAB_SESSIONS": str(sessions), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    tmux = Tmux(f"{app} {flags}; echo CLUSTERLAB-EXIT=$?; sleep 60", tmp_path, env)
     try:
         tmux.wait_for(lambda s: "training loss" in s and "test accuracy" in s and "clusterability" in s
                       and "idle" in s, "the charts and an idle session")
@@ -87,3 +90,21 @@ def test_clusterlab_in_tmux(tmp_path):
         tmux.kill()
     saved = json.loads((sessions / "e2e" / "session.json").read_text())
     assert saved["step"] == 192 and saved["phase"] == "finetune"
+
+
+def test_t_pressed_at_first_paint_trains(tmp_path):
+    """The first key is never lost: `t` pressed the moment the screen shows, before the session has loaded,
+    starts training once it has."""
+    sessions = tmp_path / "sessions"
+    flags = "--dataset synthetic --hidden 32,32 --device cpu --epochs 2 --session first"
+    app = " ".join(shlex.quote(part) for part in clusterlab_command())
+    env = {"CLUSTERLAB_SESSIONS": str(sessions), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    tmux = Tmux(f"{app} {flags}; echo CLUSTERLAB-EXIT=$?; sleep 60", tmp_path, env)
+    try:
+        tmux.wait_for(lambda s: "Quit" in s and "Train" in s, "the first paint")
+        tmux.keys("t")
+        tmux.wait_for(lambda s: "step 128" in s and "idle" in s, "two epochs (128 steps) of training")
+        tmux.keys("q")
+        tmux.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "a clean exit")
+    finally:
+        tmux.kill()
