@@ -23,6 +23,9 @@ def session_cells(row: dict) -> tuple[str, ...]:
     """The cells of one `list_sessions` row, in SESSION_COLUMNS order; an unreadable session says so."""
     if "error" in row:
         return (row["name"], "unreadable", *[""] * (len(SESSION_COLUMNS) - 2))
+    if row.get("kind") == "sweep":  # a sweep's folder: its members are the sessions named after it
+        members = f"{row['finished']}/{len(row['members'])}"
+        return (row["name"], str(row.get("dataset") or ""), "sweep", members, "", "", str(row.get("saved_at") or ""))
     cells = []
     for key, _title in SESSION_COLUMNS:
         value = row.get(key)

@@ -481,6 +481,10 @@ def now_iso() -> str:
 
 
 def _summary(directory: Path, kinds: Collection[str]) -> dict:
+    from engine.sweep import is_sweep, sweep_row  # sweep.py reads sessions through this module
+
+    if not directory.is_symlink() and is_sweep(directory):
+        return sweep_row(directory)
     try:
         _check_existing_name(directory.name)
         data = _read_session_file(directory, kinds)

@@ -1,0 +1,186 @@
+"""One sweep member run to its end as an ordinary session: made from its parent's saved state, or resumed.
+
+`run_member(settings) -> result` is a plain function of JSON values, so an executor may ship it to a worker;
+the result is read back from the member's session on disk (`member_result`), so a member finished long ago and
+one finished just now give the same row.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from engine import events as ev
+from engine import phases
+from engine.config import Config
+from engine.errors import ClusterlabError, SessionError
+from engine.plan import CLUSTER, FINETUNE, PRETRAIN, Job
+from engine.session import (
+    LOCK_FILE,
+    METRICS_FILE,
+    SESSION_FILE,
+    SessionLock,
+    claim_directory,
+    load_checkpoint,
+    parse_session,
+    read_session,
+    release_directory,
+)
+from engine.study import Study, params_sha256
+from engine.sweep import FAILED, FINISHED, PHASES, UNFINISHED, member_finished
+
+Progress = Callable[[str, float], None]  # (member name, share of its job done)
+
+# The jobs a new member runs, by kind; each takes its k, source and λ from the member's config.
+MEMBER_JOBS: dict[str, Callable[[Study], list[Job]]] = {
+    PRETRAIN: lambda study: [study.jobs.pretrain()],
+    CLUSTER: lambda study: [study.jobs.cluster()] + ([study.jobs.significance()] if study.config.null_samples else []),
+    FINETUNE: lambda study: [study.jobs.finetune()],
+}
+
+
+class _MemberHooks(phases.Hooks):
+    """A member's running job: records go to its metrics log, autosaves keep the plan, a set `stop` ends it."""
+
+    def __init__(self, study: Study, plan: list[Job], name: str, progress: Progress | None,
+                 stop: threading.Event | None) -> None:
+        self.study, self.plan, self.name, self.progress, self.stop = study, plan, name, progress, stop
+
+    @property
+    def attention(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def attend(self, state: str) -> str | None:
+        return "closed" if self.attention else None
+
+    def emit(self, event: ev.Event) -> None:
+        if self.progress is not None and isinstance(event, ev.Progress):
+            self.progress(self.name, event.job_step / max(event.job_total, 1))
+
+    def record(self, record: dict) -> None:
+        self.study.metrics.append(record)
+
+    def autosave(self) -> None:
+        self.study.save(self.plan, self.plan[0].kind)
+
+
+def run_member(settings: dict, progress: Progress | None = None, stop: threading.Event | None = None) -> dict:
+    """Run one member (see `Member.settings`) to its end: its result; or {"name", "status": "failed", "error"};
+    or {"name", "status": "unfinished"} if `stop` was set (it then resumes from its own last save next time)."""
+    path = Path(settings["root"]) / settings["name"]
+    if member_finished(path, settings["kind"]):
+        return member_result(path, settings)
+    try:
+        study, lock, plan = _open(path, settings)
+    except ClusterlabError as exc:
+        return failed(settings["name"], str(exc))
+    try:
+        finished = _run_plan(study, plan, _MemberHooks(study, plan, settings["name"], progress, stop))
+    except ClusterlabError as exc:  # the session keeps its last save; a rerun starts from there
+        return failed(settings["name"], str(exc))
+    except Exception as exc:  # noqa: BLE001 - one member's failure (OOM, say) must not end the sweep's other ones
+        return failed(settings["name"], f"{type(exc).__name__}: {exc}")
+    finally:
+        study.metrics.close()
+        lock.release()
+    return member_result(path, settings) if finished else {"name": settings["name"], "status": UNFINISHED}
+
+
+def failed(name: str, error: str) -> dict:
+    return {"name": name, "status": FAILED, "error": error}
+
+
+def _run_plan(study: Study, plan: list[Job], hooks: _MemberHooks) -> bool:
+    """Run the plan's jobs, saving after each; False if the hooks stopped one (saved with it still planned)."""
+    while plan:
+        job = plan[0]
+        if study.run(job, hooks) != "done":
+            study.save(plan, job.kind)
+            return False
+        plan.pop(0)
+        study.save(plan, plan[0].kind if plan else job.kind)
+    return True
+
+
+def _open(path: Path, settings: dict) -> tuple[Study, SessionLock, list[Job]]:
+    """The member's Study, its lock and the jobs it has left: resumed from its own save, or made new."""
+    config = Config.from_dict(settings["config"])
+    if (path / SESSION_FILE).is_file():
+        saved = parse_session(path, read_session(path))
+        if saved.config != config or not saved.plan:
+            raise SessionError(f"{path} was changed outside its sweep (other settings or history); remove it to run "
+                               "this member again.")
+        lock = SessionLock(path)
+        try:
+            return Study(path, config, saved, load_checkpoint(path / saved.checkpoint)), lock, list(saved.plan)
+        except BaseException:
+            lock.release()
+            raise
+    lock = _claim(path)
+    try:
+        study = _new_study(path, config, settings)
+        plan = MEMBER_JOBS[settings["kind"]](study)
+        study.save(plan, plan[0].kind)  # from here on, a kill resumes this member from its own save
+        return study, lock, plan
+    except BaseException:
+        release_directory(path, lock)
+        raise
+
+
+def _new_study(path: Path, config: Config, settings: dict) -> Study:
+    """A new member's Study: fresh for a pretraining, else a copy of its parent's saved state and metrics log."""
+    if settings["parent"] is None:
+        return Study(path, config)
+    parent = path.parent / settings["parent"]
+    if not member_finished(parent, _parent_kind(settings["kind"])):
+        raise SessionError(f"{parent} is not finished, so {path.name} cannot start from it.")
+    saved = parse_session(parent, read_session(parent))
+    checkpoint = load_checkpoint(parent / saved.checkpoint)
+    if (parent / METRICS_FILE).is_file():  # the member's charts show its whole story, its ancestors' steps first
+        shutil.copyfile(parent / METRICS_FILE, path / METRICS_FILE)
+    return Study(path, config, saved, checkpoint)
+
+
+def _parent_kind(kind: str) -> str:
+    return PHASES[kind][-2]
+
+
+def _claim(path: Path) -> SessionLock:
+    """Claim the member's folder; a creation cut before its first save (only our own files in it) starts over."""
+    if path.is_dir() and not path.is_symlink() and all(_leftover(p) for p in path.iterdir()):
+        release_directory(path, SessionLock(path))
+    return claim_directory(path)
+
+
+def _leftover(entry: Path) -> bool:
+    name = entry.name
+    return entry.is_file() and (name in (LOCK_FILE, METRICS_FILE) or name.endswith(".tmp")
+                                or (name.startswith("checkpoint-") and name.endswith(".pt")))
+
+
+class _SavedModel:
+    """A checkpoint's model tensors, for `params_sha256`: the same hash as the live model they were saved from."""
+
+    def __init__(self, tensors: dict) -> None:
+        self.tensors = tensors
+
+    def state_dict(self) -> dict:
+        return self.tensors
+
+
+def member_result(path: Path, settings: dict) -> dict:
+    """A finished member's row: its grid point, final figures and parameters' hash, and the significance and
+    ablation figures its session holds (None where it has none)."""
+    data = read_session(path)
+    saved = parse_session(path, data)
+    own = next(e for e in reversed(saved.history) if e.get("phase") == settings["kind"])
+    state = load_checkpoint(path / saved.checkpoint)
+    return {
+        "name": settings["name"], "kind": settings["kind"], "seed": settings["seed"], "source": settings["source"],
+        "k": settings["k"], "lam": settings["lam"], "status": FINISHED, "step": saved.step,
+        "params_sha256": params_sha256(_SavedModel(state["trainer"]["model"])),
+        "test_accuracy": own.get("test_accuracy"), "clusterability": own.get("clusterability"),
+        "significance": own.get("significance"), "ablation": data.get("ablation"),
+    }

@@ -1,0 +1,210 @@
+"""Running a sweep: the unfinished members through an executor, then the table from every member's session.
+
+An executor is `executor(settings, report, progress)`: it runs `engine.member.run_member` on each settings dict
+(given parents first) and calls `report(result)` as each ends. `InProcess`, the default, runs them one after
+another in this process; a distributed executor must run a member only once its parent's result is in, and leave
+each member's folder under the sessions root before reporting it.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.config import Config
+from engine.format import fmt
+from engine.member import Progress, failed, member_result, run_member
+from engine.plan import CLUSTER, PRETRAIN
+from engine.session import SessionLock, atomic_write, session_path, sessions_root, write_json
+from engine.sweep import (
+    FAILED,
+    FINISHED,
+    UNFINISHED,
+    Member,
+    check_members,
+    member_finished,
+    plan_members,
+    resolve_manifest,
+    write_manifest,
+)
+from engine.sweep_table import table_rows, to_csv
+
+Report = Callable[[dict], None]
+Executor = Callable[[list[dict], Report, Progress], None]
+CLUSTER_WEIGHT = 0.1  # a clustering counts as a tenth of an epoch in the progress bar
+
+
+@dataclass
+class SweepResult:
+    """A sweep after a run: every member's result (finished ones from their sessions), the table, and what the
+    run did."""
+
+    name: str
+    directory: Path
+    members: list[dict]
+    table: list[dict]
+    ran: int
+    skipped: int
+
+    @property
+    def failures(self) -> list[dict]:
+        return [m for m in self.members if m["status"] == FAILED]
+
+    @property
+    def stopped(self) -> bool:
+        """Members are left unfinished (a stop, not a failure): running the sweep again continues them."""
+        return any(m["status"] == UNFINISHED for m in self.members)
+
+    def to_dict(self) -> dict:
+        return {"sweep": self.name, "members": self.members, "table": self.table}
+
+
+class InProcess:
+    """Runs members one after another in this process; a set `stop` ends the running one resumably and runs no
+    more. A member whose parent failed or did not finish is not run."""
+
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        self.stop = stop
+
+    def __call__(self, settings: list[dict], report: Report, progress: Progress) -> None:
+        unfinished: set[str] = set()
+        for member in settings:
+            if self.stop is not None and self.stop.is_set():
+                return
+            if member["parent"] in unfinished:
+                unfinished.add(member["name"])
+                report(failed(member["name"], f"not run: {member['parent']} did not finish"))
+                continue
+            result = run_member(member, progress, self.stop)
+            if result["status"] != FINISHED:
+                unfinished.add(member["name"])
+            report(result)
+
+
+def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = None,
+              executor: Executor | None = None, display: SweepDisplay | None = None) -> SweepResult:
+    """Run sweep `name` (new from the flags, or continued from its manifest): only its unfinished members run.
+    `given`: settings flags (Config field -> value); `grid_given`: any of seeds, sources, ks, lams."""
+    root = root or sessions_root()
+    directory = session_path(name, root)
+    manifest, created = resolve_manifest(directory, name, given, grid_given)
+    members = plan_members(name, manifest.grid)
+    check_members(name, manifest.base, members)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = SessionLock(directory)  # one process runs a sweep at a time
+    try:
+        write_manifest(directory, manifest, created)
+        todo = [m for m in members if not member_finished(root / m.name, m.kind)]
+        display = display or SweepDisplay(name, quiet=True)
+        display.start(members, manifest.base, {m.name for m in members} - {m.name for m in todo})
+        reported: dict[str, dict] = {}
+
+        def report(result: dict) -> None:
+            reported[result["name"]] = result
+            display.member_done(result)
+
+        with display:
+            (executor or InProcess())([m.settings(manifest.base, root) for m in todo], report, display.member_progress)
+        results = [_result(m, manifest.base, root, reported.get(m.name)) for m in members]
+        rows = table_rows(results)
+        sweep = SweepResult(name, directory, results, rows, sum(1 for m in todo if m.name in reported),
+                            len(members) - len(todo))
+        atomic_write(directory / "table.csv", to_csv(rows).encode())
+        write_json(directory / "table.json", sweep.to_dict())
+        return sweep
+    finally:
+        lock.release()
+
+
+def _result(member: Member, base: Config, root: Path, reported: dict | None) -> dict:
+    """A member's row: read from its session when finished, else its grid point with what the run reported (a
+    failure) or that it is unfinished (stopped, or not reached)."""
+    settings = member.settings(base, root)
+    if member_finished(root / member.name, member.kind):
+        return member_result(root / member.name, settings)
+    grid_point = {key: settings[key] for key in ("name", "kind", "seed", "source", "k", "lam")}
+    if reported is not None and reported["status"] == FAILED:
+        return {**grid_point, "status": FAILED, "error": reported["error"]}
+    return {**grid_point, "status": UNFINISHED}
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM end the running member at its next step, saved and resumable, instead of killing it."""
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class SweepDisplay:
+    """Progress on stderr: a line per member that ends, and (on a terminal) a bar of members done / total with an
+    ETA. The bar weighs members by their training epochs, so a long pretraining moves it more than a clustering."""
+
+    def __init__(self, name: str, quiet: bool = False) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.name, self.quiet = name, quiet
+        self.console = Console(stderr=True)
+        self.progress = Progress(TextColumn("sweep {task.description}"), BarColumn(),
+                                 TextColumn("{task.fields[members]}"), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[current]}"), console=self.console,
+                                 disable=quiet or not sys.stderr.isatty())
+        self.weights: dict[str, float] = {}
+        self.done: set[str] = set()
+        self.task = None
+
+    def start(self, members: list[Member], base: Config, finished: set[str]) -> None:
+        self.weights = {m.name: _weight(m, base) for m in members}
+        self.done = set(finished)
+        self.task = self.progress.add_task(self.name, total=sum(self.weights.values()), completed=self._completed(),
+                                           members=self._count(), current="")
+        if finished and not self.quiet:
+            self.console.print(f"{len(finished)} of {len(members)} members already finished.", soft_wrap=True)
+
+    def member_progress(self, name: str, share: float) -> None:
+        self.progress.update(self.task, completed=self._completed() + share * self.weights.get(name, 0.0),
+                             current=name)
+
+    def member_done(self, result: dict) -> None:
+        name = result["name"]
+        if result["status"] == FINISHED:
+            self.done.add(name)
+        self.progress.update(self.task, completed=self._completed(), members=self._count())
+        if self.quiet:
+            return
+        if result["status"] == FAILED:
+            self.console.print(f"failed {name}: {result['error']}", style="red", markup=False, soft_wrap=True)
+        elif result["status"] == UNFINISHED:
+            self.console.print(f"stopped {name}; it resumes from its last save.", markup=False, soft_wrap=True)
+        else:
+            self.console.print(f"done {name} ({self._count()}): test accuracy {fmt(result['test_accuracy'])}, "
+                               f"clusterability {fmt(result['clusterability'])}", markup=False, soft_wrap=True)
+
+    def _completed(self) -> float:
+        return sum(self.weights[n] for n in self.done if n in self.weights)
+
+    def _count(self) -> str:
+        return f"{len(self.done)}/{len(self.weights)} members"
+
+    def __enter__(self) -> SweepDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+
+def _weight(member: Member, base: Config) -> float:
+    """Training epochs (a pretraining set by --steps counts one: its epochs are not known before the data is)."""
+    if member.kind == PRETRAIN:
+        return float(base.epochs) if base.steps is None else 1.0
+    return CLUSTER_WEIGHT if member.kind == CLUSTER else float(base.finetune_epochs)
