@@ -21,6 +21,12 @@ STEMS = {
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """The dataset cache in tmp_path: these throwaway IDX sets must not land in the user's ~/.cache."""
+    monkeypatch.setenv("CLUSTERLAB_CACHE", str(tmp_path / "cache"))
+
+
 def idx_bytes(array: np.ndarray) -> bytes:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + array.astype(np.uint8).tobytes()
