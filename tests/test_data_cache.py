@@ -3,12 +3,8 @@ background imports."""
 
 from __future__ import annotations
 
-import ast
-import importlib
 import logging
 import os
-import sys
-import threading
 import warnings
 from pathlib import Path
 
@@ -18,7 +14,7 @@ import torch
 
 import engine.clustering
 import engine.data
-from engine import datacache, preload
+from engine import datacache
 from engine.data import MNIST_MEAN, MNIST_STD, find_idx_files, load_dataset, read_idx
 from engine.errors import DataError
 from tests.conftest import MNIST_DIR, needs_mnist
@@ -213,59 +209,3 @@ def test_real_mnist_from_the_cache_is_bit_identical(cache, decodes):
     assert decodes == []
     assert_identical(data, expected)
     assert data.n_train == 60000 and data.n_classes == 10
-
-
-# ------------------------------------------------------------------------------------------- background imports
-
-
-@pytest.fixture
-def slow_module(tmp_path, monkeypatch):
-    """A module `preload_probe` whose import blocks until the test releases it, counting its executions."""
-    gate = type("Gate", (), {"entered": threading.Event(), "release": threading.Event(), "runs": 0})
-    monkeypatch.setitem(sys.modules, "preload_gate", gate)
-    (tmp_path / "preload_probe.py").write_text(
-        "import preload_gate\n"
-        "preload_gate.runs += 1\n"
-        "preload_gate.entered.set()\n"
-        "assert preload_gate.release.wait(10)\n"
-        "READY = True\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-    yield gate
-    gate.release.set()
-    sys.modules.pop("preload_probe", None)
-
-
-def test_background_import_is_idempotent_and_an_import_meanwhile_waits_for_it(slow_module):
-    thread = preload.start_background_imports(["preload_probe"])
-    assert thread is not None
-    assert slow_module.entered.wait(10)
-    assert preload.start_background_imports(["preload_probe"]) is None  # already on its way
-    seen = []
-    importer = threading.Thread(target=lambda: seen.append(importlib.import_module("preload_probe").READY))
-    importer.start()
-    slow_module.release.set()
-    importer.join(10)
-    thread.join(10)
-    assert seen == [True] and slow_module.runs == 1
-    assert preload.start_background_imports(["preload_probe"]) is None
-
-
-def test_a_module_that_fails_to_import_in_the_background_is_no_error(caplog):
-    with caplog.at_level(logging.DEBUG, logger="clusterlab"):
-        thread = preload.start_background_imports(["clusterlab_no_such_module"])
-        thread.join(10)
-    assert "clusterlab_no_such_module" in caplog.text
-    sys.modules.pop("clusterlab_no_such_module", None)
-
-
-def test_clustering_modules_are_what_clustering_imports_on_first_use():
-    """Keeps the preload list honest when engine/clustering.py changes what it imports inside functions."""
-    tree = ast.parse(Path(engine.clustering.__file__).read_text())
-    lazy = {node.module if isinstance(node, ast.ImportFrom) else alias.name
-            for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
-            for node in ast.walk(function) if isinstance(node, ast.Import | ast.ImportFrom)
-            for alias in node.names}
-    assert lazy == set(preload.CLUSTERING_MODULES)
-

@@ -72,7 +72,9 @@ async def test_whole_loop_then_reopen_shows_the_same_clusters_and_charts(tui_ses
         snap = app.engine.snapshot()
         assert snap.clusters["k"] == 3
         assert [int(r[1]) for r in table_rows(table)] == list(snap.clusters["row_sizes"])
-        assert "vs chance" in str(app.query_one("#cluster-summary").content)
+        await until(pilot, lambda: "vs null" in str(app.query_one("#cluster-summary").content),
+                    "the clusterability against its shuffle null")
+        assert "p=" in status_text(app)  # the left pane's clust line has the p-value beside it
         await idle(pilot, app)
 
         assert app.check_action("finetune", ()) is True

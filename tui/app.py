@@ -231,7 +231,9 @@ class ClusterlabApp(App[int]):
             self.clusters.show(k=found["k"], source=found["source"], row_sizes=found["row_sizes"],
                                col_sizes=found["col_sizes"], shares=found["shares"],
                                clusterability=snap.clusterability, chance=snap.clusterability_chance,
-                               step=snap.cluster_step)
+                               step=snap.cluster_step, significance=snap.significance)
+            if snap.significance is not None:
+                self.live.p_value = snap.significance["p_value"]
         self.refresh_bindings()
 
     def _refresh(self) -> None:
@@ -283,7 +285,7 @@ class ClusterlabApp(App[int]):
         if not self._current(message):
             return
         event = message.event
-        self.live.clusterability = event.clusterability
+        self.live.clusterability, self.live.p_value = event.clusterability, None
         self.clusters.show(k=event.k, source=event.source, row_sizes=event.row_sizes, col_sizes=event.col_sizes,
                            shares=event.shares, clusterability=event.clusterability, chance=event.chance,
                            step=event.step)
@@ -312,6 +314,19 @@ class ClusterlabApp(App[int]):
         # Training moves the weights: each save's snapshot has the held clusters' current shares; the table
         # takes them on the redraw timer, in place.
         self._shares_due = True
+
+    @on(msg.SignificanceFound)
+    def _significance_found(self, message: msg.SignificanceFound) -> None:
+        if not self._current(message):
+            return
+        event = message.event
+        found = event.significance
+        self.live.p_value = found["p_value"]
+        self.charts.data.add_null(found["null_mean"], found["null_std"])
+        self.log_pane.add(f"{event.phase} step {event.step}: clusterability {event.clusterability:.4f} vs shuffle null "
+                          f"{found['null_mean']:.4f} ± {found['null_std']:.4f}, p {found['p_value']:.3f}")
+        self._shares_due = True  # the table's summary takes the snapshot's significance on the timer
+        self._dirty = True
 
     @on(msg.Ablated)
     def _ablated(self, message: msg.Ablated) -> None:

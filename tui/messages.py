@@ -55,6 +55,10 @@ class Ablated(EngineMessage):
     event: ev.Ablated
 
 
+class SignificanceFound(EngineMessage):
+    event: ev.SignificanceFound
+
+
 class FiguresUpdated(EngineMessage):
     event: ev.FiguresUpdated
 
@@ -71,6 +75,7 @@ MESSAGES: dict[type[ev.Event], type[EngineMessage]] = {
     ev.Failed: Failed,
     ev.Ablated: Ablated,
     ev.FiguresUpdated: FiguresUpdated,
+    ev.SignificanceFound: SignificanceFound,
 }
 
 

@@ -89,6 +89,7 @@ class ChartData:
     clusterability: dict[str, Runs] = field(default_factory=dict)
     boundaries: list[tuple[int, str]] = field(default_factory=list)  # (step, "pretrain"|"finetune"|"cluster")
     chance: float | None = None
+    null: tuple[float, float] | None = None  # the latest clusterability null: mean, std
     # Per chart, bumped on every change to it: a chart is re-plotted only when its own version moved, so the
     # accuracy and clusterability charts (a few evaluations a second) do not re-plot at the loss's rate.
     versions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHARTS, 0))
@@ -106,8 +107,13 @@ class ChartData:
 
     def add_clusters(self, step: int, clusterability: float, chance: float) -> None:
         self.clusterability.setdefault("cluster", Runs()).add(step, clusterability)
-        self.chance = chance
+        self.chance, self.null = chance, None
         self.add_boundary(step, "cluster")
+
+    def add_null(self, mean: float, std: float) -> None:
+        """What clustering shuffled layers gives: the chart draws mean ± 2 std."""
+        self.null = (mean, std)
+        self.versions["clusterability"] += 1
 
     def add_boundary(self, step: int, kind: str) -> None:
         if (step, kind) not in self.boundaries[-4:]:
@@ -127,5 +133,7 @@ class ChartData:
                 self.add_eval(record["phase"], record["step"], record["test_accuracy"], record.get("clusterability"))
             elif kind == "clusters":
                 self.add_clusters(record["step"], record["clusterability"], record["chance"])
+            elif kind == "significance":
+                self.add_null(record["null_mean"], record["null_std"])
             elif kind == "phase" and record.get("phase") in ("pretrain", "finetune"):
                 self.add_boundary(record["step"], record["phase"])

@@ -48,8 +48,7 @@ class MetricsCharts(Vertical):
         charts = {
             "loss": ("#loss-chart", "training loss", self.data.loss, None),
             "accuracy": ("#accuracy-chart", "test accuracy", self.data.accuracy, None),
-            "clusterability": ("#clusterability-chart", "clusterability", self.data.clusterability,
-                               self.data.chance),
+            "clusterability": ("#clusterability-chart", "clusterability", self.data.clusterability, self._levels()),
         }
         for chart, (selector, title, series, hline) in charts.items():
             if not force and self._drawn.get(chart) == self.data.versions[chart]:
@@ -60,7 +59,15 @@ class MetricsCharts(Vertical):
             self._drawn[chart] = self.data.versions[chart]
             self._plot(widget, title, series, hline)
 
-    def _plot(self, widget: PlotextPlot, title: str, series: dict[str, Runs], hline: float | None) -> None:
+    def _levels(self) -> list[tuple[float, str]]:
+        """Horizontal lines of the clusterability chart: the shuffle null's band (mean ± 2 std) when there is one,
+        else the uniform-mass chance level."""
+        if self.data.null is not None:
+            mean, std = self.data.null
+            return [(mean - 2 * std, "red"), (mean, "gray"), (mean + 2 * std, "red")]
+        return [(self.data.chance, "gray")] if self.data.chance is not None else []
+
+    def _plot(self, widget: PlotextPlot, title: str, series: dict[str, Runs], levels) -> None:
         plt = widget.plt
         plt.clear_figure()
         plt.title(title)
@@ -73,6 +80,6 @@ class MetricsCharts(Vertical):
                         plt.plot(xs, ys, marker="braille", color=PHASE_COLORS.get(phase, "white"))
             for step, kind in self.data.boundaries:
                 plt.vline(step, BOUNDARY_COLORS.get(kind, "gray"))
-            if hline is not None:
-                plt.hline(hline, "red")  # chance level: the clusterability of mass spread evenly
+            for level, color in levels or ():
+                plt.hline(level, color)
         widget.refresh()

@@ -1,4 +1,4 @@
-"""The cluster table: one keyed row per cluster, with total clusterability against its chance level."""
+"""The cluster table: one keyed row per cluster, and the clusterability against its shuffle null."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class ClusterTable(Vertical):
         self.query_one("#cluster-summary", Static).update("No clusters yet: press c to cluster the studied layer.")
 
     def show(self, *, k: int, source: str, row_sizes, col_sizes, shares, clusterability: float | None,
-             chance: float | None, step: int | None = None) -> None:
+             chance: float | None, step: int | None = None, significance: dict | None = None) -> None:
         """Show these clusters; for the same clusters, only the shares change, in place, keeping the cursor."""
         table = self.query_one(DataTable)
         rows = [(str(i + 1), str(r), str(c)) for i, (r, c) in enumerate(zip(row_sizes, col_sizes, strict=True))]
@@ -41,14 +41,24 @@ class ClusterTable(Vertical):
         else:
             for row, share in zip(rows, shares, strict=True):
                 table.update_cell(f"cluster-{row[0]}", "share", f"{share:.4f}")
-        self.query_one("#cluster-summary", Static).update(summary(k, source, clusterability, chance, step))
+        self.query_one("#cluster-summary", Static).update(summary(k, source, clusterability, chance, step,
+                                                                  significance))
 
 
-def summary(k: int, source: str, clusterability: float | None, chance: float | None, step: int | None) -> str:
-    """'k=4 on weights at step 128: clusterability 0.612 vs chance 0.250 (2.45x)'."""
+def summary(k: int, source: str, clusterability: float | None, chance: float | None, step: int | None,
+            significance: dict | None = None) -> str:
+    """'k=2 on weights at step 938: clusterability 0.5481 vs null 0.5524 ± 0.0078 (z -0.55, p 0.762);
+    uniform-mass chance 0.4993'. Without a null (--null-samples 0) the chance level is all there is to compare."""
     where = f" at step {step}" if step is not None else ""
     text = f"k={k} on {source}{where}"
-    if clusterability is not None and chance is not None:
-        ratio = f" ({clusterability / chance:.2f}x)" if chance > 0 else ""
-        text += f": clusterability {clusterability:.4f} vs chance {chance:.4f}{ratio}"
+    if clusterability is None:
+        return text
+    text += f": clusterability {clusterability:.4f}"
+    if significance is not None:
+        z = significance["z"]
+        z_text = f"z {z:.2f}, " if z is not None else ""
+        text += (f" vs null {significance['null_mean']:.4f} ± {significance['null_std']:.4f} "
+                 f"({z_text}p {significance['p_value']:.3f}, n={significance['samples']})")
+    if chance is not None:
+        text += f"; uniform-mass chance {chance:.4f}"
     return text
