@@ -4,8 +4,10 @@ Member m of a group is the MLP `build_mlp(..., seeds[m])` trained exactly as `en
 it alone on the same data: its own batch order (its own generator and per-epoch permutation), its own λ, its own
 block mask and its own gradient statistic. Each layer's weights are stacked as one [M, out, in] tensor, so a step
 is the Trainer's dozen ops on stacked tensors (torch.bmm / baddbmm) whatever M is: small models stop being
-launch- and dispatch-bound, and the GEMM units get M times the work per call. On CUDA, full batches of the
-unregularised step replay a captured CUDA graph, as in the Trainer.
+launch- and dispatch-bound, and the GEMM units get M times the work per call. On the CPU a member's weights are
+bit-identical to its Trainer's on one thread (bmm runs each member's GEMM through the same single-threaded kernel
+as mm, on any thread count); on CUDA they agree to float rounding. On CUDA, full batches of the unregularised step
+replay a captured CUDA graph, as in the Trainer.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class BatchedTrainer:
     def train_step(self, masks: torch.Tensor | None = None, lams: torch.Tensor | None = None,
                    capture: bool = False) -> None:
         """One SGD step of every member on its next batch; with `masks`, loss_m = CE_m - lams[m] * clust_m."""
+        if masks is not None and (lams is None or masks.shape != self.weight.shape):
+            raise ConfigError(f"Regularised steps need masks of shape {tuple(self.weight.shape)} and a λ per model.")
         idx = self._next_indices()
         if self._graphs is not None and masks is None and idx.numel() == self.n_models * self.batch_size:
             if self._eager_full_steps >= _GRAPH_AFTER_STEPS and self._graph_step(idx, capture):
@@ -98,12 +102,12 @@ class BatchedTrainer:
             self._eager_full_steps += 1
         x = self.data.train_x.index_select(0, idx)
         y = self._train_y.index_select(0, idx)
-        grad_c = None if masks is None else self._regulariser_grad(masks, lams)
-        self._core(x, y, capture, grad_c)
+        self._core(x, y, capture, None if masks is None else (masks, lams))
         self._after_step(capture)
 
     @torch.no_grad()
-    def _core(self, x: torch.Tensor, y: torch.Tensor, capture: bool, grad_c: torch.Tensor | None = None) -> None:
+    def _core(self, x: torch.Tensor, y: torch.Tensor, capture: bool,
+              regulariser: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Trainer._core on stacked tensors: x [M*b, features] and y [M*b, 1] hold member m's batch in block m."""
         m = self.n_models
         x = x.view(m, -1, x.shape[1])
@@ -122,8 +126,8 @@ class BatchedTrainer:
             d_in = torch.bmm(d, w) if i else None
             if i == self._studied:
                 g = torch.bmm(d.transpose(1, 2), acts[i])
-                if grad_c is not None:
-                    g.sub_(grad_c)
+                if regulariser is not None:  # w is still this step's weight: only later layers were updated
+                    g = _regularised(g, w, *regulariser)
                 w.add_(g, alpha=-self.lr)
                 if capture:
                     self._accumulate(g)
@@ -131,19 +135,6 @@ class BatchedTrainer:
                 w.baddbmm_(d.transpose(1, 2), acts[i], alpha=-self.lr)
             if i:
                 d = torch.ops.aten.threshold_backward(d_in, acts[i], 0)
-
-    def _regulariser_grad(self, masks: torch.Tensor, lams: torch.Tensor | None) -> torch.Tensor:
-        """lams[m] * d clusterability_m / dW_m, in closed form: 2 W (mask - c) / sum(W^2) for c = inside/total.
-
-        W / total is finite (total >= every W_ij^2, and clamped above 0), so a member with λ = 0 gets an exact zero
-        (the Trainer skips the term) and an all-zero layer a zero gradient.
-        """
-        if lams is None or masks.shape != self.weight.shape:
-            raise ConfigError(f"Regularised steps need masks of shape {tuple(self.weight.shape)} and a λ per model.")
-        w = self.weight
-        lams = torch.as_tensor(lams, dtype=w.dtype, device=w.device).view(-1, 1, 1)
-        share, total = _block_share(w, masks)
-        return (w / total) * (lams * 2.0) * (masks.to(w.dtype) - share)
 
     def _accumulate(self, g: torch.Tensor) -> None:
         """F_m += g_m^2 / |g_m|^2 elementwise, summed in float64; an all-zero gradient adds nothing.
@@ -261,7 +252,8 @@ class BatchedTrainer:
     @torch.no_grad()
     def clusterability_of(self, masks: torch.Tensor) -> list[float]:
         """Each member's clusterability of its studied layer under its mask (one host sync)."""
-        return _block_share(self.weight, masks)[0].view(-1).tolist()
+        inside, total = _masses(self.weight, masks)
+        return (inside / total).view(-1).tolist()
 
     def member_model(self, i: int) -> nn.Sequential:
         """Member i as an ordinary nn.Sequential on the device (a copy: training the group does not change it)."""
@@ -320,12 +312,27 @@ class BatchedTrainer:
         self.perm = None if no_perm else torch.stack(perms).to(self.device)
 
 
-def _block_share(w: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per member ([M, 1, 1] each): the share of sum(W^2) inside the mask (0 for an all-zero layer), and the total."""
+def _masses(w: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per member ([M, 1, 1] each): sum(W^2) inside the mask, and in all (clamped above 0, as in clusterability)."""
     squared = w.square()
-    total = squared.sum((1, 2), keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-    inside = torch.where(masks, squared, torch.zeros((), dtype=w.dtype, device=w.device)).sum((1, 2), keepdim=True)
-    return inside / total, total
+    zero = torch.zeros((), dtype=w.dtype, device=w.device)
+    inside = torch.where(masks, squared, zero).sum((1, 2), keepdim=True)
+    return inside, squared.sum((1, 2), keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+
+
+def _regularised(g: torch.Tensor, w: torch.Tensor, masks: torch.Tensor, lams: torch.Tensor) -> torch.Tensor:
+    """g - lams[m] * d clusterability_m / dW_m for every member.
+
+    The gradient of inside/total is formed with the very operations autograd runs for the Trainer's
+    `engine.metrics.clusterability` (1/total on the mask, -(inside/total)/total everywhere, times 2W), and
+    addcmul rounds like the Trainer's add_(alpha=-lam): each member's update is bit-identical to its Trainer's.
+    A member with λ = 0 keeps g exactly, as the Trainer skips the term.
+    """
+    lams = torch.as_tensor(lams, dtype=w.dtype, device=w.device).view(-1, 1, 1)
+    inside, total = _masses(w, masks)
+    zero = torch.zeros((), dtype=w.dtype, device=w.device)
+    grad_squared = torch.where(masks, 1 / total, zero) + -((inside / total) / total)
+    return torch.where(lams != 0, g.addcmul(grad_squared * (2 * w), -lams), g)
 
 
 def _folded(state: dict) -> torch.Tensor:
