@@ -17,7 +17,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
 from torch import nn
@@ -43,10 +43,13 @@ class BatchedTrainer:
     [M, out, in] block mask of the studied layer (or None: no member is regularised) and `lams` a float [M]
     tensor on the device (a member with λ = 0 gets exactly the unregularised update). With `capture`, each
     member's F = Σ_t ĝ_t ⊙ ĝ_t (ĝ_t its studied layer's gradient over its Frobenius norm; float64, [M, out, in])
-    grows by one step. `state_dicts()` gives one `Trainer.state_dict()` per member.
+    grows by one step. `state_dicts()` gives one `Trainer.state_dict()` per member. With `workers` > 1 (CPU
+    only; see `default_workers`) the members step in that many shards on as many threads, each shard's ops on
+    torch's intra-op thread count: workers x threads should not exceed the cores.
     """
 
-    def __init__(self, config: Config, data: Dataset, device: torch.device, seeds: Sequence[int]) -> None:
+    def __init__(self, config: Config, data: Dataset, device: torch.device, seeds: Sequence[int],
+                 workers: int = 1) -> None:
         if not seeds:
             raise ConfigError("A batched group needs at least one seed.")
         self.data = data
@@ -54,10 +57,9 @@ class BatchedTrainer:
         self.n_models = len(seeds)
         self.hidden = config.hidden
         models = [build_mlp(data.n_features, config.hidden, data.n_classes, seed) for seed in seeds]
-        names = [name for name, _ in models[0].named_parameters()]
-        self._names = names
+        self._names = [name for name, _ in models[0].named_parameters()]
         # One [M, out, in] tensor per Linear layer; the step updates them in place (CUDA graphs rely on that).
-        self.weights = [torch.stack([m.get_parameter(n).detach() for m in models]).to(device) for n in names]
+        self.weights = [torch.stack([m.get_parameter(n).detach() for m in models]).to(device) for n in self._names]
         self._studied = config.studied_layer - 1
         self.weight = self.weights[self._studied]
         self.lr = float(config.lr)
@@ -78,6 +80,13 @@ class BatchedTrainer:
         self._eager_full_steps = 0
         self._gx: torch.Tensor | None = None  # the graph's static batch (rows, labels), made at its first capture
         self._gy: torch.Tensor | None = None
+        # On the CPU the members can be split into shards that step on `workers` threads at once: each shard is
+        # a stacked model of its own (views of the group's tensors), so a step waits once for all of them instead
+        # of joining an OpenMP team at every op, which a busy machine's scheduler turns into long stalls.
+        n_shards = min(workers, self.n_models) if device.type == "cpu" else 1
+        bounds = [k * self.n_models // n_shards for k in range(n_shards + 1)]
+        self._shards = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        self._pool = ThreadPoolExecutor(n_shards, "clusterlab-batched") if n_shards > 1 else None
 
     @classmethod
     def from_state_dicts(cls, config: Config, data: Dataset, device: torch.device,
@@ -92,37 +101,54 @@ class BatchedTrainer:
     def train_step(self, masks: torch.Tensor | None = None, lams: torch.Tensor | None = None,
                    capture: bool = False) -> None:
         """One SGD step of every member on its next batch; with `masks`, loss_m = CE_m - lams[m] * clust_m."""
-        if masks is not None and (lams is None or masks.shape != self.weight.shape):
-            raise ConfigError(f"Regularised steps need masks of shape {tuple(self.weight.shape)} and a λ per model.")
+        if masks is not None:
+            if lams is None or masks.shape != self.weight.shape:
+                raise ConfigError(
+                    f"Regularised steps need masks of shape {tuple(self.weight.shape)} and a λ per model.")
+            lams = torch.as_tensor(lams, dtype=self.weight.dtype, device=self.device)
         idx = self._next_indices()
         if self._graphs is not None and masks is None and idx.numel() == self.n_models * self.batch_size:
-            if self._eager_full_steps >= _GRAPH_AFTER_STEPS and self._graph_step(idx, capture):
+            if self._eager_full_steps >= _GRAPH_AFTER_STEPS and self._graph_step(idx.reshape(-1), capture):
                 self._after_step(capture)
                 return
             self._eager_full_steps += 1
-        x = self.data.train_x.index_select(0, idx)
-        y = self._train_y.index_select(0, idx)
-        self._core(x, y, capture, None if masks is None else (masks, lams))
+        if self._pool is None:
+            self._shard_step(idx, self._shards[0], capture, masks, lams)
+        else:
+            futures = [self._pool.submit(self._shard_step, idx, shard, capture, masks, lams)
+                       for shard in self._shards]
+            wait(futures)
+            for future in futures:
+                future.result()  # raises what a shard raised
         self._after_step(capture)
 
+    def _shard_step(self, idx: torch.Tensor, shard: slice, capture: bool, masks: torch.Tensor | None,
+                    lams: torch.Tensor | None) -> None:
+        rows = idx[shard].reshape(-1)
+        x = self.data.train_x.index_select(0, rows)
+        y = self._train_y.index_select(0, rows)
+        self._core(x, y, capture, shard, None if masks is None else (masks[shard], lams[shard]))
+
     @torch.no_grad()
-    def _core(self, x: torch.Tensor, y: torch.Tensor, capture: bool,
+    def _core(self, x: torch.Tensor, y: torch.Tensor, capture: bool, shard: slice,
               regulariser: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """Trainer._core on stacked tensors: x [M*b, features] and y [M*b, 1] hold member m's batch in block m."""
-        m = self.n_models
+        """Trainer._core on stacked tensors for the members in `shard`: x [m*b, features] and y [m*b, 1] hold the
+        shard's j-th member's batch in block j. Views of the group's tensors are updated in place."""
+        weights = [w[shard] for w in self.weights]
+        m = weights[0].shape[0]
         x = x.view(m, -1, x.shape[1])
         y = y.view(m, -1, 1)
         acts = [x]
         h = x
-        for w in self.weights[:-1]:
+        for w in weights[:-1]:
             h = torch.bmm(h, w.transpose(1, 2)).relu_()
             acts.append(h)
-        logp = torch.bmm(h, self.weights[-1].transpose(1, 2)).log_softmax(2)
-        self._loss_sum.sub_(logp.gather(2, y).mean(1).view(m))
+        logp = torch.bmm(h, weights[-1].transpose(1, 2)).log_softmax(2)
+        self._loss_sum[shard].sub_(logp.gather(2, y).mean(1).view(m))
         n = y.shape[1]
-        d = logp.exp_().scatter_add_(2, y, self._neg_ones[:, :n]).mul_(1.0 / n)
-        for i in range(len(self.weights) - 1, -1, -1):
-            w = self.weights[i]
+        d = logp.exp_().scatter_add_(2, y, self._neg_ones[shard, :n]).mul_(1.0 / n)
+        for i in range(len(weights) - 1, -1, -1):
+            w = weights[i]
             d_in = torch.bmm(d, w) if i else None
             if i == self._studied:
                 g = torch.bmm(d.transpose(1, 2), acts[i])
@@ -130,21 +156,11 @@ class BatchedTrainer:
                     g = _regularised(g, w, *regulariser)
                 w.add_(g, alpha=-self.lr)
                 if capture:
-                    self._accumulate(g)
+                    _accumulate(self._grad_sum[shard], g)
             else:
                 w.baddbmm_(d.transpose(1, 2), acts[i], alpha=-self.lr)
             if i:
                 d = torch.ops.aten.threshold_backward(d_in, acts[i], 0)
-
-    def _accumulate(self, g: torch.Tensor) -> None:
-        """F_m += g_m^2 / |g_m|^2 elementwise, summed in float64; an all-zero gradient adds nothing.
-
-        The squares are scaled in float32 and added to the float64 sum as such: addcmul_ of float32 factors into a
-        float64 sum converts both factors first and took 11x as long (8 vs 0.7 ms for 32 x 128 x 128).
-        """
-        squared = g.square()
-        squared.div_(squared.sum((1, 2), keepdim=True).clamp_min(torch.finfo(g.dtype).tiny))
-        self._grad_sum.add_(squared)
 
     def _after_step(self, capture: bool) -> None:
         self._loss_count += 1
@@ -153,13 +169,13 @@ class BatchedTrainer:
             self.grad_steps += 1
 
     def _next_indices(self) -> torch.Tensor:
-        """The flat [M*b] row indices of every member's next batch (member m's rows in block m)."""
+        """The [M, b] row indices of every member's next batch."""
         if self.perm is None or self.position >= self.perm.shape[1]:
             if self.perm is not None:
                 self.epoch += 1
             self.perm = self._draw_perms()
             self.position = 0
-        idx = self.perm[:, self.position : self.position + self.batch_size].reshape(-1)
+        idx = self.perm[:, self.position : self.position + self.batch_size]
         self.position += self.batch_size
         return idx
 
@@ -205,11 +221,11 @@ class BatchedTrainer:
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
-                self._core(self._gx, self._gy, capture)
+                self._core(self._gx, self._gy, capture, slice(None))
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._core(self._gx, self._gy, capture)
+                self._core(self._gx, self._gy, capture, slice(None))
         finally:  # also when capture fails: the eager step that follows must start from the same state
             for t, v in zip(state, saved, strict=True):
                 t.copy_(v)
@@ -312,6 +328,14 @@ class BatchedTrainer:
         self.perm = None if no_perm else torch.stack(perms).to(self.device)
 
 
+def default_workers(device: torch.device) -> int:
+    """Worker threads that fill the CPU's cores at the current intra-op thread count (1 where it already does,
+    and on CUDA): 2 on a 2-core machine at the engine's 1 thread."""
+    if device.type != "cpu":
+        return 1
+    return max(1, (os.cpu_count() or 1) // torch.get_num_threads())
+
+
 def _masses(w: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per member ([M, 1, 1] each): sum(W^2) inside the mask, and in all (clamped above 0, as in clusterability)."""
     squared = w.square()
@@ -333,6 +357,17 @@ def _regularised(g: torch.Tensor, w: torch.Tensor, masks: torch.Tensor, lams: to
     zero = torch.zeros((), dtype=w.dtype, device=w.device)
     grad_squared = torch.where(masks, 1 / total, zero) + -((inside / total) / total)
     return torch.where(lams != 0, g.addcmul(grad_squared * (2 * w), -lams), g)
+
+
+def _accumulate(grad_sum: torch.Tensor, g: torch.Tensor) -> None:
+    """F_m += g_m^2 / |g_m|^2 elementwise, summed in float64; an all-zero gradient adds nothing.
+
+    The squares are scaled in float32 and added to the float64 sum as such: addcmul_ of float32 factors into a
+    float64 sum converts both factors first and took 11x as long (8 vs 0.7 ms for 32 x 128 x 128).
+    """
+    squared = g.square()
+    squared.div_(squared.sum((1, 2), keepdim=True).clamp_min(torch.finfo(g.dtype).tiny))
+    grad_sum.add_(squared)
 
 
 def _folded(state: dict) -> torch.Tensor:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.batched import BatchedTrainer
+from engine.batched import BatchedTrainer, default_workers
 from engine.clustering import cocluster
 from engine.config import Config
 from engine.data import (
@@ -335,12 +335,15 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
 def _batched(data, config: Config, device: torch.device, steps: int, sync: Callable[[], None]) -> dict:
     """Aggregate model-steps/s of groups trained as one BatchedTrainer (with capture, as pretraining runs), and
     their ratio to the same models trained one after another by the engine's Trainer: rounds alternate one Trainer
-    alone and every group, on the engine's thread count; medians over the rounds. On the CPU a group's block holds
-    about `steps` model-steps; on CUDA, where a step of 256 models still takes well under a millisecond, `steps`
-    steps (so the blocks also cross epoch starts, where a group draws its members' permutations)."""
+    alone and every group, on the engine's thread count, groups with `default_workers` shards (on a 2-core CPU
+    the engine's one thread leaves the second core to the UI, which a group may fill); medians over the rounds.
+    On the CPU a group's block holds about `steps` model-steps; on CUDA, where a step of 256 models still takes
+    well under a millisecond, `steps` steps (so the blocks also cross epoch starts, where a group draws its
+    members' permutations)."""
     sizes = (*BATCHED_SIZES, CUDA_BATCHED_SIZE) if device.type == "cuda" else BATCHED_SIZES
+    workers = default_workers(device)
     alone = Trainer(config, data, device)
-    groups = {m: BatchedTrainer(config, data, device, range(SEED, SEED + m)) for m in sizes}
+    groups = {m: BatchedTrainer(config, data, device, range(SEED, SEED + m), workers) for m in sizes}
     for _ in range(WARMUP_STEPS):
         alone.train_step(capture=True)
     for group in groups.values():
@@ -358,6 +361,7 @@ def _batched(data, config: Config, device: torch.device, steps: int, sync: Calla
         "batched_model_steps_per_s": batched,
         "batched_speedups": {m: rate / sequential for m, rate in batched.items()},
         "batched_speedup": batched[str(BATCHED_SIZES[-1])] / sequential,
+        "batched_workers": workers,
     }
     if device.type == "cuda":
         figures[f"batched_{CUDA_BATCHED_SIZE}_model_steps_per_s"] = batched[str(CUDA_BATCHED_SIZE)]
@@ -411,7 +415,8 @@ def _print_table(r: dict) -> None:
         ("models one after another (model-steps/s)", f"{r['sequential_model_steps_per_s']:,.0f}"),
     ]
     for m, rate in r["batched_model_steps_per_s"].items():
-        rows.append((f"{m} batched model(s) (model-steps/s)", f"{rate:,.0f}  ({r['batched_speedups'][m]:.2f}x)"))
+        rows.append((f"{m} batched model(s) (model-steps/s)",
+                     f"{rate:,.0f}  ({r['batched_speedups'][m]:.2f}x; {r['batched_workers']} worker(s))"))
     if "cuda_graph_steps_per_s" in r:
         rows.append(("one model, CUDA graph, no capture (steps/s)", f"{r['cuda_graph_steps_per_s']:,.0f}"))
     width = max(len(name) for name, _ in rows)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.batched import BatchedTrainer
+from engine.batched import BatchedTrainer, default_workers
 from engine.config import Config
 from engine.data import load_dataset
 from engine.engine import params_sha256
@@ -128,18 +128,24 @@ def test_same_seeds_same_members(data, trained):
     assert torch.equal(again.grad_sum, group.grad_sum)
 
 
-def test_members_do_not_depend_on_the_thread_count(data, trained):
-    """bmm computes each member's GEMMs on one thread whatever the count: 2 threads give the same bits as 1."""
+def test_members_do_not_depend_on_threads_or_workers(data, trained):
+    """bmm computes each member's GEMMs on one thread whatever the count, and shards step the same members: 2
+    threads, or 2 worker threads with a shard each, give the same bits as 1."""
     config, group, masks = trained
     torch.set_num_threads(2)
     try:
-        two = BatchedTrainer(config, data, CPU, SEEDS)
-        _train(two, range(PRETRAIN + FINETUNE), masks)
+        two_threads = BatchedTrainer(config, data, CPU, SEEDS)
+        _train(two_threads, range(PRETRAIN + FINETUNE), masks)
     finally:
         torch.set_num_threads(1)
-    for a, b in zip(_weights(group), _weights(two), strict=True):
-        assert torch.equal(a, b)
-    assert torch.equal(group.grad_sum, two.grad_sum)
+    two_workers = BatchedTrainer(config, data, CPU, SEEDS, workers=2)
+    assert [s.stop - s.start for s in two_workers._shards] == [1, 2]
+    _train(two_workers, range(PRETRAIN + FINETUNE), masks)
+    for other in (two_threads, two_workers):
+        for a, b in zip(_weights(group), _weights(other), strict=True):
+            assert torch.equal(a, b)
+        assert torch.equal(group.grad_sum, other.grad_sum)
+    assert two_threads.take_loss() == two_workers.take_loss()
 
 
 @pytest.mark.parametrize("split", [37, 41, 63])  # mid-epoch in pretraining, at an epoch end, mid-epoch finetuning
@@ -242,3 +248,14 @@ def test_members_out_of_step_are_refused(data):
         group.train_step(_masks(config.layer_shape, 2))
     with pytest.raises(ConfigError, match="at least one seed"):
         BatchedTrainer(config, data, CPU, [])
+
+
+def test_default_workers_fill_the_cores(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert default_workers(CPU) == 2  # the engine's one thread on a 2-core machine leaves one core idle
+    torch.set_num_threads(2)
+    try:
+        assert default_workers(CPU) == 1  # its OpenMP threads already fill both
+    finally:
+        torch.set_num_threads(1)
+    assert default_workers(torch.device("cuda")) == 1

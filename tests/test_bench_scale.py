@@ -32,6 +32,7 @@ def test_bench_reports_roofline_and_batched_training(capsys, monkeypatch):
     for m, rate in r["batched_model_steps_per_s"].items():
         assert rate > 0 and r["batched_speedups"][m] == pytest.approx(rate / sequential)
     assert r["batched_speedup"] == r["batched_speedups"]["4"]
+    assert isinstance(r["batched_workers"], int) and r["batched_workers"] >= 1
     assert "cuda_graph_steps_per_s" not in r  # a CUDA-only figure
 
 
