@@ -298,6 +298,9 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
     wide_mask = block_mask(wide_rows, wide_cols, device)
     clusterability_1024_ms = _median_ms(lambda: clusterability(wide_w, wide_mask).item(), 21)
     scale = _batched(data, config, device, steps, sync)
+    if scale["batched_workers"] > 1:
+        notes.append(f"batched groups step on {scale['batched_workers']} worker threads of {engine_threads} torch "
+                     f"thread(s) each, the Trainer on {engine_threads}: their speedup needs the cores to be free")
     if device.type == "cuda":
         scale.update(_cuda_graph_figures(data, config, device, steps, sync, notes))
     # Figures of whole jobs go here: the shuffle null's time for 100 samples on 128x128 and on 1024x1024, and the
