@@ -183,11 +183,11 @@ class BatchedTrainer:
         # Each member draws exactly what its Trainer draws from its own generator. The draws are independent and
         # torch releases the GIL in them, so a pool spreads a large group's epoch start over the cores.
         n = self.data.n_train
-        workers = min(self.n_models, os.cpu_count() or 1)
-        if workers == 1:
+        threads = min(self.n_models, os.cpu_count() or 1)
+        if threads == 1:
             perms = [torch.randperm(n, generator=g) for g in self.generators]
         else:
-            with ThreadPoolExecutor(workers) as pool:
+            with ThreadPoolExecutor(threads) as pool:
                 perms = list(pool.map(lambda g: torch.randperm(n, generator=g), self.generators))
         return torch.stack(perms).to(self.device)
 
