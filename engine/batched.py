@@ -89,10 +89,10 @@ class BatchedTrainer:
         self._pool = ThreadPoolExecutor(n_shards, "clusterlab-batched") if n_shards > 1 else None
 
     @classmethod
-    def from_state_dicts(cls, config: Config, data: Dataset, device: torch.device,
-                         states: Sequence[dict]) -> BatchedTrainer:
+    def from_state_dicts(cls, config: Config, data: Dataset, device: torch.device, states: Sequence[dict],
+                         workers: int = 1) -> BatchedTrainer:
         """A group continuing from its members' `Trainer.state_dict()`s (all at the same step)."""
-        group = cls(config, data, device, [config.seed] * len(states))  # the states replace what seeds set
+        group = cls(config, data, device, [config.seed] * len(states), workers)  # the states replace the seeds
         group.load_state_dicts(states)
         return group
 
