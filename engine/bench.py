@@ -4,8 +4,10 @@ Everything runs in one process on the same data and device: the engine's real `T
 and, interleaved with it in rounds, a reference loop in the old style (torchvision dataset + PIL transforms
 through a shuffled DataLoader, nn.Sequential forward, autograd, torch.optim.SGD, the studied layer's gradient
 cloned into a list every step). Then the time of one test-set evaluation, of co-clustering the studied layer
-(k=2, k=8) and a random 1024x1024 matrix (k=8), of one clusterability evaluation, and the share of the step that
-gradient capture costs (steps with and without capture, interleaved).
+(k=2, k=8) and a random 1024x1024 matrix (k=8), of one clusterability evaluation, the share of the step that
+gradient capture costs (steps with and without capture, interleaved), the step's roofline (its GEMMs alone, in
+blocks interleaved with the same steps) and batched training (groups of 1, 8, 32 models as one BatchedTrainer,
+interleaved with one Trainer training alone; on CUDA also 256 models, and the CUDA-graph step without capture).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.batched import BatchedTrainer, default_workers
 from engine.clustering import cocluster
 from engine.config import Config
 from engine.data import (
@@ -51,6 +54,10 @@ CAPTURE_BLOCKS = 10  # interleaved blocks with and without gradient capture
 WARMUP_STEPS = 30
 WIDE = 1024  # side of the random matrix that shows how co-clustering and clusterability scale
 SEED = 42
+BATCHED_SIZES = (1, 8, 32)  # models trained side by side as one BatchedTrainer
+CUDA_BATCHED_SIZE = 256  # on CUDA also a group big enough to fill the GPU
+BATCHED_ROUNDS = 5  # the groups and one Trainer alone alternate in this many rounds
+BATCHED_MIN_STEPS = 3  # a group's block has about --steps model-steps, and at least this many steps
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -80,6 +87,9 @@ def _datasets(name: str, data_dir: str | None, device: torch.device, tmp: Path, 
     if name == "mnist":
         folders = [Path(data_dir)] if data_dir else default_data_dirs("mnist")
         found = next(((f, files) for f in folders if (files := find_idx_files(f, "MNIST"))), None)
+        if found is None and data_dir:
+            raise ConfigError(f"--data-dir {data_dir} holds no MNIST IDX files ({IDX_FILES['train_x']}[.gz] and "
+                              "the other three); point it at a folder that has them, or leave it out.")
         if found is None:
             notes.append(f"MNIST not found in {', '.join(map(str, folders))}: both loops use synthetic data of "
                          "MNIST's shape (784 features, 10 classes) instead")
@@ -172,21 +182,58 @@ class _ReferenceLoop:
 # ----------------------------------------------------------------------------------------------- measuring
 
 
-def _steps(trainer: Trainer, n: int, capture: bool, sync: Callable[[], None]) -> None:
+def _steps(trainer: Trainer | BatchedTrainer, n: int, capture: bool, sync: Callable[[], None]) -> None:
     for _ in range(n):
         trainer.train_step(capture=capture)
     trainer.take_loss()  # the engine's loop syncs like this, a few times a second
     sync()
 
 
-def _on_thread(work: Callable[[], None]) -> float:
-    """Seconds `work` takes on a fresh thread, as the engine's jobs run."""
+class _Roofline:
+    """The step's GEMMs alone, at the engine's batch and widths: per layer the forward product, the input gradient
+    (all but the first layer) and the weight update fused into its gradient's GEMM (addmm_), into preallocated
+    outputs. What the engine's step spends beyond this is gathering the batch, elementwise work and dispatch."""
+
+    def __init__(self, config: Config, data, device: torch.device) -> None:
+        widths = (data.n_features, *config.hidden, data.n_classes)
+        generator = torch.Generator().manual_seed(SEED)
+
+        def rand(*shape: int) -> torch.Tensor:
+            return (torch.randn(*shape, generator=generator) * 0.1).to(device)
+
+        b = config.batch_size
+        self.lr = config.lr
+        self.weights = [rand(n_out, n_in) for n_in, n_out in zip(widths[:-1], widths[1:], strict=True)]
+        self.acts = [rand(b, n_in) for n_in in widths[:-1]]  # each layer's input
+        self.grads = [rand(b, n_out) for n_out in widths[1:]]  # each layer's output gradient
+        self.outs = [torch.empty(b, n_out, device=device) for n_out in widths[1:]]
+        self.ins = [torch.empty(b, n_in, device=device) for n_in in widths[:-1]]
+
+    def run(self, steps: int, sync: Callable[[], None]) -> None:
+        layers = list(zip(self.weights, self.acts, self.grads, self.outs, self.ins, strict=True))
+        for _ in range(steps):
+            for w, a, _, out, _ in layers:
+                torch.mm(a, w.t(), out=out)
+            for i, (w, a, d, _, d_in) in reversed(list(enumerate(layers))):
+                if i:
+                    torch.mm(d, w, out=d_in)
+                w.addmm_(d.t(), a, alpha=-self.lr)
+        sync()
+
+
+def _on_thread(work: Callable[[], None], threads: int | None = None) -> float:
+    """Seconds `work` takes on a fresh thread, as the engine's jobs run; with `threads`, on that many (put back
+    after)."""
     elapsed = []
 
     def timed() -> None:
+        before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
         t0 = time.perf_counter()
         work()
         elapsed.append(time.perf_counter() - t0)
+        torch.set_num_threads(before)
 
     thread = threading.Thread(target=timed)
     thread.start()
@@ -225,12 +272,16 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
     # Capture's share of the step: blocks with and without capture, interleaved, on the engine's kind of thread;
     # medians, since one block can be hit by whatever else the machine does. Blocks are a multiple of the
     # 32-step fold, so each holds its share of folds.
+    # The roofline's blocks are interleaved with these too, and its share is the step with capture over it.
     block = 32 * max(1, min(steps, 1000) // 100)
-    times: dict[bool, list[float]] = {True: [], False: []}
+    roofline = _Roofline(config, data, device)
+    times: dict[bool | str, list[float]] = {True: [], False: [], "roofline": []}
     for _ in range(CAPTURE_BLOCKS):
         for capture in (True, False):
             times[capture].append(_on_thread(lambda capture=capture: _steps(trainer, block, capture, sync)))
+        times["roofline"].append(_on_thread(lambda: roofline.run(block, sync)))
     with_s, without_s = statistics.median(times[True]), statistics.median(times[False])
+    roofline_s = statistics.median(times["roofline"])
     nocapture_rate = block / without_s
 
     eval_ms = _median_ms(trainer.evaluate, 7)
@@ -248,6 +299,14 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
     wide_w = torch.as_tensor(wide, dtype=torch.float32, device=device)
     wide_mask = block_mask(wide_rows, wide_cols, device)
     clusterability_1024_ms = _median_ms(lambda: clusterability(wide_w, wide_mask).item(), 21)
+    scale = _batched(data, config, device, steps, sync)
+    if scale["batched_workers"] > 1:
+        notes.append(f"batched groups step on {scale['batched_workers']} worker threads of {engine_threads} torch "
+                     f"thread(s) each, the Trainer on {engine_threads}: their speedup needs the cores to be free")
+    if device.type == "cuda":
+        scale.update(_cuda_graph_figures(data, config, device, steps, sync, notes))
+    # Figures of whole jobs go here: the shuffle null's time for 100 samples on 128x128 and on 1024x1024, and the
+    # whole study (the seed's 5+10 epoch plan end to end, process start included); add their rows to _print_table.
 
     return {
         "engine_steps_per_s": engine_rate,
@@ -263,6 +322,9 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
         "cocluster_1024_k8_ms": cocluster_1024_k8_ms,
         "clusterability_ms": clusterability_ms,
         "clusterability_1024_ms": clusterability_1024_ms,
+        "roofline_steps_per_s": block / roofline_s,
+        "roofline_share": roofline_s / with_s,
+        **scale,
         "reference_grads_kept": len(reference.grads),
         "reference_grads_seen": reference.grads_seen,
         "layer": f"fc{config.studied_layer} {tuple(trainer.weight.shape)}",
@@ -273,6 +335,54 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
         "cpu": platform.processor() or platform.machine(),
         "notes": notes,
     }
+
+
+def _batched(data, config: Config, device: torch.device, steps: int, sync: Callable[[], None]) -> dict:
+    """Aggregate model-steps/s of groups trained as one BatchedTrainer (with capture, as pretraining runs), and
+    their ratio to the same models trained one after another by the engine's Trainer: rounds alternate one Trainer
+    alone and every group, on the engine's thread count, groups with `default_workers` shards (on a 2-core CPU
+    the engine's one thread leaves the second core to the UI, which a group may fill); medians over the rounds.
+    On the CPU a group's block holds about `steps` model-steps; on CUDA, where a step of 256 models still takes
+    well under a millisecond, `steps` steps (so the blocks also cross epoch starts, where a group draws its
+    members' permutations)."""
+    sizes = (*BATCHED_SIZES, CUDA_BATCHED_SIZE) if device.type == "cuda" else BATCHED_SIZES
+    workers = default_workers(device)
+    alone = Trainer(config, data, device)
+    groups = {m: BatchedTrainer(config, data, device, range(SEED, SEED + m), workers) for m in sizes}
+    for _ in range(WARMUP_STEPS):
+        alone.train_step(capture=True)
+    for group in groups.values():
+        _steps(group, BATCHED_MIN_STEPS + 3, True, sync)  # past the eager steps that come before a CUDA graph
+    rates: dict[int | str, list[float]] = {m: [] for m in ["alone", *sizes]}
+    for _ in range(BATCHED_ROUNDS):
+        rates["alone"].append(steps / _on_thread(lambda: _steps(alone, steps, True, sync)))
+        for m, group in groups.items():
+            n = steps if device.type == "cuda" else max(BATCHED_MIN_STEPS, round(steps / m))
+            rates[m].append(m * n / _on_thread(lambda group=group, n=n: _steps(group, n, True, sync)))
+    sequential = statistics.median(rates["alone"])
+    batched = {str(m): statistics.median(rates[m]) for m in sizes}
+    figures = {
+        "sequential_model_steps_per_s": sequential,
+        "batched_model_steps_per_s": batched,
+        "batched_speedups": {m: rate / sequential for m, rate in batched.items()},
+        "batched_speedup": batched[str(BATCHED_SIZES[-1])] / sequential,
+        "batched_workers": workers,
+    }
+    if device.type == "cuda":
+        figures[f"batched_{CUDA_BATCHED_SIZE}_model_steps_per_s"] = batched[str(CUDA_BATCHED_SIZE)]
+    return figures
+
+
+def _cuda_graph_figures(data, config: Config, device: torch.device, steps: int, sync: Callable[[], None],
+                        notes: list[str]) -> dict:
+    """Steps/s of one model's full-batch step replayed from its CUDA graph (no capture), median of ROUNDS."""
+    trainer = Trainer(config, data, device)
+    _steps(trainer, WARMUP_STEPS, False, sync)
+    if not trainer._graphs:  # the Trainer fell back to eager steps (it logged why)
+        notes.append("CUDA graph capture failed: cuda_graph_steps_per_s is the eager step's rate")
+    n = max(steps, 2000)
+    rates = [n / _on_thread(lambda: _steps(trainer, n, False, sync)) for _ in range(ROUNDS)]
+    return {"cuda_graph_steps_per_s": statistics.median(rates)}
 
 
 def _share(total: int, round_index: int) -> int:
@@ -305,7 +415,15 @@ def _print_table(r: dict) -> None:
         ("co-cluster random 1024x1024, k=8", f"{r['cocluster_1024_k8_ms']:.1f} ms"),
         ("clusterability", f"{r['clusterability_ms']:.3f} ms"),
         ("clusterability 1024x1024", f"{r['clusterability_1024_ms']:.3f} ms"),
+        ("roofline: the step's GEMMs alone (steps/s)", f"{r['roofline_steps_per_s']:,.0f}"),
+        ("engine step's share of the roofline", f"{r['roofline_share']:.0%}"),
+        ("models one after another (model-steps/s)", f"{r['sequential_model_steps_per_s']:,.0f}"),
     ]
+    for m, rate in r["batched_model_steps_per_s"].items():
+        rows.append((f"{m} batched model(s) (model-steps/s)",
+                     f"{rate:,.0f}  ({r['batched_speedups'][m]:.2f}x; {r['batched_workers']} worker(s))"))
+    if "cuda_graph_steps_per_s" in r:
+        rows.append(("one model, CUDA graph, no capture (steps/s)", f"{r['cuda_graph_steps_per_s']:,.0f}"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
