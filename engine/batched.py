@@ -66,7 +66,6 @@ class BatchedTrainer:
         self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         self.perm: torch.Tensor | None = None  # [M, n_train]: each member's permutation of this epoch
         self.position = 0
-        self.epoch = 0
         self.step = 0
         self.grad_steps = 0
         self._grad_sum = torch.zeros(self.weight.shape, dtype=torch.float64, device=device)
@@ -171,8 +170,6 @@ class BatchedTrainer:
     def _next_indices(self) -> torch.Tensor:
         """The [M, b] row indices of every member's next batch."""
         if self.perm is None or self.position >= self.perm.shape[1]:
-            if self.perm is not None:
-                self.epoch += 1
             self.perm = self._draw_perms()
             self.position = 0
         idx = self.perm[:, self.position : self.position + self.batch_size]
@@ -284,7 +281,7 @@ class BatchedTrainer:
     def state_dicts(self) -> list[dict]:
         """One `Trainer.state_dict()` per member, so each member continues as an ordinary session.
 
-        F is saved folded ("grad_sum", float64 out x in) with no pending raw gradients.
+        F is saved folded ("grad_importance", float64 out x in) with no pending raw gradients.
         """
         grad_sum = self._grad_sum.cpu()
         perm = None if self.perm is None else self.perm.cpu()
@@ -296,11 +293,11 @@ class BatchedTrainer:
                 "generator": g.get_state(),
                 "perm": None if perm is None else perm[i].clone(),
                 "position": self.position,
-                "epoch": self.epoch,
                 "step": self.step,
-                "grad_sum": grad_sum[i].clone(),
+                "grad_importance": grad_sum[i].clone(),
                 "grad_pending": pending.clone(),
                 "grad_steps": self.grad_steps,
+                "legacy_gradients": False,
             }
             for i, g in enumerate(self.generators)
         ]
@@ -310,7 +307,7 @@ class BatchedTrainer:
         if len(states) != self.n_models:
             raise SessionError(f"A batched group of {self.n_models} models got {len(states)} member states.")
         try:
-            counters = {(int(s["position"]), int(s["epoch"]), int(s["step"]), int(s["grad_steps"]),
+            counters = {(int(s["position"]), int(s["step"]), int(s["grad_steps"]),
                          float(s["optimizer"]["lr"]), s["perm"] is None) for s in states}
             if len(counters) != 1:
                 raise SessionError("Members batched together must be at the same step with the same settings; "
@@ -323,8 +320,8 @@ class BatchedTrainer:
             perms = [state["perm"] for state in states]
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise SessionError(f"A member's state does not fit this batched group ({exc}).") from None
-        position, epoch, step, grad_steps, lr, no_perm = counters.pop()
-        self.position, self.epoch, self.step, self.grad_steps, self.lr = position, epoch, step, grad_steps, lr
+        position, step, grad_steps, lr, no_perm = counters.pop()
+        self.position, self.step, self.grad_steps, self.lr = position, step, grad_steps, lr
         self.perm = None if no_perm else torch.stack(perms).to(self.device)
 
 
@@ -372,7 +369,7 @@ def _accumulate(grad_sum: torch.Tensor, g: torch.Tensor) -> None:
 
 def _folded(state: dict) -> torch.Tensor:
     """A member's F with any raw gradients that its Trainer had not folded yet added in."""
-    grad_sum = state["grad_sum"].to(torch.float64)
+    grad_sum = state["grad_importance"].to(torch.float64)
     pending = state.get("grad_pending")
     if pending is None or pending.shape[0] == 0:
         return grad_sum

@@ -11,6 +11,10 @@ import torch
 from engine.errors import ConfigError
 
 
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' is CUDA when present, else the CPU; asking for CUDA without one is a clear error."""
     if name == "auto":

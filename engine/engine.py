@@ -20,7 +20,7 @@ from pathlib import Path
 from engine import events as ev
 from engine import phases
 from engine.config import Config
-from engine.device import resolve_device
+from engine.device import cuda_available, resolve_device
 from engine.errors import ClusterlabError, ConfigError, SessionError
 from engine.plan import TRAINING, Job, Plan
 from engine.session import (
@@ -133,6 +133,9 @@ class Engine:
         """Open an existing session exactly where it was last saved."""
         path = Path(path)
         saved = parse_session(path, read_session(path))
+        if saved.config.device == "cuda" and not cuda_available():
+            # Saved on a GPU, continued here on the CPU (and on a GPU again wherever there is one).
+            saved.config = saved.config.replace(device="auto")
         lock = SessionLock(path)
         try:
             remove_stale_temps(path)  # left by a process killed mid-save; ours to delete now that we hold the lock
