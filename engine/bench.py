@@ -61,9 +61,7 @@ BATCHED_MIN_STEPS = 3  # a group's block has about --steps model-steps, and at l
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    steps = int(args.steps)
-    if steps < 1:
-        raise ConfigError(f"--steps must be 1 or more, not {steps}.")
+    steps = int(args.steps)  # checked by the CLI
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was given but no CUDA device is available; use --device cpu.")
     device = torch.device(args.device)
@@ -72,6 +70,8 @@ def run_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="clusterlab-bench-") as tmp:
         data, reference_set, dataset_name = _datasets(args.dataset, args.data_dir, device, Path(tmp), notes)
         result = _measure(data, reference_set, dataset_name, device, steps, notes)
+    if getattr(args, "study", False):
+        result["whole_study_s"] = whole_study_s(args.data_dir)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -305,8 +305,7 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
                      f"thread(s) each, the Trainer on {engine_threads}: their speedup needs the cores to be free")
     if device.type == "cuda":
         scale.update(_cuda_graph_figures(data, config, device, steps, sync, notes))
-    # Figures of whole jobs go here: the shuffle null's time for 100 samples on 128x128 and on 1024x1024, and the
-    # whole study (the seed's 5+10 epoch plan end to end, process start included); add their rows to _print_table.
+    scale.update(_null_figures(weight, wide))
 
     return {
         "engine_steps_per_s": engine_rate,
@@ -335,6 +334,42 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
         "cpu": platform.processor() or platform.machine(),
         "notes": notes,
     }
+
+
+NULL_SAMPLES, WIDE_NULL_SAMPLES = 100, 10  # 100 shuffles of 1024x1024 take most of a minute here: time 10
+
+
+def _null_figures(weight: np.ndarray, wide: np.ndarray) -> dict:
+    """Seconds for the shuffle null (re-co-clustering shuffled layers) on the studied layer and on 1024x1024."""
+    from engine.significance import significance
+
+    def null_s(matrix: np.ndarray, samples: int) -> float:
+        rows, cols = (np.arange(n) % 2 for n in matrix.shape)
+        t0 = time.perf_counter()
+        significance(matrix, rows, cols, 2, samples=samples, seed=SEED)
+        return time.perf_counter() - t0
+
+    null_s(weight, 2)  # warm-up: LAPACK and numpy's first calls
+    wide_s = null_s(wide, WIDE_NULL_SAMPLES)
+    return {"null_100_s": null_s(weight, NULL_SAMPLES),
+            "null_1024_100_s_estimated": wide_s * NULL_SAMPLES / WIDE_NULL_SAMPLES,
+            "null_1024_samples_timed": WIDE_NULL_SAMPLES}
+
+
+def whole_study_s(data_dir: str | None) -> float:
+    """Wall seconds of `clusterlab run --dataset mnist` (5 epochs, k=2, null, ablation, 10 finetune epochs at λ=3),
+    process start included, in a throwaway sessions root."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory(prefix="clusterlab-study-") as root:
+        command = [sys.executable, "-m", "tui.cli", "run", "--dataset", "mnist", "--device", "cpu"]
+        if data_dir:
+            command += ["--data-dir", data_dir]
+        t0 = time.perf_counter()
+        subprocess.run(command, env={**os.environ, "CLUSTERLAB_SESSIONS": root}, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - t0
 
 
 def _batched(data, config: Config, device: torch.device, steps: int, sync: Callable[[], None]) -> dict:
@@ -424,6 +459,13 @@ def _print_table(r: dict) -> None:
                      f"{rate:,.0f}  ({r['batched_speedups'][m]:.2f}x; {r['batched_workers']} worker(s))"))
     if "cuda_graph_steps_per_s" in r:
         rows.append(("one model, CUDA graph, no capture (steps/s)", f"{r['cuda_graph_steps_per_s']:,.0f}"))
+    rows += [
+        ("shuffle null, 100 samples, studied layer, k=2", f"{r['null_100_s']:.2f} s"),
+        ("shuffle null, 100 samples, 1024x1024, k=2",
+         f"{r['null_1024_100_s_estimated']:.1f} s (from {r['null_1024_samples_timed']} timed)"),
+    ]
+    if "whole_study_s" in r:
+        rows.append(("whole study (run --dataset mnist, process included)", f"{r['whole_study_s']:.1f} s"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

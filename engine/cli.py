@@ -77,6 +77,8 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=1000, help="timed steps per loop (default 1000)")
     bench.add_argument("--dataset", default="mnist", choices=["mnist", "synthetic"], help="data (default mnist)")
     bench.add_argument("--data-dir", help="folder with MNIST's IDX files")
+    bench.add_argument("--study", action="store_true",
+                       help="also time the whole default study on MNIST as `clusterlab run` (about half a minute)")
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     add_sweep_parsers(commands)
     return parser
