@@ -12,7 +12,6 @@ replay a captured CUDA graph, as in the Trainer.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections import OrderedDict
@@ -27,9 +26,7 @@ from engine.data import Dataset
 from engine.device import all_cores
 from engine.errors import ConfigError, SessionError
 from engine.model import build_mlp
-from engine.trainer import _GRAPH_AFTER_STEPS, _graphs_wanted
-
-log = logging.getLogger("clusterlab")
+from engine.trainer import _GRAPH_AFTER_STEPS, _graphs_wanted, cached_graph, replay
 
 # Test-set evaluation runs in chunks of samples so that a group's activations (M x chunk x width floats) stay near
 # this many elements, whatever M is.
@@ -192,19 +189,12 @@ class BatchedTrainer:
 
     def _graph_step(self, idx: torch.Tensor, capture: bool) -> bool:
         """Replay the captured full-batch step; False (and eager from then on) if capturing is not possible."""
-        key = (self.lr, capture)
-        graph = self._graphs.get(key)
+        graph = cached_graph(self._graphs, (self.lr, capture), lambda: self._capture_graph(idx, capture),
+                             "batched step")
         if graph is None:
-            try:
-                graph = self._capture_graph(idx, capture)
-            except Exception as exc:  # noqa: BLE001 - any capture failure just means: stay eager
-                log.warning("CUDA graph capture of the batched step failed, training eagerly: %s", exc)
-                self._graphs = None
-                return False
-            self._graphs[key] = graph
-        torch.index_select(self.data.train_x, 0, idx, out=self._gx)
-        torch.index_select(self._train_y, 0, idx, out=self._gy)
-        graph.replay()
+            self._graphs = None
+            return False
+        replay(graph, self.data.train_x, self._train_y, idx, self._gx, self._gy)
         return True
 
     def _capture_graph(self, idx: torch.Tensor, capture: bool) -> torch.cuda.CUDAGraph:

@@ -1,4 +1,8 @@
-"""Session directories on disk: names, atomic writes, checkpoints, the metrics log, validation, listing."""
+"""Session directories on disk: names, atomic writes, checkpoints, the metrics log, validation, listing.
+
+Over 400 lines on purpose: the whole on-disk contract of a session (writing, reading, validating every field,
+locking, listing) lives here, so that one module can be read to know what a session folder may hold.
+"""
 
 from __future__ import annotations
 

@@ -308,8 +308,8 @@ class Study:
         return self.control["test_accuracy"] - after["test_accuracy"]
 
 
-class _Unlogged(phases.Hooks):
-    """Hooks that pass everything on but the metrics records."""
+class _Passing(phases.Hooks):
+    """Hooks that pass everything on to others; subclasses change what they must."""
 
     def __init__(self, hooks: phases.Hooks) -> None:
         self.hooks = hooks
@@ -324,30 +324,34 @@ class _Unlogged(phases.Hooks):
     def emit(self, event: ev.Event) -> None:
         self.hooks.emit(event)
 
-
-class _EpochNull(phases.Hooks):
-    """Hooks that also test each finetune epoch's clusterability against its null, after its evaluation."""
-
-    def __init__(self, study: Study, hooks: phases.Hooks) -> None:
-        self.study, self.hooks = study, hooks
-
-    @property
-    def attention(self) -> bool:
-        return self.hooks.attention
-
-    def attend(self, state: str) -> str | None:
-        return self.hooks.attend(state)
-
-    def emit(self, event: ev.Event) -> None:
-        self.hooks.emit(event)
-        if isinstance(event, ev.Evaluated) and event.step % self.study.trainer.steps_per_epoch == 0:
-            self.study.test_null(event.phase, self.hooks)
-
     def record(self, record: dict) -> None:
         self.hooks.record(record)
 
     def autosave(self) -> None:
         self.hooks.autosave()
+
+
+class _Unlogged(_Passing):
+    """Everything but the metrics records and autosaves (a twin's steps are not the session's)."""
+
+    def record(self, record: dict) -> None:
+        pass
+
+    def autosave(self) -> None:
+        pass
+
+
+class _EpochNull(_Passing):
+    """Also tests each finetune epoch's clusterability against its null, after its evaluation."""
+
+    def __init__(self, study: Study, hooks: phases.Hooks) -> None:
+        super().__init__(hooks)
+        self.study = study
+
+    def emit(self, event: ev.Event) -> None:
+        self.hooks.emit(event)
+        if isinstance(event, ev.Evaluated) and event.step % self.study.trainer.steps_per_epoch == 0:
+            self.study.test_null(event.phase, self.hooks)
 
 
 HANDLERS: dict[str, Callable[[Study, Job, phases.Hooks], str]] = {

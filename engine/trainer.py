@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -132,19 +133,11 @@ class Trainer:
 
     def _graph_step(self, idx: torch.Tensor, lr: float, capture: bool) -> bool:
         """Replay the captured full-batch step; False (and eager from then on) if capturing is not possible."""
-        key = (lr, capture)
-        graph = self._graphs.get(key)
+        graph = cached_graph(self._graphs, (lr, capture), lambda: self._capture_graph(idx, lr, capture), "step")
         if graph is None:
-            try:
-                graph = self._capture_graph(idx, lr, capture)
-            except Exception as exc:  # noqa: BLE001 - any capture failure just means: stay eager
-                log.warning("CUDA graph capture failed, training eagerly: %s", exc)
-                self._graphs = None
-                return False
-            self._graphs[key] = graph
-        torch.index_select(self.data.train_x, 0, idx, out=self._gx)
-        torch.index_select(self._train_y, 0, idx, out=self._gy)
-        graph.replay()
+            self._graphs = None
+            return False
+        replay(graph, self.data.train_x, self._train_y, idx, self._gx, self._gy)
         if capture:
             self._pending[self._pending_count].copy_(self._gg)
         return True
@@ -269,6 +262,28 @@ class Trainer:
         self._pending_count = int(pending.shape[0])
         if self._pending_count:
             self._pending[: self._pending_count].copy_(pending)
+
+
+def cached_graph(graphs: dict, key: tuple, capture: Callable[[], torch.cuda.CUDAGraph],
+                 what: str) -> torch.cuda.CUDAGraph | None:
+    """The CUDA graph for `key`, captured on first use; None if capturing fails (the caller then stays eager)."""
+    graph = graphs.get(key)
+    if graph is None:
+        try:
+            graph = capture()
+        except Exception as exc:  # noqa: BLE001 - any capture failure just means: stay eager
+            log.warning("CUDA graph capture of the %s failed, training eagerly: %s", what, exc)
+            return None
+        graphs[key] = graph
+    return graph
+
+
+def replay(graph: torch.cuda.CUDAGraph, train_x: torch.Tensor, train_y: torch.Tensor, idx: torch.Tensor,
+           gx: torch.Tensor, gy: torch.Tensor) -> None:
+    """Gather the batch `idx` into the graph's static inputs and run the captured step."""
+    torch.index_select(train_x, 0, idx, out=gx)
+    torch.index_select(train_y, 0, idx, out=gy)
+    graph.replay()
 
 
 def _graphs_wanted(device: torch.device) -> bool:
