@@ -31,11 +31,11 @@ def clusterlab_command() -> list[str]:
 class Tmux:
     """One detached tmux session running a command; keys in, screen text out."""
 
-    def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
+    def __init__(self, command: str, cwd: Path, env: dict[str, str], size: tuple[int, int] = (80, 24)) -> None:
         self.name = f"clusterlab-test-{uuid.uuid4().hex[:8]}"
         env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
-        subprocess.run([TMUX, "new-session", "-d", "-s", self.name, "-x", "80", "-y", "24", "-c", str(cwd),
-                        *env_args, command], check=True)
+        subprocess.run([TMUX, "new-session", "-d", "-s", self.name, "-x", str(size[0]), "-y", str(size[1]),
+                        "-c", str(cwd), *env_args, command], check=True)
 
     def keys(self, *keys: str) -> None:
         subprocess.run([TMUX, "send-keys", "-t", self.name, *keys], check=True)
@@ -103,6 +103,31 @@ def test_t_pressed_at_first_paint_trains(tmp_path):
         tmux.wait_for(lambda s: "Quit" in s and "Train" in s, "the first paint")
         tmux.keys("t")
         tmux.wait_for(lambda s: "step 128" in s and "idle" in s, "two epochs (128 steps) of training")
+        tmux.keys("q")
+        tmux.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "a clean exit")
+    finally:
+        tmux.kill()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_the_modules_tab_shows_the_blocks_and_the_ablation(tmp_path, size):
+    sessions = tmp_path / "sessions"
+    flags = "--dataset synthetic --hidden 32,32 --device cpu --epochs 2 --k 2 --session blocks"
+    app = " ".join(shlex.quote(part) for part in clusterlab_command())
+    env = {"CLUSTERLAB_SESSIONS": str(sessions), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    tmux = Tmux(f"{app} {flags}; echo CLUSTERLAB-EXIT=$?; sleep 60", tmp_path, env, size)
+    try:
+        tmux.wait_for(lambda s: "Quit" in s and "Train" in s, "the first paint")
+        tmux.keys("t")
+        tmux.wait_for(lambda s: "step 128" in s and "idle" in s, "two epochs of training")
+        tmux.keys("c")
+        tmux.wait_for(lambda s: "Clusters found" in s and "idle" in s, "clusters, their null and ablation")
+        tmux.keys("4")
+        screen = tmux.wait_for(lambda s: "by cluster (k=2)" in s and "accuracy drop" in s, "the Modules tab")
+        picture_rows = [line for line in screen.splitlines() if line.count("▀") >= 10]
+        assert len(picture_rows) >= 4  # the reordered |W| as half-block cells
+        right = [line.split("▕")[-1].strip() for line in screen.splitlines() if "▀" not in line]
+        assert {"1", "2"} <= {cells.split()[0] for cells in right if cells.split()}  # a drop row per cluster
         tmux.keys("q")
         tmux.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "a clean exit")
     finally:
