@@ -242,6 +242,7 @@ def add_sweep_parsers(commands) -> None:
     sweep.add_argument("--cluster-on", dest="grid_sources", metavar="SOURCES",
                        help="weights and/or gradients, comma-separated (default weights)")
     sweep.add_argument("--json", action="store_true", help="print the members and the table as one JSON object")
+    _add_executor_flags(sweep)
     group = sweep.add_argument_group("experiment settings (shared by every member)")
     for option in OPTIONS:
         if option.name not in GRID_OPTIONS:
@@ -260,6 +261,15 @@ def add_sweep_parsers(commands) -> None:
     reproduce.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS,
                            help=f"finetuning epochs: other than {FINETUNE_EPOCHS} only for a smoke run")
     reproduce.add_argument("--json", action="store_true", help="print the sweep and the comparison as one JSON object")
+    _add_executor_flags(reproduce)
+
+
+def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", default="inprocess", metavar="inprocess|batched|ray",
+                        help="how members run: one after another here (default); members of the same shapes and "
+                        "data trained as one stacked model (batched); or as tasks on a Ray cluster (ray)")
+    parser.add_argument("--ray-address", metavar="ADDRESS",
+                        help="the Ray cluster to join for --executor ray ('auto' or HOST:PORT); default: a local Ray")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -278,7 +288,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         value = option.parse(text) if text is not None else None
         if value is not None:
             given[option.name] = value
-    return _sweep(check_name(args.name), given, grid, args.json)
+    return _sweep(check_name(args.name), given, grid, args)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -296,22 +306,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             f"{ref.FINETUNE_EPOCHS}): the verdicts do not apply.")
         return {"reference": [r.to_dict() for r in rows]}, ref.comparison_markdown(rows) + note
 
-    return _sweep(name, given, grid, args.json, comparison)
+    return _sweep(name, given, grid, args, comparison)
 
 
-def _sweep(name: str, given: dict, grid: dict, as_json: bool,
+def _sweep(name: str, given: dict, grid: dict, args: argparse.Namespace,
            extra: Callable[[object], tuple[dict, str]] | None = None) -> int:
-    """Run a sweep with progress on stderr; SIGINT/SIGTERM stop it resumably. Prints the table (and `extra`'s)."""
+    """Run a sweep with progress on stderr, on the executor `args` names; SIGINT/SIGTERM stop it resumably. Prints
+    the table (and `extra`'s)."""
     import threading
 
-    from engine.sweep_run import InProcess, SweepDisplay, run_sweep, stop_on_signals
+    from engine.sweep_run import SweepDisplay, make_executor, run_sweep, stop_on_signals
     from engine.sweep_table import markdown, pareto_chart
 
     stop = threading.Event()
+    display = SweepDisplay(name)
+    executor = make_executor(args.executor, stop, args.ray_address, display.note)
     with stop_on_signals(stop):
-        result = run_sweep(name, given, grid, executor=InProcess(stop), display=SweepDisplay(name))
+        result = run_sweep(name, given, grid, executor=executor, display=display)
     more, text = extra(result) if extra else ({}, "")
-    if as_json:
+    if args.json:
         print(json.dumps({**result.to_dict(), **more}, indent=2))
     else:
         print(markdown(result.table))

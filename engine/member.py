@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine import events as ev
@@ -41,7 +42,7 @@ MEMBER_JOBS: dict[str, Callable[[Study], list[Job]]] = {
 }
 
 
-class _MemberHooks(phases.Hooks):
+class MemberHooks(phases.Hooks):
     """A member's running job: records go to its metrics log, autosaves keep the plan, a set `stop` ends it."""
 
     def __init__(self, study: Study, plan: list[Job], name: str, progress: Progress | None,
@@ -66,6 +67,32 @@ class _MemberHooks(phases.Hooks):
         self.study.save(self.plan, self.plan[0].kind)
 
 
+@dataclass
+class OpenMember:
+    """A member opened to run: its Study (resumed from its own save, or made from its parent's), the lock on its
+    folder, and the jobs it has left."""
+
+    settings: dict
+    study: Study
+    lock: SessionLock
+    plan: list[Job]
+
+    @property
+    def name(self) -> str:
+        return self.settings["name"]
+
+    @property
+    def path(self) -> Path:
+        return self.study.path
+
+    def hooks(self, progress: Progress | None, stop: threading.Event | None) -> MemberHooks:
+        return MemberHooks(self.study, self.plan, self.name, progress, stop)
+
+    def close(self) -> None:
+        self.study.metrics.close()
+        self.lock.release()
+
+
 def run_member(settings: dict, progress: Progress | None = None, stop: threading.Event | None = None) -> dict:
     """Run one member (see `Member.settings`) to its end: its result; or {"name", "status": "failed", "error"};
     or {"name", "status": "unfinished"} if `stop` was set (it then resumes from its own last save next time)."""
@@ -73,26 +100,35 @@ def run_member(settings: dict, progress: Progress | None = None, stop: threading
     if member_finished(path, settings["kind"]):
         return member_result(path, settings)
     try:
-        study, lock, plan = _open(path, settings)
+        member = open_member(settings)
     except ClusterlabError as exc:
         return failed(settings["name"], str(exc))
+    return run_open_member(member, progress, stop)
+
+
+def run_open_member(member: OpenMember, progress: Progress | None = None,
+                    stop: threading.Event | None = None) -> dict:
+    """Run the jobs an opened member has left, close it, and give its result (as `run_member`)."""
     try:
-        finished = _run_plan(study, plan, _MemberHooks(study, plan, settings["name"], progress, stop))
+        finished = _run_plan(member.study, member.plan, member.hooks(progress, stop))
     except ClusterlabError as exc:  # the session keeps its last save; a rerun starts from there
-        return failed(settings["name"], str(exc))
+        return failed(member.name, str(exc))
     except Exception as exc:  # noqa: BLE001 - one member's failure (OOM, say) must not end the sweep's other ones
-        return failed(settings["name"], f"{type(exc).__name__}: {exc}")
+        return failed(member.name, f"{type(exc).__name__}: {exc}")
     finally:
-        study.metrics.close()
-        lock.release()
-    return member_result(path, settings) if finished else {"name": settings["name"], "status": UNFINISHED}
+        member.close()
+    return member_result(member.path, member.settings) if finished else unfinished(member.name)
 
 
 def failed(name: str, error: str) -> dict:
     return {"name": name, "status": FAILED, "error": error}
 
 
-def _run_plan(study: Study, plan: list[Job], hooks: _MemberHooks) -> bool:
+def unfinished(name: str) -> dict:
+    return {"name": name, "status": UNFINISHED}
+
+
+def _run_plan(study: Study, plan: list[Job], hooks: MemberHooks) -> bool:
     """Run the plan's jobs, saving after each; False if the hooks stopped one (saved with it still planned)."""
     while plan:
         job = plan[0]
@@ -104,8 +140,10 @@ def _run_plan(study: Study, plan: list[Job], hooks: _MemberHooks) -> bool:
     return True
 
 
-def _open(path: Path, settings: dict) -> tuple[Study, SessionLock, list[Job]]:
-    """The member's Study, its lock and the jobs it has left: resumed from its own save, or made new."""
+def open_member(settings: dict) -> OpenMember:
+    """The member, locked, with the jobs it has left: resumed from its own save, or made new (and saved at once,
+    so that from then on a kill resumes it from its own save). Raises ClusterlabError if it cannot be opened."""
+    path = Path(settings["root"]) / settings["name"]
     config = Config.from_dict(settings["config"])
     if (path / SESSION_FILE).is_file():
         saved = parse_session(path, read_session(path))
@@ -114,7 +152,8 @@ def _open(path: Path, settings: dict) -> tuple[Study, SessionLock, list[Job]]:
                                "this member again.")
         lock = SessionLock(path)
         try:
-            return Study(path, config, saved, load_checkpoint(path / saved.checkpoint)), lock, list(saved.plan)
+            return OpenMember(settings, Study(path, config, saved, load_checkpoint(path / saved.checkpoint)), lock,
+                              list(saved.plan))
         except BaseException:
             lock.release()
             raise
@@ -122,8 +161,8 @@ def _open(path: Path, settings: dict) -> tuple[Study, SessionLock, list[Job]]:
     try:
         study = _new_study(path, config, settings)
         plan = MEMBER_JOBS[settings["kind"]](study)
-        study.save(plan, plan[0].kind)  # from here on, a kill resumes this member from its own save
-        return study, lock, plan
+        study.save(plan, plan[0].kind)
+        return OpenMember(settings, study, lock, plan)
     except BaseException:
         release_directory(path, lock)
         raise

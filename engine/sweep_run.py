@@ -2,8 +2,9 @@
 
 An executor is `executor(settings, report, progress)`: it runs `engine.member.run_member` on each settings dict
 (given parents first) and calls `report(result)` as each ends. `InProcess`, the default, runs them one after
-another in this process; a distributed executor must run a member only once its parent's result is in, and leave
-each member's folder under the sessions root before reporting it.
+another in this process; `engine.batched_executor.Batched` trains members of the same shapes and data as one
+stacked model; `engine.ray_executor.RayExecutor` runs them as Ray tasks. An executor must run a member only once
+its parent's result is in, and leave each member's folder under the sessions root before reporting it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import Config
+from engine.errors import ConfigError
 from engine.format import fmt
 from engine.member import Progress, failed, member_result, run_member
 from engine.plan import CLUSTER, PRETRAIN
@@ -37,6 +39,7 @@ from engine.sweep_table import table_rows, to_csv
 Report = Callable[[dict], None]
 Executor = Callable[[list[dict], Report, Progress], None]
 CLUSTER_WEIGHT = 0.1  # a clustering counts as a tenth of an epoch in the progress bar
+EXECUTORS = ("inprocess", "batched", "ray")
 
 
 @dataclass
@@ -84,6 +87,25 @@ class InProcess:
             if result["status"] != FINISHED:
                 unfinished.add(member["name"])
             report(result)
+
+
+def make_executor(kind: str, stop: threading.Event | None = None, ray_address: str | None = None,
+                  say: Callable[[str], None] | None = None) -> Executor:
+    """The executor named `kind` (one of EXECUTORS). Ray is imported only here, for `ray`: a missing one is a
+    ConfigError before anything runs."""
+    if kind not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, not {kind!r}.")
+    if ray_address is not None and kind != "ray":
+        raise ConfigError("--ray-address is only for --executor ray; add --executor ray or drop it.")
+    if kind == "batched":
+        from engine.batched_executor import Batched
+
+        return Batched(stop, say)
+    if kind == "ray":
+        from engine.ray_executor import RayExecutor
+
+        return RayExecutor(ray_address, stop)
+    return InProcess(stop)
 
 
 def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = None,
@@ -160,6 +182,7 @@ class SweepDisplay:
                                  disable=quiet or not sys.stderr.isatty())
         self.weights: dict[str, float] = {}
         self.done: set[str] = set()
+        self.running: dict[str, float] = {}  # member name -> share of its job done (several run at once in a group)
         self.task = None
 
     def start(self, members: list[Member], base: Config, finished: set[str]) -> None:
@@ -171,11 +194,17 @@ class SweepDisplay:
             self.console.print(f"{len(finished)} of {len(members)} members already finished.", soft_wrap=True)
 
     def member_progress(self, name: str, share: float) -> None:
-        self.progress.update(self.task, completed=self._completed() + share * self.weights.get(name, 0.0),
-                             current=name)
+        self.running[name] = share
+        self.progress.update(self.task, completed=self._completed(), current=name)
+
+    def note(self, text: str) -> None:
+        """A line about the run (how an executor groups members, say), unless quiet."""
+        if not self.quiet:
+            self.console.print(text, markup=False, soft_wrap=True)
 
     def member_done(self, result: dict) -> None:
         name = result["name"]
+        self.running.pop(name, None)
         if result["status"] == FINISHED:
             self.done.add(name)
         self.progress.update(self.task, completed=self._completed(), members=self._count())
@@ -190,7 +219,9 @@ class SweepDisplay:
                                f"clusterability {fmt(result['clusterability'])}", markup=False, soft_wrap=True)
 
     def _completed(self) -> float:
-        return sum(self.weights[n] for n in self.done if n in self.weights)
+        """Finished members' weights, and the done share of each running one's."""
+        return (sum(self.weights[n] for n in self.done if n in self.weights)
+                + sum(share * self.weights.get(n, 0.0) for n, share in self.running.items()))
 
     def _count(self) -> str:
         return f"{len(self.done)}/{len(self.weights)} members"
