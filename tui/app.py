@@ -70,6 +70,7 @@ class ClusterlabApp(App[int]):
         self._dirty = False
         self._shares_due = False  # a save brought new cluster shares for the table
         self._flags_given = config != Config()  # settings given for the first session, unused if it exists
+        self._keys: tuple | None = None  # what check_action read when the footer was last refreshed
 
     # ----- layout ------------------------------------------------------------------------------------------
 
@@ -378,6 +379,16 @@ class ClusterlabApp(App[int]):
         self.charts.redraw()
 
     # ----- which keys make sense now: the engine says, in its snapshot ----------------------------------------
+
+    def refresh_bindings(self) -> None:
+        """Refresh the footer only when what `check_action` reads has changed: each refresh recomposes the footer,
+        a layout of the whole screen, and snapshots come several times a second while training. Every screen of the
+        stack is told, so the main screen's footer is right again when a dialog over it closes."""
+        keys = (self.loading, self.switching, self.engine is None, self.snap.allowed if self.snap else None)
+        if keys != self._keys and self._is_mounted:
+            self._keys = keys
+            for screen in self.screen_stack:
+                screen.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in QUEUEABLE and self.loading:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual_plotext import PlotextPlot
 
 from tui.series import ChartData, Runs
+from tui.widgets.plot import MatrixPlot
 
 # One colour per phase so the pretrain/finetune split reads at a glance, plus vertical lines at boundaries.
 PHASE_COLORS = {"pretrain": "cyan", "finetune": "orange", "control": "green", "cluster": "magenta"}
@@ -22,10 +22,10 @@ class MetricsCharts(Vertical):
         self._drawn: dict[str, int] = {}
 
     def compose(self) -> ComposeResult:
-        yield PlotextPlot(id="loss-chart")
+        yield MatrixPlot(id="loss-chart")
         with Horizontal(id="eval-charts"):
-            yield PlotextPlot(id="accuracy-chart")
-            yield PlotextPlot(id="clusterability-chart")
+            yield MatrixPlot(id="accuracy-chart")
+            yield MatrixPlot(id="clusterability-chart")
 
     def on_mount(self) -> None:
         self.redraw(force=True)
@@ -53,9 +53,9 @@ class MetricsCharts(Vertical):
         for chart, (selector, title, series, hline) in charts.items():
             if not force and self._drawn.get(chart) == self.data.versions[chart]:
                 continue
-            widget = self.query_one(selector, PlotextPlot)
-            if widget.size.width == 0:
-                continue  # hidden tab: plot when shown, at the real width
+            widget = self.query_one(selector, MatrixPlot)
+            if not widget.is_on_screen:
+                continue  # a hidden tab: plotted when shown (on_show), at the width it then has
             self._drawn[chart] = self.data.versions[chart]
             self._plot(widget, title, series, hline)
 
@@ -67,7 +67,7 @@ class MetricsCharts(Vertical):
             return [(mean - 2 * std, "red"), (mean, "gray"), (mean + 2 * std, "red")]
         return [(self.data.chance, "gray")] if self.data.chance is not None else []
 
-    def _plot(self, widget: PlotextPlot, title: str, series: dict[str, Runs], levels) -> None:
+    def _plot(self, widget: MatrixPlot, title: str, series: dict[str, Runs], levels) -> None:
         plt = widget.plt
         plt.clear_figure()
         plt.title(title)
@@ -82,4 +82,4 @@ class MetricsCharts(Vertical):
                 plt.vline(step, BOUNDARY_COLORS.get(kind, "gray"))
             for level, color in levels or ():
                 plt.hline(level, color)
-        widget.refresh()
+        widget.replot()
