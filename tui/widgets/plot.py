@@ -9,6 +9,7 @@ from plotext._utility import colors_to_ansi
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual.geometry import Size
 from textual.strip import Strip
 from textual_plotext import PlotextPlot
 
@@ -28,6 +29,7 @@ class MatrixPlot(PlotextPlot):
         self._lines: list[Strip] | None = None
         self._styles: dict[Colors, Style] = {}  # plotext colour triple -> style
         self._base: Style | None = None  # the widget's style the cached cell styles were made on
+        self._built_size = Size(0, 0)
 
     def replot(self) -> None:
         """The figure changed: build it again when it is next painted."""
@@ -35,7 +37,8 @@ class MatrixPlot(PlotextPlot):
         self.refresh()
 
     def on_resize(self) -> None:
-        self.replot()
+        if self.size != self._built_size:  # a plot first shown has often been built at its new size already
+            self.replot()
 
     def _register_theme(self, app_theme_name: str) -> None:
         super()._register_theme(app_theme_name)
@@ -49,6 +52,7 @@ class MatrixPlot(PlotextPlot):
         return Strip.blank(self.size.width, self.rich_style)
 
     def _build(self) -> list[Strip]:
+        self._built_size = self.size
         width, height = self.size
         if not (width and height):
             return []
