@@ -208,3 +208,25 @@ async def until_file(path, timeout: float = 30.0) -> None:
     while not path.is_file():
         assert time.monotonic() < deadline, f"timed out waiting for {path}"
         await asyncio.sleep(0.01)
+
+
+async def test_failed_members_say_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLUSTERLAB_SESSIONS", str(tmp_path))
+    run_sweep("bad", {**TINY, "lr": 1e30}, {"seeds": [1], "lams": [5]})  # the loss blows up in pretraining
+    app = ClusterlabApp("bad", Config())
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await shown(pilot, app, 0, 4)
+        await until(pilot, lambda: "4 failed" in str(screen.query_one("#sweep-status").content), "the failures")
+        await pilot.press("3")
+        members = screen.query_one("#sweep-member-table", DataTable)
+        assert [r[1] for r in table_rows(members)] == ["failed"] * 4
+        await until(pilot, lambda: "bad.s1 failed: " in str(screen.query_one("#sweep-message").content)
+                    and "loss became" in str(screen.query_one("#sweep-message").content), "why the first failed")
+        await pilot.press("down")
+        await until(pilot, lambda: "did not finish" in str(screen.query_one("#sweep-message").content),
+                    "why its child was not run")
+        await pilot.press("enter")  # it has no session: nothing is opened (or created)
+        assert "has no session to open" in str(screen.query_one("#sweep-message").content)
+        assert isinstance(app.screen, SweepScreen) and not (tmp_path / "bad.s1.weights.k2").exists()
+        await pilot.press("escape", "q")
+        await until(pilot, lambda: app.return_code is not None, "the app to exit")

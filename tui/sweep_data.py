@@ -50,10 +50,12 @@ class SweepState:
 
 
 def member_row(directory: Path, member: Member) -> dict:
-    """One member's grid point, status, step and, once finished, its figures: test accuracy, clusterability and
-    the significance and ablation figures its session holds (what `member_result` reports for it)."""
+    """One member's grid point, status, whether it has a session ("saved"), its step and, once finished, its
+    figures: test accuracy, clusterability and the significance and ablation figures its session holds (what
+    `member_result` reports for it)."""
     row: dict = {"name": member.name, "kind": member.kind, "seed": member.seed, "source": member.source,
-                 "k": member.k, "lam": member.lam, "status": NOT_STARTED, "step": None, "done": None, "total": None,
+                 "k": member.k, "lam": member.lam, "status": NOT_STARTED, "saved": False, "step": None, "done": None,
+                 "total": None,
                  "test_accuracy": None, "clusterability": None, "significance": None, "ablation": None}
     finished = member_finished(directory, member.kind)
     try:
@@ -61,8 +63,8 @@ def member_row(directory: Path, member: Member) -> dict:
     except FileNotFoundError:
         return row
     except (OSError, ValueError):
-        return {**row, "status": UNFINISHED}  # unreadable just now: the next poll reads it again
-    row.update(status=UNFINISHED, step=data.get("step"))
+        return {**row, "status": UNFINISHED, "saved": True}  # unreadable just now: the next poll reads it again
+    row.update(status=UNFINISHED, saved=True, step=data.get("step"))
     plan = data.get("plan") or []
     if plan:
         row.update(done=plan[0].get("done"), total=plan[0].get("total"))

@@ -7,6 +7,7 @@ tables in place. Enter on a member dismisses the screen with its name, which the
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -17,14 +18,16 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
+from textual.worker import get_current_worker
 
 from engine.errors import SessionError
 from engine.format import fmt
 from engine.sweep import FAILED, FINISHED, UNFINISHED
-from engine.sweep_table import STAGES, markdown
-from tui.sweep_data import NOT_STARTED, SweepState, SweepWatcher, ago
+from engine.sweep_table import STAGES, markdown, pareto_chart
+from tui.sweep_data import SweepState, SweepWatcher, ago
 
 POLL_S = 1.0  # the sweep's files are read at most once a second
+PLOTEXT = threading.Lock()  # pareto_chart draws on plotext's one global figure
 MEMBER_COLUMNS = ("member", "status", "step", "test accuracy", "clusterability", "p")
 
 
@@ -111,11 +114,11 @@ class ParetoView(Static):
 
     @work(thread=True, exclusive=True, group="pareto")
     def _build(self, rows: list[dict], width: int, height: int) -> None:
-        from engine.sweep_table import pareto_chart  # plotext's global figure: only this worker uses it
-
-        chart = pareto_chart(rows, width, height) if rows else None
-        text = chart or "No finetuned member has finished yet: each λ's mean ± CI appears here as they do."
-        self.app.call_from_thread(self.update, Text(text, no_wrap=True))
+        with PLOTEXT:  # a build for an older size may still be running: it draws on the same global figure
+            chart = pareto_chart(rows, width, height) if rows else None
+        if not get_current_worker().is_cancelled:  # else a newer build replaces this one
+            text = chart or "No finetuned member has finished yet: each λ's mean ± CI appears here as they do."
+            self.app.call_from_thread(self.update, Text(text, no_wrap=True))
 
 
 class SweepScreen(Screen[str | None]):
@@ -212,12 +215,22 @@ class SweepScreen(Screen[str | None]):
         self.query_one("#sweep-member-table", DataTable).move_cursor(row=first)
         self.message(f"{row['n']} members make this row, from {names[first]}; enter opens one")
 
+    @on(DataTable.RowHighlighted, "#sweep-member-table")
+    def _member_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """A failed member's error has no room in the table: the line below says it."""
+        member = self._member(str(event.row_key.value))
+        if member is not None and member["status"] == FAILED:
+            self.message(f"{member['name']} failed: {member.get('error') or 'see the sweep command output'}")
+
+    def _member(self, name: str) -> dict | None:
+        return next((m for m in self.state.members if m["name"] == name), None) if self.state else None
+
     @on(DataTable.RowSelected, "#sweep-member-table")
     def _member_chosen(self, event: DataTable.RowSelected) -> None:
         name = str(event.row_key.value)
-        member = next(m for m in self.state.members if m["name"] == name) if self.state else None
-        if member is None or member["status"] == NOT_STARTED:
-            self.message(f"{name} has not started yet: there is no session to open.")
+        member = self._member(name)
+        if member is None or not member["saved"]:
+            self.message(f"{name} has no session to open: the sweep has not run it.")
             return
         self.dismiss(name)
 
