@@ -28,7 +28,7 @@ from tui.widgets.control import ControlPane, Live
 from tui.widgets.log import EngineLog
 from tui.widgets.modules import ModulesPane
 
-REDRAW_INTERVAL_S = 0.25  # charts and progress text repaint at most 4 times a second
+REDRAW_INTERVAL_S = 0.25  # progress text repaints at most 4 times a second, the charts at most twice (charts.py)
 QUEUEABLE = ("train", "cluster", "finetune")  # keys pressed while the first session loads run once it is ready
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 
@@ -11,6 +13,7 @@ from tui.widgets.plot import MatrixPlot
 # One colour per phase so the pretrain/finetune split reads at a glance, plus vertical lines at boundaries.
 PHASE_COLORS = {"pretrain": "cyan", "finetune": "orange", "control": "green", "cluster": "magenta"}
 BOUNDARY_COLORS = {"pretrain": "gray", "finetune": "gray", "cluster": "magenta"}
+PLOT_INTERVAL_S = 0.45  # every other tick of the app's 4 Hz timer: plotting is most of the UI's time while training
 
 
 class MetricsCharts(Vertical):
@@ -20,6 +23,7 @@ class MetricsCharts(Vertical):
         super().__init__(**kwargs)
         self.data = ChartData()
         self._drawn: dict[str, int] = {}
+        self._plotted_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield MatrixPlot(id="loss-chart")
@@ -45,6 +49,10 @@ class MetricsCharts(Vertical):
 
     def redraw(self, force: bool = False) -> None:
         """Re-plot the charts whose data moved on; called from the app's timer, never per event."""
+        now = time.monotonic()
+        if not force and now - self._plotted_at < PLOT_INTERVAL_S:
+            return
+        self._plotted_at = now
         charts = {
             "loss": ("#loss-chart", "training loss", self.data.loss, None),
             "accuracy": ("#accuracy-chart", "test accuracy", self.data.accuracy, None),
