@@ -226,3 +226,40 @@ async def test_a_session_that_cannot_open_is_reported(tui_sessions):
         assert app.check_action("train", ()) is None and app.check_action("new", ()) is True
         await pilot.press("q")
         await until(pilot, lambda: app.return_code is not None, "the app to exit")
+
+
+async def test_training_keeps_the_footer_still_and_plots_only_what_is_shown_twice_a_second(tui_sessions, monkeypatch):
+    import time
+
+    from tui.widgets.charts import PLOT_INTERVAL_S
+    from tui.widgets.plot import MatrixPlot
+
+    builds: list[tuple[str, float]] = []
+    build = MatrixPlot._build
+    monkeypatch.setattr(MatrixPlot, "_build", lambda self: builds.append((self.id, time.monotonic())) or build(self))
+    app = ClusterlabApp("quiet", tui_config(epochs=500, autosave_every=16, eval_every=32))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("3")  # the log tab: the charts are hidden
+        await pilot.press("t")
+        await until(pilot, lambda: "training" in status_text(app), "training on screen")
+        footer = []  # each refresh of the key bindings recomposes the footer: a layout of the whole screen
+        refresh = app.screen.refresh_bindings
+        monkeypatch.setattr(app.screen, "refresh_bindings", lambda: footer.append(1) or refresh())
+        builds.clear()
+        start = app.engine.snapshot().step
+        await until(pilot, lambda: app.engine.snapshot().step >= start + 16 * 8, "eight saves while hidden")
+        assert builds == [] and footer == []  # saves and snapshots changed no key; hidden charts built nothing
+
+        send_key(app, "1")
+        await until(pilot, lambda: {"loss-chart", "accuracy-chart"} <= {name for name, _ in builds}, "charts shown")
+        shown = time.monotonic()
+        await pilot.pause(0.75)
+        recent = [at for name, at in builds if name == "loss-chart" and at >= shown]
+        assert 1 <= len(recent) <= (time.monotonic() - shown) / PLOT_INTERVAL_S + 1  # as it trains, at most 2 Hz
+        assert footer == []
+        send_key(app, "x")
+        await idle(pilot, app)
+        assert footer  # the state went back to idle: the footer shows the keys that allows
+        await pilot.press("q")
+        await until(pilot, lambda: app.return_code is not None, "the app to exit")

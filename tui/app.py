@@ -18,15 +18,17 @@ from engine.config import Config
 from engine.errors import ConfigError
 from engine.session import new_name, session_path
 from engine.snapshot import Snapshot
+from engine.sweep import is_sweep
 from tui import messages as msg
 from tui.screens import ConfirmScreen, HelpScreen, NewSessionScreen, OpenScreen
+from tui.sweep_screen import SweepScreen
 from tui.widgets.charts import MetricsCharts
 from tui.widgets.clusters import ClusterTable
 from tui.widgets.control import ControlPane, Live
 from tui.widgets.log import EngineLog
 from tui.widgets.modules import ModulesPane
 
-REDRAW_INTERVAL_S = 0.25  # charts and progress text repaint at most 4 times a second
+REDRAW_INTERVAL_S = 0.25  # progress text repaints at most 4 times a second, the charts at most twice (charts.py)
 QUEUEABLE = ("train", "cluster", "finetune")  # keys pressed while the first session loads run once it is ready
 
 
@@ -70,6 +72,7 @@ class ClusterlabApp(App[int]):
         self._dirty = False
         self._shares_due = False  # a save brought new cluster shares for the table
         self._flags_given = config != Config()  # settings given for the first session, unused if it exists
+        self._keys: tuple | None = None  # what check_action read when the footer was last refreshed
 
     # ----- layout ------------------------------------------------------------------------------------------
 
@@ -93,7 +96,10 @@ class ClusterlabApp(App[int]):
         self.control.show_session(f"[b]{self.session_name}[/b]\nloading…")
         self.control.show_status(self.live)
         self.set_interval(REDRAW_INTERVAL_S, self._redraw)
-        self._load_engine(self.session_name, self.config, None)
+        if is_sweep(session_path(self.session_name)):  # `clusterlab tui --session SWEEP`: its view, no session yet
+            self._show_sweep(self.session_name)
+        else:
+            self._load_engine(self.session_name, self.config, None)
 
     @property
     def control(self) -> ControlPane:
@@ -379,7 +385,19 @@ class ClusterlabApp(App[int]):
 
     # ----- which keys make sense now: the engine says, in its snapshot ----------------------------------------
 
+    def refresh_bindings(self) -> None:
+        """Refresh the footer only when what `check_action` reads has changed: each refresh recomposes the footer,
+        a layout of the whole screen, and snapshots come several times a second while training. Every screen of the
+        stack is told, so the main screen's footer is right again when a dialog over it closes."""
+        keys = (self.loading, self.switching, self.engine is None, self.snap.allowed if self.snap else None)
+        if keys != self._keys and self._is_mounted:
+            self._keys = keys
+            for screen in self.screen_stack:
+                screen.refresh_bindings()
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if isinstance(self.screen, SweepScreen):
+            return action == "help"  # the sweep view has keys of its own; the session's wait until one is open
         if action in QUEUEABLE and self.loading:
             return True  # remembered and run when the session is ready
         if action in ("train", "cluster", "finetune", "save", "pause", "resume", "stop"):
@@ -485,8 +503,18 @@ class ClusterlabApp(App[int]):
             self._close_engine(self.engine)
 
     def _open_chosen(self, name: str | None) -> None:
-        if name and name != self.session_name:
+        if name and is_sweep(session_path(name)):
+            self.push_screen(SweepScreen(session_path(name)), self._open_chosen)  # a member chosen there opens
+        elif name and name != self.session_name:
             self._switch(name, None)
+
+    def _show_sweep(self, name: str) -> None:
+        """Open on a sweep's view instead of a session: none is open until a member is chosen there."""
+        self.switching = False
+        self.live = Live(state="no session")
+        self.control.show_session(f"[b]sweep {name}[/b]\nno session open: o opens one, n makes one")
+        self._changed()
+        self._open_chosen(name)
 
     def _new_chosen(self, result: tuple[str, Config] | None) -> None:
         if result is not None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual_plotext import PlotextPlot
 
 from tui.series import ChartData, Runs
+from tui.widgets.plot import MatrixPlot
 
 # One colour per phase so the pretrain/finetune split reads at a glance, plus vertical lines at boundaries.
 PHASE_COLORS = {"pretrain": "cyan", "finetune": "orange", "control": "green", "cluster": "magenta"}
 BOUNDARY_COLORS = {"pretrain": "gray", "finetune": "gray", "cluster": "magenta"}
+PLOT_INTERVAL_S = 0.45  # every other tick of the app's 4 Hz timer: plotting is most of the UI's time while training
 
 
 class MetricsCharts(Vertical):
@@ -20,12 +23,13 @@ class MetricsCharts(Vertical):
         super().__init__(**kwargs)
         self.data = ChartData()
         self._drawn: dict[str, int] = {}
+        self._plotted_at = 0.0
 
     def compose(self) -> ComposeResult:
-        yield PlotextPlot(id="loss-chart")
+        yield MatrixPlot(id="loss-chart")
         with Horizontal(id="eval-charts"):
-            yield PlotextPlot(id="accuracy-chart")
-            yield PlotextPlot(id="clusterability-chart")
+            yield MatrixPlot(id="accuracy-chart")
+            yield MatrixPlot(id="clusterability-chart")
 
     def on_mount(self) -> None:
         self.redraw(force=True)
@@ -45,6 +49,10 @@ class MetricsCharts(Vertical):
 
     def redraw(self, force: bool = False) -> None:
         """Re-plot the charts whose data moved on; called from the app's timer, never per event."""
+        now = time.monotonic()
+        if not force and now - self._plotted_at < PLOT_INTERVAL_S:
+            return
+        self._plotted_at = now
         charts = {
             "loss": ("#loss-chart", "training loss", self.data.loss, None),
             "accuracy": ("#accuracy-chart", "test accuracy", self.data.accuracy, None),
@@ -53,9 +61,9 @@ class MetricsCharts(Vertical):
         for chart, (selector, title, series, hline) in charts.items():
             if not force and self._drawn.get(chart) == self.data.versions[chart]:
                 continue
-            widget = self.query_one(selector, PlotextPlot)
-            if widget.size.width == 0:
-                continue  # hidden tab: plot when shown, at the real width
+            widget = self.query_one(selector, MatrixPlot)
+            if not widget.is_on_screen:
+                continue  # a hidden tab: plotted when shown (on_show), at the width it then has
             self._drawn[chart] = self.data.versions[chart]
             self._plot(widget, title, series, hline)
 
@@ -67,7 +75,7 @@ class MetricsCharts(Vertical):
             return [(mean - 2 * std, "red"), (mean, "gray"), (mean + 2 * std, "red")]
         return [(self.data.chance, "gray")] if self.data.chance is not None else []
 
-    def _plot(self, widget: PlotextPlot, title: str, series: dict[str, Runs], levels) -> None:
+    def _plot(self, widget: MatrixPlot, title: str, series: dict[str, Runs], levels) -> None:
         plt = widget.plt
         plt.clear_figure()
         plt.title(title)
@@ -82,4 +90,4 @@ class MetricsCharts(Vertical):
                 plt.vline(step, BOUNDARY_COLORS.get(kind, "gray"))
             for level, color in levels or ():
                 plt.hline(level, color)
-        widget.refresh()
+        widget.replot()

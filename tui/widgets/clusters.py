@@ -9,11 +9,15 @@ from textual.widgets import DataTable, Static
 COLUMNS = (("cluster", "cluster"), ("rows", "row size"), ("cols", "col size"), ("share", "share of mass"))
 
 
+NO_CLUSTERS = "No clusters yet: press c to cluster the studied layer."
+
+
 class ClusterTable(Vertical):
-    """Shows the latest clusters found; empty until the layer is clustered."""
+    """Shows the latest clusters found; empty until the layer is clustered. Called several times a second while
+    training (each save's snapshot): what did not change is not updated, so nothing is laid out again."""
 
     def compose(self) -> ComposeResult:
-        yield Static("No clusters yet: press c to cluster the studied layer.", id="cluster-summary")
+        yield Static(NO_CLUSTERS, id="cluster-summary")
         table: DataTable = DataTable(id="cluster-table", cursor_type="row", zebra_stripes=True)
         for key, label in COLUMNS:
             table.add_column(label, key=key)
@@ -22,27 +26,36 @@ class ClusterTable(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._rows: list[tuple[str, str, str]] = []  # (cluster, row size, col size) of the rows shown
+        self._shares: list[str] = []
+        self._summary = NO_CLUSTERS
 
     def clear(self) -> None:
-        self.query_one(DataTable).clear()
-        self._rows = []
-        self.query_one("#cluster-summary", Static).update("No clusters yet: press c to cluster the studied layer.")
+        if self._rows:
+            self.query_one(DataTable).clear()
+            self._rows, self._shares = [], []
+        self._show_summary(NO_CLUSTERS)
 
     def show(self, *, k: int, source: str, row_sizes, col_sizes, shares, clusterability: float | None,
              chance: float | None, step: int | None = None, significance: dict | None = None) -> None:
         """Show these clusters; for the same clusters, only the shares change, in place, keeping the cursor."""
         table = self.query_one(DataTable)
         rows = [(str(i + 1), str(r), str(c)) for i, (r, c) in enumerate(zip(row_sizes, col_sizes, strict=True))]
+        texts = [f"{share:.4f}" for share in shares]
         if rows != self._rows:
             table.clear()
-            for row, share in zip(rows, shares, strict=True):
-                table.add_row(*row, f"{share:.4f}", key=f"cluster-{row[0]}")
-            self._rows = rows
+            for row, share in zip(rows, texts, strict=True):
+                table.add_row(*row, share, key=f"cluster-{row[0]}")
         else:
-            for row, share in zip(rows, shares, strict=True):
-                table.update_cell(f"cluster-{row[0]}", "share", f"{share:.4f}")
-        self.query_one("#cluster-summary", Static).update(summary(k, source, clusterability, chance, step,
-                                                                  significance))
+            for row, share, old in zip(rows, texts, self._shares, strict=True):
+                if share != old:
+                    table.update_cell(f"cluster-{row[0]}", "share", share)
+        self._rows, self._shares = rows, texts
+        self._show_summary(summary(k, source, clusterability, chance, step, significance))
+
+    def _show_summary(self, text: str) -> None:
+        if text != self._summary:
+            self._summary = text
+            self.query_one("#cluster-summary", Static).update(text)
 
 
 def summary(k: int, source: str, clusterability: float | None, chance: float | None, step: int | None,

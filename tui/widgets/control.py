@@ -65,7 +65,7 @@ class ControlPane(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.config = Config()  # the open session's: its defaults fill empty fields, its layer bounds k
-        self._field_error = False  # the message line shows a settings error (not news such as a failed job)
+        self._field_error: str | None = None  # the field whose error the message line shows (not news)
 
     def compose(self) -> ComposeResult:
         yield Static("no session", id="session-info")
@@ -114,7 +114,7 @@ class ControlPane(Vertical):
         message = self.query_one("#message", Static)
         message.update(text)
         message.set_class(error, "-error")
-        self._field_error = False
+        self._field_error = None
 
     # ----- reading the settings: each raises ConfigError with the CLI's wording --------------------------
 
@@ -137,8 +137,8 @@ class ControlPane(Vertical):
         result = event.validation_result
         if result is not None and not result.is_valid:
             self.show_message(result.failure_descriptions[0], error=True)
-            self._field_error = True
-        elif self._field_error:
+            self._field_error = event.input.id
+        elif self._field_error == event.input.id:  # fixed: a valid value in another field leaves the error shown
             self.show_message("")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

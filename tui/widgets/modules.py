@@ -35,12 +35,20 @@ class BlockView(Widget):
         super().__init__(**kwargs)
         self.picture: BlockPicture | None = None
         self.lines: list[Strip] = []
+        self._stale = False  # a picture came while the tab was hidden: built when it shows
 
     def show(self, picture: BlockPicture | None) -> None:
         if picture == self.picture:
             return  # the same weights and clusters: nothing to redraw
         self.picture = picture
-        self._build()
+        if picture is None or self.is_on_screen:
+            self._build()
+        else:
+            self._stale = True  # pictures come with every save while training: build only the one that is seen
+
+    def on_show(self) -> None:
+        if self._stale:
+            self._build()
 
     def render_line(self, y: int) -> Strip:
         line = self.lines[y] if y < len(self.lines) else Strip.blank(0)
@@ -51,6 +59,7 @@ class BlockView(Widget):
         self.post_message(ModulesPane.PictureWanted())
 
     def _build(self) -> None:
+        self._stale = False
         width, height = self.size
         self.lines = [] if self.picture is None else picture_strips(self.picture, width, 2 * height)
         self.refresh()
@@ -80,6 +89,7 @@ class ModulesPane(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ablation: dict | None = None
+        self._title = self._title_due = NO_CLUSTERS  # the title shown, and the one to show when the tab is seen
 
     def picture_size(self, k: int) -> tuple[int, int] | None:
         """(max_rows, max_cols) for block_picture: the view's cells, two matrix rows each, less k - 1 boundary
@@ -92,21 +102,32 @@ class ModulesPane(Vertical):
         """Draw |W| of `layer` (e.g. "fc2"); the same picture again redraws nothing."""
         out, inp = picture.shape
         where = f", step {step}" if step is not None else ""
-        self.query_one("#modules-title", Static).update(
-            Text(f"|{layer}| {out}x{inp} by cluster (k={picture.k}){where}")
-        )
+        self._show_title(f"|{layer}| {out}x{inp} by cluster (k={picture.k}){where}")
         self.query_one(BlockView).show(picture)
 
     def show_ablation(self, ablation: dict) -> None:
         """Draw the k x classes table of accuracy drops with each cluster's specialisation and p."""
-        self.ablation = ablation
-        self._draw_ablation()
+        if ablation != self.ablation:
+            self.ablation = ablation
+            self._draw_ablation()
 
     def clear(self) -> None:
-        self.ablation = None
         self.query_one(BlockView).show(None)
-        self.query_one("#modules-title", Static).update(NO_CLUSTERS)
-        self.query_one("#ablation-table", Static).update(NO_ABLATION)
+        self._show_title(NO_CLUSTERS)
+        if self.ablation is not None:
+            self.ablation = None
+            self.query_one("#ablation-table", Static).update(NO_ABLATION)
+
+    def _show_title(self, title: str) -> None:
+        """The title line; its step moves with every save while training, so a hidden tab's waits for it to show
+        (an update lays the screen out again)."""
+        self._title_due = title
+        if self.is_on_screen and title != self._title:
+            self._title = title
+            self.query_one("#modules-title", Static).update(Text(title))
+
+    def on_show(self) -> None:
+        self._show_title(self._title_due)
 
     def on_resize(self) -> None:
         if self.ablation is not None:

@@ -1,0 +1,165 @@
+"""A sweep as the UI shows it, read from its folder while another process may be running it (no torch here).
+
+The sweep command writes table.json only when a run ends, so a live view reads what changes as the sweep goes:
+each member's session.json, rewritten at every save of that member. `SweepWatcher.poll` stats those files and
+re-reads only the ones that changed, so polling a sweep of dozens of members once a second costs a few
+hundred microseconds while nothing moves. A finished member's figures come from its session.json exactly as
+`engine.member.member_result` reads them (less the parameters' hash, which needs its checkpoint and so torch),
+and the table rows from `engine.sweep_table.table_rows`, so the view's table is the one the sweep writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.session import SESSION_FILE
+from engine.sweep import (
+    FAILED,
+    FINISHED,
+    SWEEP_FILE,
+    UNFINISHED,
+    Grid,
+    Member,
+    member_finished,
+    plan_members,
+    read_manifest,
+)
+from engine.sweep_table import table_rows
+
+NOT_STARTED = "not started"  # a member the sweep has not reached: no session folder yet
+TABLE_FILE = "table.json"
+
+
+@dataclass(frozen=True)
+class SweepState:
+    """What the sweep view shows: every member's row (plan order), the result table, and what moved last."""
+
+    name: str
+    members: list[dict]
+    rows: list[dict]
+    last_member: str | None  # the member saved most recently, and when (seconds since the epoch)
+    last_saved: float | None
+    ended: bool  # the last run wrote its table (it was not stopped or killed before the end)
+
+    @property
+    def finished(self) -> int:
+        return sum(m["status"] == FINISHED for m in self.members)
+
+
+def member_row(directory: Path, member: Member) -> dict:
+    """One member's grid point, status, whether it has a session ("saved"), its step and, once finished, its
+    figures: test accuracy, clusterability and the significance and ablation figures its session holds (what
+    `member_result` reports for it)."""
+    row: dict = {"name": member.name, "kind": member.kind, "seed": member.seed, "source": member.source,
+                 "k": member.k, "lam": member.lam, "status": NOT_STARTED, "saved": False, "step": None, "done": None,
+                 "total": None,
+                 "test_accuracy": None, "clusterability": None, "significance": None, "ablation": None}
+    finished = member_finished(directory, member.kind)
+    try:
+        data = json.loads((directory / SESSION_FILE).read_text())
+    except FileNotFoundError:
+        return row
+    except (OSError, ValueError):
+        return {**row, "status": UNFINISHED, "saved": True}  # unreadable just now: the next poll reads it again
+    row.update(status=UNFINISHED, saved=True, step=data.get("step"))
+    plan = data.get("plan") or []
+    if plan:
+        row.update(done=plan[0].get("done"), total=plan[0].get("total"))
+    own = [e for e in data.get("history", ()) if e.get("phase") == member.kind]
+    if finished and own:
+        row.update(status=FINISHED, test_accuracy=own[-1].get("test_accuracy"),
+                   clusterability=own[-1].get("clusterability"), significance=own[-1].get("significance"),
+                   ablation=data.get("ablation"))
+    return row
+
+
+class SweepWatcher:
+    """Reads a sweep folder's state, re-reading only the member sessions whose session.json changed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.name = directory.name
+        self._manifest_stamp: tuple | None = None
+        self._members: list[Member] = []
+        self._stamps: dict[str, tuple] = {}  # member name -> (mtime_ns, size) of the session.json last read
+        self._rows: dict[str, dict] = {}
+        self._table_stamp: tuple | None = None
+        self._failed: dict[str, str] = {}  # member -> error, from the table of a run that ended
+
+    def poll(self) -> SweepState | None:
+        """The sweep now, or None when no file changed since the last poll. SessionError if the manifest cannot
+        be read (the folder is not a sweep, or its manifest is corrupt)."""
+        changed = self._read_manifest()
+        changed |= self._read_table()
+        for member in self._members:
+            stamp = _stamp(self.directory.parent / member.name / SESSION_FILE)
+            if stamp != self._stamps.get(member.name) or member.name not in self._rows:
+                self._stamps[member.name] = stamp
+                self._rows[member.name] = member_row(self.directory.parent / member.name, member)
+                changed = True
+        return self._state() if changed else None
+
+    def _read_manifest(self) -> bool:
+        stamp = _stamp(self.directory / SWEEP_FILE)
+        if stamp == self._manifest_stamp:
+            return False
+        data = read_manifest(self.directory)  # the grid can grow when the sweep is run again with more seeds
+        self._manifest_stamp = stamp
+        self._members = plan_members(self.name, Grid.from_dict(data["grid"]))
+        return True
+
+    def _read_table(self) -> bool:
+        """Failures are known only to the sweep process: its table.json lists them when a run ends."""
+        stamp = _stamp(self.directory / TABLE_FILE)
+        if stamp == self._table_stamp:
+            return False
+        self._table_stamp = stamp
+        self._failed = {}
+        if self._ended():
+            try:
+                members = json.loads((self.directory / TABLE_FILE).read_text())["members"]
+                self._failed = {m["name"]: m.get("error", "") for m in members if m.get("status") == FAILED}
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # a table being replaced: the next poll reads the new one
+        return True
+
+    def _ended(self) -> bool:
+        """The table was written after the manifest: the latest run reached its end."""
+        table, manifest = self._table_stamp, self._manifest_stamp
+        return table is not None and manifest is not None and table[0] >= manifest[0]
+
+    def _state(self) -> SweepState:
+        members = []
+        for member in self._members:
+            row = self._rows[member.name]
+            if row["status"] != FINISHED and member.name in self._failed:
+                row = {**row, "status": FAILED, "error": self._failed[member.name]}
+            members.append(row)
+        saved = [(stamp[0], name) for name, stamp in self._stamps.items() if stamp is not None]
+        last = max(saved, default=None)
+        return SweepState(self.name, members, table_rows(members), last[1] if last else None,
+                          last[0] / 1e9 if last else None, self._ended())
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+def ago(seconds_since_epoch: float, now: float) -> str:
+    """'4 s', '3 min', '2 h': how long before `now` a save was."""
+    elapsed = max(0.0, now - seconds_since_epoch)
+    if elapsed < 90:
+        return f"{elapsed:.0f} s"
+    if elapsed < 90 * 60:
+        return f"{elapsed / 60:.0f} min"
+    return f"{elapsed / 3600:.0f} h"
+
+
+__all__ = ["NOT_STARTED", "SweepState", "SweepWatcher", "ago", "member_row"]
