@@ -22,7 +22,7 @@ from engine import phases
 from engine.config import Config
 from engine.device import cuda_available, resolve_device
 from engine.errors import ClusterlabError, ConfigError, SessionError
-from engine.plan import TRAINING, Job, Plan
+from engine.plan import ABLATE, CLUSTER, CONTROL, FINETUNE, SIGNIFICANCE, TRAINING, Job, Plan
 from engine.session import (
     SavedState,
     SessionLock,
@@ -69,8 +69,8 @@ class _Hooks(phases.Hooks):
     def attention(self) -> bool:  # read every step: one attribute, no lock
         return self.engine._attention
 
-    def attend(self, state: str) -> str | None:
-        return self.engine._attend(state)
+    def attend(self) -> str | None:
+        return self.engine._attend()
 
     def emit(self, event: ev.Event) -> None:
         self.engine._emit(event)
@@ -163,16 +163,15 @@ class Engine:
 
     def train(self, epochs: int | None = None, steps: int | None = None) -> None:
         """Queue pretraining: `steps` optimizer steps, else `epochs` epochs (defaults from the config)."""
-        self._queue("train", lambda: self.study.jobs.pretrain(epochs, steps))
+        self._queue("train", lambda: [self.study.jobs.pretrain(epochs, steps)])
 
     def cluster(self, k: int | None = None, source: str | None = None) -> None:
         """Queue co-clustering of the studied layer on 'weights' or 'gradients', then its shuffle null."""
-        if self._queue("cluster", lambda: self.study.jobs.cluster(k, source)) and self.config.null_samples:
-            self._queue("significance", self.study.jobs.significance, needs_clusters=True)
+        self._queue("cluster", lambda: self.study.jobs.clustering(k, source))
 
     def finetune(self, epochs: int | None = None, lam: float | None = None) -> None:
         """Queue regularised finetuning (loss = CE - lam * clusterability) with the clusters held fixed."""
-        self._queue("finetune", lambda: self.study.jobs.finetune(epochs, lam), needs_clusters=True)
+        self._queue("finetune", lambda: [self.study.jobs.finetune(epochs, lam)], needs_clusters=True)
 
     def plan_default(self) -> None:
         """Queue the config's whole plan: pretrain, cluster, finetune (if any epochs)."""
@@ -192,8 +191,8 @@ class Engine:
             self.plan.held = False
             if extra:
                 clusters = self.study.clusters
-                held = (clusters.k, clusters.source) if clusters is not None else None
-                self.plan.extend(extra, self.study.history, held, self.config.lam)
+                again = self.study.jobs.clustering(clusters.k, clusters.source) if clusters is not None else None
+                self.plan.extend(extra, self.study.history, again, self.config.lam)
             if self.plan.runnable():
                 self._settled = False
             self._cv.notify_all()
@@ -220,7 +219,7 @@ class Engine:
 
     def ablate(self) -> None:
         """Queue a cluster ablation (it also follows every clustering and finetune by itself)."""
-        self._queue("ablate", self.study.jobs.ablate, needs_clusters=True)
+        self._queue("ablate", lambda: [self.study.jobs.ablate()], needs_clusters=True)
 
     def set_picture_size(self, rows: int, cols: int) -> None:
         """The largest block picture the caller can show; snapshots carry one of that size from the next update."""
@@ -288,21 +287,21 @@ class Engine:
 
     # ----- command helpers (any thread) -----------------------------------------------------------------------
 
-    def _queue(self, what: str, make: Callable[[], Job], needs_clusters: bool = False) -> bool:
-        """Make a job and queue it (True), or refuse the command with a Failed event (False)."""
+    def _queue(self, what: str, make: Callable[[], list[Job]], needs_clusters: bool = False) -> None:
+        """Make a command's jobs and queue them, or refuse the command with a Failed event."""
         try:
-            job = make()
+            jobs = make()
         except ConfigError as exc:
             self._refuse(what, str(exc))
-            return False
+            return
         if needs_clusters:
             with self._cv:
                 clusters_coming = self.study.clusters is not None or self.plan.clusters_coming()
             if not clusters_coming:
                 self._refuse(what, f"{what.capitalize()} needs clusters: cluster the layer first.")
-                return False
-        self._enqueue(job)
-        return True
+                return
+        for job in jobs:
+            self._enqueue(job)
 
     def _enqueue(self, job: Job) -> None:
         with self._cv:
@@ -401,9 +400,10 @@ class Engine:
             self._save("request")
             self._set_state(state)
 
-    def _attend(self, state: str) -> str | None:
-        """At a step boundary: serve requests and wait out a pause; 'stopped' or 'closed' if the job ends."""
-        paused = False
+    def _attend(self) -> str | None:
+        """At a step boundary: serve requests and wait out a pause (then back to the job's state); 'stopped' or
+        'closed' if the job ends."""
+        state, paused = self._state, False
         while True:
             with self._cv:
                 if self._req.closing or self._req.stop:
@@ -534,5 +534,5 @@ class Engine:
 
 
 # The state a job of each kind runs in (the rest train).
-STATES = {"finetune": ev.FINETUNING, "control": ev.FINETUNING, "cluster": ev.CLUSTERING, "ablate": ev.CLUSTERING,
-          "significance": ev.CLUSTERING}
+STATES = {FINETUNE: ev.FINETUNING, CONTROL: ev.FINETUNING, CLUSTER: ev.CLUSTERING, ABLATE: ev.CLUSTERING,
+          SIGNIFICANCE: ev.CLUSTERING}

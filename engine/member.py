@@ -29,15 +29,15 @@ from engine.session import (
     read_session,
     release_directory,
 )
-from engine.study import Study, params_sha256
-from engine.sweep import FAILED, FINISHED, PHASES, UNFINISHED, member_finished
+from engine.study import Study, state_sha256
+from engine.sweep import FAILED, FINISHED, PHASES, UNFINISHED, member_figures, member_finished
 
 Progress = Callable[[str, float], None]  # (member name, share of its job done)
 
 # The jobs a new member runs, by kind; each takes its k, source and λ from the member's config.
 MEMBER_JOBS: dict[str, Callable[[Study], list[Job]]] = {
     PRETRAIN: lambda study: [study.jobs.pretrain()],
-    CLUSTER: lambda study: [study.jobs.cluster()] + ([study.jobs.significance()] if study.config.null_samples else []),
+    CLUSTER: lambda study: study.jobs.clustering(),
     FINETUNE: lambda study: [study.jobs.finetune()],
 }
 
@@ -53,7 +53,7 @@ class MemberHooks(phases.Hooks):
     def attention(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
-    def attend(self, state: str) -> str | None:
+    def attend(self) -> str | None:
         return "closed" if self.attention else None
 
     def emit(self, event: ev.Event) -> None:
@@ -199,27 +199,15 @@ def _leftover(entry: Path) -> bool:
                                 or (name.startswith("checkpoint-") and name.endswith(".pt")))
 
 
-class _SavedModel:
-    """A checkpoint's model tensors, for `params_sha256`: the same hash as the live model they were saved from."""
-
-    def __init__(self, tensors: dict) -> None:
-        self.tensors = tensors
-
-    def state_dict(self) -> dict:
-        return self.tensors
-
-
 def member_result(path: Path, settings: dict) -> dict:
     """A finished member's row: its grid point, final figures and parameters' hash, and the significance and
     ablation figures its session holds (None where it has none)."""
     data = read_session(path)
     saved = parse_session(path, data)
-    own = next(e for e in reversed(saved.history) if e.get("phase") == settings["kind"])
     state = load_checkpoint(path / saved.checkpoint)
     return {
         "name": settings["name"], "kind": settings["kind"], "seed": settings["seed"], "source": settings["source"],
         "k": settings["k"], "lam": settings["lam"], "status": FINISHED, "step": saved.step,
-        "params_sha256": params_sha256(_SavedModel(state["trainer"]["model"])),
-        "test_accuracy": own.get("test_accuracy"), "clusterability": own.get("clusterability"),
-        "significance": own.get("significance"), "ablation": data.get("ablation"),
+        "params_sha256": state_sha256(state["trainer"]["model"]),
+        **member_figures(data, settings["kind"]),
     }

@@ -26,7 +26,7 @@ class Hooks:
 
     attention = False  # read every step: when True, `attend` is called at that step boundary
 
-    def attend(self, state: str) -> str | None:
+    def attend(self) -> str | None:
         """Serve pending requests at a step boundary; 'stopped' or 'closed' ends the job there."""
         return None
 
@@ -68,12 +68,11 @@ class TrainSettings:
 def train(trainer: Trainer, job, settings: TrainSettings, figures: Figures, hooks: Hooks | None = None) -> str:
     """Run `job` (its `done` counted up to `total`); 'done', or 'stopped'/'closed' when the hooks end it."""
     hooks = hooks or Hooks()
-    state = ev.TRAINING if settings.phase == "pretrain" else ev.FINETUNING
     last_report, reported_at_step = time.monotonic(), trainer.step
     last_eval = -1
     while job.done < job.total:
         if hooks.attention:
-            ended = hooks.attend(state)
+            ended = hooks.attend()
             if ended is not None:
                 _report(trainer, job, figures, hooks, last_report, reported_at_step)
                 return ended

@@ -42,6 +42,10 @@ class Jobs:
         checked = self.config.replace(**_given(k=k, cluster_on=source))
         return Job(CLUSTER, k=checked.k, source=checked.cluster_on)
 
+    def clustering(self, k: int | None = None, source: str | None = None) -> list[Job]:
+        """A clustering and what always follows it: its shuffle null (unless the config turns the null off)."""
+        return [self.cluster(k, source)] + ([self.significance()] if self.config.null_samples else [])
+
     def finetune(self, epochs: int | None = None, lam: float | None = None) -> Job:
         checked = self.config.replace(**_given(lam=lam))
         return Job(FINETUNE, total=self.count(epochs, None, self.config.finetune_epochs, None), lam=float(checked.lam))
@@ -60,9 +64,7 @@ class Jobs:
     def default_plan(self) -> list[Job]:
         """The config's whole plan: pretrain, cluster, and finetune if it has epochs (after its control if the
         config asks for one)."""
-        jobs = [self.pretrain(), self.cluster()]
-        if self.config.null_samples:
-            jobs.append(self.significance())
+        jobs = [self.pretrain(), *self.clustering()]
         if self.config.finetune_epochs > 0:
             finetune = self.finetune()
             jobs += [self.control(finetune), finetune] if self.config.control else [finetune]
@@ -98,10 +100,10 @@ class Plan:
     def runnable(self) -> bool:
         return bool(self.jobs) and not self.held
 
-    def extend(self, extra: int, history: list[dict], clusters_k_source: tuple[int, str] | None,
-               default_lam: float) -> None:
+    def extend(self, extra: int, history: list[dict], reclustering: list[Job] | None, default_lam: float) -> None:
         """Train `extra` more steps of the current training phase (the last one the session trained in) before
-        the rest of the plan; more pretraining makes the clusters stale, so clustering follows it again."""
+        the rest of the plan; more pretraining makes the held clusters stale, so `reclustering` (the jobs that
+        cluster the layer again; None when no clusters are held) follows it."""
         if self.jobs and self.jobs[0].kind in TRAINING:
             self.jobs[0].total += extra
             if self.jobs[0].kind == CONTROL and len(self.jobs) > 1 and self.jobs[1].kind == FINETUNE:
@@ -112,13 +114,12 @@ class Plan:
             if entry["phase"] in (PRETRAIN, FINETUNE):
                 phase, lam = entry["phase"], entry.get("lam")
                 break
-        if phase == FINETUNE and clusters_k_source is not None:
+        if phase == FINETUNE and reclustering is not None:
             self.jobs.insert(0, Job(FINETUNE, total=extra, lam=default_lam if lam is None else lam))
             return
         self.jobs.insert(0, Job(PRETRAIN, total=extra))
-        if clusters_k_source is not None and not any(j.kind == CLUSTER for j in self.jobs):
-            k, source = clusters_k_source
-            self.jobs[1:1] = [Job(CLUSTER, k=k, source=source), Job(SIGNIFICANCE)]
+        if reclustering is not None and not any(j.kind == CLUSTER for j in self.jobs):
+            self.jobs[1:1] = reclustering
 
     def finish(self, job: Job) -> None:
         """Take an ended job out of the plan (stop() may already have dropped what came after it)."""

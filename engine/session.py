@@ -703,9 +703,6 @@ def parse_session(directory: Path, data: dict) -> SavedState:
     try:
         clusters = Clusters.from_dict(data["clusters"]) if data.get("clusters") else None
         plan = [Job(**job) for job in data["plan"]]
-        unknown = [job.kind for job in plan if job.kind not in JOB_KINDS]
-        if unknown:
-            raise ValueError(f"unknown job kind(s) {unknown} in the plan")
         return SavedState(config=config, step=int(data["step"]), checkpoint=str(data["checkpoint"]),
                           metrics_records=int(data["metrics_records"]), plan=plan, clusters=clusters,
                           history=[dict(entry) for entry in data["history"]], last=dict(data.get("last") or {}),

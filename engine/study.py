@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -158,6 +158,7 @@ class Study:
         self.ablation = result.to_dict()
         hooks.record({"type": "ablation", "step": self.trainer.step, **self.ablation})
         hooks.emit(ev.Ablated(self.trainer.step, self.ablation))
+
     def _run_control(self, job: Job, hooks: phases.Hooks) -> str:
         """Train a λ=0 twin of the finetune that follows, from the same state and data order, for as many steps.
         The twin is rebuilt from the unchanged pretrained state each time, so a stopped control starts over."""
@@ -236,8 +237,6 @@ class Study:
             raise SessionError(f"{self.path / saved.checkpoint} does not match the session's model ({exc}).") from None
         if saved.step != self.trainer.step:
             raise SessionError(f"{self.path / 'session.json'} and its checkpoint disagree on the step.")
-        if saved.clusters is not None:
-            _check_clusters(saved.clusters, tuple(self.trainer.weight.shape), self.path)
         self.set_clusters(saved.clusters, _cluster_step(saved.history))
         self.history = saved.history
         self.control = saved.control
@@ -318,8 +317,8 @@ class _Passing(phases.Hooks):
     def attention(self) -> bool:
         return self.hooks.attention
 
-    def attend(self, state: str) -> str | None:
-        return self.hooks.attend(state)
+    def attend(self) -> str | None:
+        return self.hooks.attend()
 
     def emit(self, event: ev.Event) -> None:
         self.hooks.emit(event)
@@ -364,14 +363,6 @@ HANDLERS: dict[str, Callable[[Study, Job, phases.Hooks], str]] = {
 }
 
 
-def _check_clusters(clusters: Clusters, shape: tuple[int, int], path: Path) -> None:
-    """Saved clusters must label every unit of the studied layer with one of k clusters."""
-    rows, cols = clusters.row_labels, clusters.col_labels
-    if (len(rows), len(cols)) != shape or not all(0 <= v < clusters.k for v in rows + cols):
-        raise SessionError(f"{path / 'session.json'} is corrupt: its clusters do not fit the studied layer of shape "
-                           f"{shape[0]}x{shape[1]}; the session cannot be opened.")
-
-
 def _cluster_step(history: list[dict]) -> int | None:
     """The step of the last clustering in a session's history."""
     return next((entry["step"] for entry in reversed(history) if entry.get("phase") == CLUSTER), None)
@@ -379,8 +370,13 @@ def _cluster_step(history: list[dict]) -> int | None:
 
 def params_sha256(model: torch.nn.Module) -> str:
     """SHA-256 of every parameter's name and float32 bytes, in order: equal hashes mean equal models."""
+    return state_sha256(model.state_dict())
+
+
+def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """params_sha256 of the model a state dict (a checkpoint's "model", say) was taken from."""
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -173,6 +173,14 @@ def member_finished(directory: Path, kind: str) -> bool:
         return False
 
 
+def member_figures(data: dict, kind: str) -> dict:
+    """A finished member's figures from its session.json: those of its own phase's last history entry, and the
+    ablation its session holds."""
+    own = next(e for e in reversed(data["history"]) if e.get("phase") == kind)
+    return {"test_accuracy": own.get("test_accuracy"), "clusterability": own.get("clusterability"),
+            "significance": own.get("significance"), "ablation": data.get("ablation")}
+
+
 # ----- the manifest ----------------------------------------------------------------------------------------------
 
 

@@ -41,11 +41,8 @@ def test_kills_at_ten_random_moments_resume_to_the_uninterrupted_result(sessions
         proc.communicate(timeout=60)
         proc = subprocess.Popen([*CLUSTERLAB, "resume", "chaos"], cwd=sessions.parent, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate(timeout=300)
-    if proc.returncode == 0 and "nothing left to do" in err:
-        pass  # the last kill came after the run had finished
-    else:
-        assert proc.returncode == 0, err
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err  # it finished the run (or found it finished: "nothing left to do")
     resumed = run_json("resume", "chaos", "--steps", "0", env_sessions=sessions, timeout=300)
     assert resumed["step"] == TOTAL
     assert resumed["params_sha256"] == reference["params_sha256"]

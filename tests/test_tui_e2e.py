@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -63,15 +65,26 @@ def cluster_rows(screen: str) -> int:
     return sum(1 for line in screen.splitlines() if CLUSTER_ROW.match(line.split("▕")[-1]))
 
 
-def test_clusterlab_in_tmux(tmp_path):
-    sessions = tmp_path / "sessions"
-    flags = "--dataset synthetic --hidden 32,32 --device cpu --epochs 2 --finetune-epochs 1 --k 3 --session e2e"
+@contextmanager
+def clusterlab_in_tmux(tmp_path: Path, flags: str, size: tuple[int, int] = (80, 24)) -> Iterator[Tmux]:
+    """The real `clusterlab FLAGS` in a tmux terminal of `size`, sessions under tmp_path; the block quits it with
+    q and checks the exit code is 0."""
     app = " ".join(shlex.quote(part) for part in clusterlab_command())
-    # The shell prints the exit code, then lingers so the final screen can still be captured.
     # The tmux server may be older than this test: its environment is passed explicitly.
-    env = {"CLUSTERLAB_SESSIONS": str(sessions), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    tmux = Tmux(f"{app} {flags}; echo CLUSTERLAB-EXIT=$?; sleep 60", tmp_path, env)
+    env = {"CLUSTERLAB_SESSIONS": str(tmp_path / "sessions"), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    # The shell prints the exit code, then lingers so the final screen can still be captured.
+    tmux = Tmux(f"{app} {flags}; echo CLUSTERLAB-EXIT=$?; sleep 60", tmp_path, env, size)
     try:
+        yield tmux
+        tmux.keys("q")
+        tmux.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "a clean exit")
+    finally:
+        tmux.kill()
+
+
+def test_clusterlab_in_tmux(tmp_path):
+    flags = "--dataset synthetic --hidden 32,32 --device cpu --epochs 2 --finetune-epochs 1 --k 3 --session e2e"
+    with clusterlab_in_tmux(tmp_path, flags) as tmux:
         tmux.wait_for(lambda s: "training loss" in s and "test accuracy" in s and "clusterability" in s
                       and "idle" in s, "the charts and an idle session")
         tmux.keys("t")
@@ -83,40 +96,23 @@ def test_clusterlab_in_tmux(tmp_path):
                       "a cluster table with 3 rows against its shuffle null, the null and ablation done")
         tmux.keys("1", "f")
         tmux.wait_for(lambda s: "finetune" in s and "step 192" in s and "idle" in s, "finetuning to step 192")
-        tmux.keys("q")
-        tmux.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "a clean exit")
-    finally:
-        tmux.kill()
-    saved = json.loads((sessions / "e2e" / "session.json").read_text())
+    saved = json.loads((tmp_path / "sessions" / "e2e" / "session.json").read_text())
     assert saved["step"] == 192 and saved["phase"] == "finetune"
 
 
 def test_t_pressed_at_first_paint_trains(tmp_path):
     """The first key is never lost: `t` pressed the moment the screen shows, before the session has loaded,
     starts training once it has."""
-    sessions = tmp_path / "sessions"
-    flags = "--dataset synthetic --hidden 32,32 --device cpu --epochs 2 --session first"
-    app = " ".join(shlex.quote(part) for part in clusterlab_command())
-    env = {"CLUSTERLAB_SESSIONS": str(sessions), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    tmux = Tmux(f"{app} {flags}; echo CLUSTERLAB-EXIT=$?; sleep 60", tmp_path, env)
-    try:
+    with clusterlab_in_tmux(tmp_path, "--dataset synthetic --hidden 32,32 --device cpu --epochs 2") as tmux:
         tmux.wait_for(lambda s: "Quit" in s and "Train" in s, "the first paint")
         tmux.keys("t")
         tmux.wait_for(lambda s: "step 128" in s and "idle" in s, "two epochs (128 steps) of training")
-        tmux.keys("q")
-        tmux.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "a clean exit")
-    finally:
-        tmux.kill()
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_the_modules_tab_shows_the_blocks_and_the_ablation(tmp_path, size):
-    sessions = tmp_path / "sessions"
-    flags = "--dataset synthetic --hidden 32,32 --device cpu --epochs 2 --k 2 --session blocks"
-    app = " ".join(shlex.quote(part) for part in clusterlab_command())
-    env = {"CLUSTERLAB_SESSIONS": str(sessions), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    tmux = Tmux(f"{app} {flags}; echo CLUSTERLAB-EXIT=$?; sleep 60", tmp_path, env, size)
-    try:
+    flags = "--dataset synthetic --hidden 32,32 --device cpu --epochs 2 --k 2"
+    with clusterlab_in_tmux(tmp_path, flags, size) as tmux:
         tmux.wait_for(lambda s: "Quit" in s and "Train" in s, "the first paint")
         tmux.keys("t")
         tmux.wait_for(lambda s: "step 128" in s and "idle" in s, "two epochs of training")
@@ -128,7 +124,3 @@ def test_the_modules_tab_shows_the_blocks_and_the_ablation(tmp_path, size):
         assert len(picture_rows) >= 4  # the reordered |W| as half-block cells
         right = [line.split("▕")[-1].strip() for line in screen.splitlines() if "▀" not in line]
         assert {"1", "2"} <= {cells.split()[0] for cells in right if cells.split()}  # a drop row per cluster
-        tmux.keys("q")
-        tmux.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "a clean exit")
-    finally:
-        tmux.kill()

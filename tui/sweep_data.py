@@ -23,6 +23,7 @@ from engine.sweep import (
     UNFINISHED,
     Grid,
     Member,
+    member_figures,
     member_finished,
     plan_members,
     read_manifest,
@@ -68,11 +69,8 @@ def member_row(directory: Path, member: Member) -> dict:
     plan = data.get("plan") or []
     if plan:
         row.update(done=plan[0].get("done"), total=plan[0].get("total"))
-    own = [e for e in data.get("history", ()) if e.get("phase") == member.kind]
-    if finished and own:
-        row.update(status=FINISHED, test_accuracy=own[-1].get("test_accuracy"),
-                   clusterability=own[-1].get("clusterability"), significance=own[-1].get("significance"),
-                   ablation=data.get("ablation"))
+    if finished:  # its history holds its own phase, so its figures are there
+        row.update(status=FINISHED, **member_figures(data, member.kind))
     return row
 
 
