@@ -15,7 +15,7 @@ from pathlib import Path
 from engine import events as ev
 from engine.config import Config, check_int
 from engine.errors import ClusterlabError
-from engine.format import SESSION_COLUMNS, fmt, session_cells
+from engine.format import SESSION_COLUMNS, fmt, null_text, session_cells
 from engine.options import OPTIONS, config_from_texts, metavar
 from engine.session import check_name, list_sessions, new_name, session_path
 
@@ -370,14 +370,18 @@ def _drive(open_engine: Callable[[], object], name: str, as_json: bool, start: C
             progress.update(tasks[event.phase], completed=event.job_step, total=event.job_total,
                             info=f"loss {event.loss:.4f}  {event.steps_per_s:,.0f} steps/s")
         elif isinstance(event, ev.ClustersFound) and not as_json:
-            progress.console.print(f"clusters: k={event.k} on {event.source}, clusterability "
-                                   f"{event.clusterability:.4f} (uniform-mass chance {event.chance:.4f})",
-                                   soft_wrap=True)
+            progress.console.print(f"clusters: k={event.k} on {event.source}, rows {list(event.row_sizes)} cols "
+                                   f"{list(event.col_sizes)}; clusterability {event.clusterability:.4f} "
+                                   + ("(its shuffle null follows)" if null_on else null_text(None)), soft_wrap=True)
+        elif isinstance(event, ev.SignificanceFound) and not as_json:
+            progress.console.print(f"{event.phase} at step {event.step}: clusterability {event.clusterability:.4f} "
+                                   f"{null_text(event.significance)}", soft_wrap=True)
         elif isinstance(event, ev.Failed):
             failures.append(event)
             progress.console.print(f"{event.job} failed: {event.message}", style="red", markup=False, soft_wrap=True)
 
     engine = open_engine()
+    null_on = engine.config.null_samples > 0
     try:
         engine.subscribe(on_event)
         start(engine)
@@ -413,13 +417,18 @@ def _print_json(snapshot) -> None:
 def _print_summary(snapshot, name: str) -> None:
     print(f"session {name} ({Path(snapshot.session)}): {snapshot.dataset} on {snapshot.device}, step {snapshot.step}")
     for entry in snapshot.history:
-        print(f"  {entry['phase']:<9} step {entry['step']:>7}  accuracy {fmt(entry['test_accuracy'])}  "
-              f"clusterability {fmt(entry['clusterability'])}")
+        line = f"  {entry['phase']:<9} step {entry['step']:>7}  accuracy {fmt(entry['test_accuracy'])}"
+        if entry["clusterability"] is not None:
+            line += f"  clusterability {fmt(entry['clusterability'])} {null_text(entry.get('significance'))}"
+        print(line)
     if snapshot.clusters:
         c = snapshot.clusters
         print(f"  clusters k={c['k']} ({c['source']}): rows {c['row_sizes']} cols {c['col_sizes']}; "
-              f"clusterability {fmt(snapshot.clusterability)} vs uniform-mass chance "
-              f"{fmt(snapshot.clusterability_chance)}")
+              f"clusterability {fmt(snapshot.clusterability)} {null_text(snapshot.significance)}; uniform-mass "
+              f"chance {fmt(snapshot.clusterability_chance)}")
+    if snapshot.control is not None and snapshot.accuracy_cost is not None:
+        print(f"  accuracy against the λ=0 control: {fmt(snapshot.control['test_accuracy'])} control, cost "
+              f"{snapshot.accuracy_cost * 100:.2f} points")
 
 
 def _print_ablation(ablation: dict) -> None:

@@ -19,6 +19,16 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def null_text(significance: dict | None) -> str:
+    """What a clusterability is read against: 'vs null 0.5509 ± 0.0059 (z -0.13, p 0.475; 100 shuffles)'."""
+    if significance is None:
+        return "(no shuffle null: --null-samples 0)"
+    z = significance["z"]
+    z_text = f"z {z:.2f}, " if z is not None else ""
+    return (f"vs null {significance['null_mean']:.4f} ± {significance['null_std']:.4f} "
+            f"({z_text}p {significance['p_value']:.3f}; {significance['samples']} shuffles)")
+
+
 def session_cells(row: dict) -> tuple[str, ...]:
     """The cells of one `list_sessions` row, in SESSION_COLUMNS order; an unreadable session says so."""
     if "error" in row:

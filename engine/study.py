@@ -107,7 +107,8 @@ class Study:
                       "clusterability": found.clusterability, "chance": found.chance})
         hooks.emit(ev.LogLine("info", f"clusters (k={clusters.k}, {clusters.source}) in "
                                       f"{time.perf_counter() - started:.3f} s: clusterability "
-                                      f"{found.clusterability:.3f} vs uniform-mass chance {found.chance:.3f}"))
+                                      f"{found.clusterability:.3f} (uniform-mass chance {found.chance:.3f}; "
+                                      "its shuffle null follows)"))
         hooks.emit(ev.ClustersFound(self.trainer.step, clusters.k, clusters.source, tuple(clusters.row_sizes),
                                     tuple(clusters.col_sizes), found.shares, found.clusterability, found.chance))
         self.finish_phase(CLUSTER, 0, hooks)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from engine.config import Config
 from engine.errors import ConfigError
-from engine.format import fmt
+from engine.format import fmt, null_text
 from engine.member import Progress, failed, member_result, run_member
 from engine.plan import CLUSTER, PRETRAIN
 from engine.session import SessionLock, atomic_write, session_path, sessions_root, write_json
@@ -215,8 +215,10 @@ class SweepDisplay:
         elif result["status"] == UNFINISHED:
             self.console.print(f"stopped {name}; it resumes from its last save.", markup=False, soft_wrap=True)
         else:
-            self.console.print(f"done {name} ({self._count()}): test accuracy {fmt(result['test_accuracy'])}, "
-                               f"clusterability {fmt(result['clusterability'])}", markup=False, soft_wrap=True)
+            line = f"done {name} ({self._count()}): test accuracy {fmt(result['test_accuracy'])}"
+            if result["clusterability"] is not None:
+                line += f", clusterability {fmt(result['clusterability'])} {null_text(result['significance'])}"
+            self.console.print(line, markup=False, soft_wrap=True)
 
     def _completed(self) -> float:
         """Finished members' weights, and the done share of each running one's."""

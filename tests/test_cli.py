@@ -119,3 +119,13 @@ def test_sessions_lists_sessions_as_json(capsys, sessions):
     assert [r["name"] for r in rows] == ["listed"]
     assert rows[0]["dataset"] == "synthetic" and rows[0]["step"] == 10
     assert 0.0 <= rows[0]["clusterability"] <= 1.0
+
+
+def test_every_printed_clusterability_has_its_null_and_p(sessions):
+    proc = run_cli("run", *FAST, "--steps", "40", "--finetune-epochs", "1", "--lam", "5", "--control",
+                   "--null-samples", "20", "--session", "printed", env_sessions=sessions)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "clusterability 0." in line]
+    assert lines
+    for line in lines:
+        assert "follows" in line or ("vs null" in line and " p " in line and "20 shuffles" in line), line
+    assert "against the λ=0 control" in proc.stdout

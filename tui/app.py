@@ -16,6 +16,7 @@ from textual.widgets import Footer, Header, TabbedContent, TabPane
 from engine import events as ev
 from engine.config import Config
 from engine.errors import ConfigError
+from engine.format import null_text
 from engine.session import new_name, session_path
 from engine.snapshot import Snapshot
 from engine.sweep import is_sweep
@@ -329,8 +330,8 @@ class ClusterlabApp(App[int]):
         found = event.significance
         self.live.p_value = found["p_value"]
         self.charts.data.add_null(found["null_mean"], found["null_std"])
-        self.log_pane.add(f"{event.phase} step {event.step}: clusterability {event.clusterability:.4f} vs shuffle null "
-                          f"{found['null_mean']:.4f} ± {found['null_std']:.4f}, p {found['p_value']:.3f}")
+        self.log_pane.add(f"{event.phase} step {event.step}: clusterability {event.clusterability:.4f} "
+                          f"{null_text(found)}")
         self._shares_due = True  # the table's summary takes the snapshot's significance on the timer
         self._dirty = True
 

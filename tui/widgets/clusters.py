@@ -6,6 +6,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from engine.format import null_text
+
 COLUMNS = (("cluster", "cluster"), ("rows", "row size"), ("cols", "col size"), ("share", "share of mass"))
 
 
@@ -60,18 +62,15 @@ class ClusterTable(Vertical):
 
 def summary(k: int, source: str, clusterability: float | None, chance: float | None, step: int | None,
             significance: dict | None = None) -> str:
-    """'k=2 on weights at step 938: clusterability 0.5481 vs null 0.5524 ± 0.0078 (z -0.55, p 0.762);
-    uniform-mass chance 0.4993'. Without a null (--null-samples 0) the chance level is all there is to compare."""
+    """'k=2 on weights at step 938: clusterability 0.5481 vs null 0.5524 ± 0.0078 (z -0.55, p 0.762; 100
+    shuffles); uniform-mass chance 0.4993'. Until the null is in (or with --null-samples 0) only the chance."""
     where = f" at step {step}" if step is not None else ""
     text = f"k={k} on {source}{where}"
     if clusterability is None:
         return text
     text += f": clusterability {clusterability:.4f}"
     if significance is not None:
-        z = significance["z"]
-        z_text = f"z {z:.2f}, " if z is not None else ""
-        text += (f" vs null {significance['null_mean']:.4f} ± {significance['null_std']:.4f} "
-                 f"({z_text}p {significance['p_value']:.3f}, n={significance['samples']})")
+        text += f" {null_text(significance)}"
     if chance is not None:
         text += f"; uniform-mass chance {chance:.4f}"
     return text
