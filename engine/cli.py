@@ -16,8 +16,9 @@ from engine import events as ev
 from engine.config import Config, check_int
 from engine.errors import ClusterlabError
 from engine.format import SESSION_COLUMNS, fmt, null_text, session_cells
+from engine.listing import list_sessions
 from engine.options import OPTIONS, config_from_texts, metavar
-from engine.session import check_name, list_sessions, new_name, session_path
+from engine.session import check_name, new_name, session_path
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 UiRunner = Callable[[str | None, Config], int]  # opens the terminal UI on a session name (or a new one)
@@ -226,29 +227,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_sweep_parsers(commands) -> None:
+    from engine.axes import AXIS_FIELDS, add_axis_flags
     from engine.reproduce import DEFAULT_SEEDS, EPOCHS, FINETUNE_EPOCHS
-    from engine.sweep import GRID_OPTIONS
 
-    sweep = commands.add_parser(
-        "sweep", help="a grid of seeds, k and λ as sessions, ending in a table with 95%% CIs",
+    sweep = commands.add_parser(  # no abbreviations: --seed must not be read as --seeds
+        "sweep", allow_abbrev=False, help="a grid of seeds, k and λ as sessions, ending in a table with 95%% CIs",
         description="Per seed pretrain once; per (seed, source, k) cluster a copy; per λ finetune a copy of that "
         "(λ=0, the control, always included). Every member is a session named NAME.s1, NAME.s1.weights.k2, "
         "NAME.s1.weights.k2.lam3, ...; the table goes to the sweep's folder NAME/. Rerun the same command, or "
         "'clusterlab sweep NAME' alone, to continue: only unfinished members run.")
     sweep.add_argument("name", metavar="NAME", help="sweep name")
-    sweep.add_argument("--seeds", metavar="N|S,S", help="N seeds (1 to N), or a comma-separated list of seeds")
-    sweep.add_argument("--k", dest="grid_k", metavar="K,K", help="numbers of clusters (default 2)")
-    sweep.add_argument("--lam", dest="grid_lam", metavar="X,X", help="finetuning λs; 0 is always added (default 3)")
-    sweep.add_argument("--cluster-on", dest="grid_sources", metavar="SOURCES",
-                       help="weights and/or gradients, comma-separated (default weights)")
+    add_axis_flags(sweep.add_argument_group("axes (engine/axes.py; hidden, lr and epochs are axes given 2+ values)"))
     sweep.add_argument("--json", action="store_true", help="print the members and the table as one JSON object")
     _add_executor_flags(sweep)
     group = sweep.add_argument_group("experiment settings (shared by every member)")
     for option in OPTIONS:
-        if option.name not in GRID_OPTIONS:
+        if option.name not in AXIS_FIELDS:
             group.add_argument(option.flag, dest=option.name, default=None, metavar=metavar(option), help=option.help)
     reproduce = commands.add_parser(
-        "reproduce", help="the reference study over seeds, beside the figures it printed",
+        "reproduce", allow_abbrev=False, help="the reference study over seeds, beside the figures it printed",
         description=f"MNIST, {EPOCHS} pretraining epochs, k=2 on weights and on gradients, λ 0 and 3 for "
         f"{FINETUNE_EPOCHS} finetuning epochs, as the sweep 'reproduce'; ends with each figure the reference printed "
         "beside clusterlab's mean ± 95%% CI and whether it holds up.")
@@ -273,15 +270,9 @@ def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from engine.sweep import parse_list, parse_seeds
+    from engine.axes import grid_from_args
 
-    grid = {}
-    if args.seeds is not None:
-        grid["seeds"] = parse_seeds(args.seeds)
-    for key, flag, text, kind in (("ks", "--k", args.grid_k, int), ("lams", "--lam", args.grid_lam, float),
-                                  ("sources", "--cluster-on", args.grid_sources, str)):
-        if text is not None:
-            grid[key] = parse_list(flag, text, kind)
+    grid = grid_from_args(args)
     given = {}
     for option in OPTIONS:
         text = getattr(args, option.name, None)

@@ -16,12 +16,12 @@ from engine.config import Config
 from engine.errors import ConfigError, SessionError
 from engine.picture import block_picture
 from engine.session import (
-    METRICS_FILE,
-    SESSION_FILE,
     atomic_write,
-    load_checkpoint,
+    metrics_path,
     read_metrics,
     read_session,
+    saved_checkpoint,
+    session_file,
     write_json,
 )
 
@@ -50,7 +50,7 @@ def export_session(session_dir: Path, out_dir: Path, notes: list[str] | None = N
     session_dir, out_dir = Path(session_dir), Path(out_dir)
     session = read_session(session_dir)
     config = _config(session, session_dir)
-    records = read_metrics(session_dir / METRICS_FILE)
+    records = read_metrics(metrics_path(session_dir))
     notes = notes if notes is not None else []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -242,12 +242,12 @@ def _malformed(session_dir: Path, field: str) -> Iterator[None]:
     try:
         yield
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise SessionError(f"{session_dir / SESSION_FILE}: its {field} is malformed ({exc!r}).") from None
+        raise SessionError(f"{session_file(session_dir)}: its {field} is malformed ({exc!r}).") from None
 
 
 def _studied_weights(session: dict, session_dir: Path, config: Config) -> list:
     """The checkpoint's Linear weights fc1..fcN as CPU tensors, checked against the session's clusters."""
-    model = load_checkpoint(session_dir / session["checkpoint"])["trainer"].get("model") or {}
+    model = saved_checkpoint(session_dir, session)["trainer"].get("model") or {}
     weights = []
     while f"fc{len(weights) + 1}.weight" in model:
         weights.append(model[f"fc{len(weights) + 1}.weight"])

@@ -7,7 +7,6 @@ one finished just now give the same row.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,19 +14,19 @@ from pathlib import Path
 
 from engine import events as ev
 from engine import phases
+from engine.axes import point_of
 from engine.config import Config
 from engine.errors import ClusterlabError, SessionError
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN, Job
 from engine.session import (
-    LOCK_FILE,
-    METRICS_FILE,
-    SESSION_FILE,
     SessionLock,
-    claim_directory,
-    load_checkpoint,
-    parse_session,
+    claim_unsaved,
+    copy_metrics,
+    has_session,
+    load_saved,
     read_session,
     release_directory,
+    saved_checkpoint,
 )
 from engine.study import Study, state_sha256
 from engine.sweep import FAILED, FINISHED, PHASES, UNFINISHED, member_figures, member_finished
@@ -145,19 +144,18 @@ def open_member(settings: dict) -> OpenMember:
     so that from then on a kill resumes it from its own save). Raises ClusterlabError if it cannot be opened."""
     path = Path(settings["root"]) / settings["name"]
     config = Config.from_dict(settings["config"])
-    if (path / SESSION_FILE).is_file():
-        saved = parse_session(path, read_session(path))
+    if has_session(path):
+        saved, checkpoint = load_saved(path)
         if saved.config != config or not saved.plan:
             raise SessionError(f"{path} was changed outside its sweep (other settings or history); remove it to run "
                                "this member again.")
         lock = SessionLock(path)
         try:
-            return OpenMember(settings, Study(path, config, saved, load_checkpoint(path / saved.checkpoint)), lock,
-                              list(saved.plan))
+            return OpenMember(settings, Study(path, config, saved, checkpoint), lock, list(saved.plan))
         except BaseException:
             lock.release()
             raise
-    lock = _claim(path)
+    lock = claim_unsaved(path)  # a creation cut before its first save starts over
     try:
         study = _new_study(path, config, settings)
         plan = MEMBER_JOBS[settings["kind"]](study)
@@ -175,10 +173,8 @@ def _new_study(path: Path, config: Config, settings: dict) -> Study:
     parent = path.parent / settings["parent"]
     if not member_finished(parent, _parent_kind(settings["kind"])):
         raise SessionError(f"{parent} is not finished, so {path.name} cannot start from it.")
-    saved = parse_session(parent, read_session(parent))
-    checkpoint = load_checkpoint(parent / saved.checkpoint)
-    if (parent / METRICS_FILE).is_file():  # the member's charts show its whole story, its ancestors' steps first
-        shutil.copyfile(parent / METRICS_FILE, path / METRICS_FILE)
+    saved, checkpoint = load_saved(parent)
+    copy_metrics(parent, path)  # the member's charts show its whole story, its ancestors' steps first
     return Study(path, config, saved, checkpoint)
 
 
@@ -186,28 +182,13 @@ def _parent_kind(kind: str) -> str:
     return PHASES[kind][-2]
 
 
-def _claim(path: Path) -> SessionLock:
-    """Claim the member's folder; a creation cut before its first save (only our own files in it) starts over."""
-    if path.is_dir() and not path.is_symlink() and all(_leftover(p) for p in path.iterdir()):
-        release_directory(path, SessionLock(path))
-    return claim_directory(path)
-
-
-def _leftover(entry: Path) -> bool:
-    name = entry.name
-    return entry.is_file() and (name in (LOCK_FILE, METRICS_FILE) or name.endswith(".tmp")
-                                or (name.startswith("checkpoint-") and name.endswith(".pt")))
-
-
 def member_result(path: Path, settings: dict) -> dict:
     """A finished member's row: its grid point, final figures and parameters' hash, and the significance and
     ablation figures its session holds (None where it has none)."""
     data = read_session(path)
-    saved = parse_session(path, data)
-    state = load_checkpoint(path / saved.checkpoint)
+    state = saved_checkpoint(path, data)
     return {
-        "name": settings["name"], "kind": settings["kind"], "seed": settings["seed"], "source": settings["source"],
-        "k": settings["k"], "lam": settings["lam"], "status": FINISHED, "step": saved.step,
-        "params_sha256": state_sha256(state["trainer"]["model"]),
+        "name": settings["name"], "kind": settings["kind"], **point_of(settings), "status": FINISHED,
+        "step": data["step"], "params_sha256": state_sha256(state["trainer"]["model"]),
         **member_figures(data, settings["kind"]),
     }

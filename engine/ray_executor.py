@@ -14,10 +14,8 @@ their members start again from their last save on the driver at the next run.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -25,46 +23,15 @@ from pathlib import Path
 
 from engine.errors import ConfigError, SessionError
 from engine.member import Progress, failed, member_result, run_member, unfinished
-from engine.session import METRICS_FILE, SESSION_FILE, SessionLock, atomic_write, prune_checkpoints
+from engine.session import Files, has_session, pack_session, unpack_session
 from engine.sweep import FINISHED
 
 INSTALL_HINT = "install the ray extra: pip install -e '.[ray]'"
 MAX_RETRIES = 3
 LOCAL_CPUS = 2
 WAIT_S = 0.5  # how often the driver looks at `stop` while tasks run
-_FILE = re.compile(r"session\.json|metrics\.jsonl|checkpoint-\d+\.pt")  # what a member folder ships
-
-Files = dict[str, bytes]  # file name -> contents, of one session folder
 Shipped = dict[str, Files]  # session folder name -> its files
 Task = Callable[[dict, Shipped], tuple[dict, Files | None]]
-
-
-def member_files(path: Path) -> Files:
-    """A session folder as bytes: session.json, the checkpoint it names, and the metrics log if there is one."""
-    session = (path / SESSION_FILE).read_bytes()
-    checkpoint = json.loads(session)["checkpoint"]
-    if not isinstance(checkpoint, str) or not _FILE.fullmatch(checkpoint):
-        raise SessionError(f"{path / SESSION_FILE} names no valid checkpoint; the member cannot be shipped.")
-    files = {SESSION_FILE: session, checkpoint: (path / checkpoint).read_bytes()}
-    if (path / METRICS_FILE).is_file():
-        files[METRICS_FILE] = (path / METRICS_FILE).read_bytes()
-    return files
-
-
-def write_member(path: Path, files: Files) -> None:
-    """Lay a shipped session folder down at `path`, under its lock: session.json last, so that a crash leaves the
-    previous complete session or the new one; then drop checkpoints it no longer names."""
-    unknown = [name for name in files if not _FILE.fullmatch(name)]
-    if unknown or SESSION_FILE not in files:
-        raise SessionError(f"A worker sent back {path.name} with unexpected files ({', '.join(unknown) or 'none'}).")
-    path.mkdir(exist_ok=True)
-    lock = SessionLock(path)
-    try:
-        for name in sorted(files, key=lambda n: n == SESSION_FILE):
-            atomic_write(path / name, files[name])
-        prune_checkpoints(path, set(files))
-    finally:
-        lock.release()
 
 
 def run_shipped(settings: dict, shipped: Shipped) -> tuple[dict, Files | None]:
@@ -73,12 +40,10 @@ def run_shipped(settings: dict, shipped: Shipped) -> tuple[dict, Files | None]:
     with tempfile.TemporaryDirectory(prefix="clusterlab-ray-") as tmp:
         root = Path(tmp)
         for folder, files in shipped.items():
-            (root / folder).mkdir()
-            for name, data in files.items():
-                (root / folder / name).write_bytes(data)
+            unpack_session(root / folder, files)
         result = run_member({**settings, "root": tmp})
         path = root / settings["name"]
-        return result, member_files(path) if (path / SESSION_FILE).is_file() else None
+        return result, pack_session(path) if has_session(path) else None
 
 
 def require_ray() -> None:
@@ -183,7 +148,7 @@ class RayExecutor:
         path = Path(member["root"]) / member["name"]
         try:
             if files is not None:
-                write_member(path, files)
+                unpack_session(path, files)
         except (OSError, SessionError) as exc:
             return failed(member["name"], f"its files could not be written to {path}: {exc}")
         return member_result(path, member) if result["status"] == FINISHED else result
@@ -203,8 +168,8 @@ def _shipped(member: dict) -> Shipped:
     """What the member starts from: its own session if it saved before, else its parent's (nothing if new)."""
     root = Path(member["root"])
     own = root / member["name"]
-    if (own / SESSION_FILE).is_file():
-        return {member["name"]: member_files(own)}
+    if has_session(own):
+        return {member["name"]: pack_session(own)}
     if member["parent"] is not None:
-        return {member["parent"]: member_files(root / member["parent"])}
+        return {member["parent"]: pack_session(root / member["parent"])}
     return {}

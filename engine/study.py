@@ -25,13 +25,12 @@ from engine.metrics import block_mask
 from engine.picture import BlockPicture, block_picture
 from engine.plan import ABLATE, CLUSTER, CONTROL, FINETUNE, PRETRAIN, SIGNIFICANCE, Job, Jobs
 from engine.session import (
-    METRICS_FILE,
     MetricsLog,
     SavedState,
-    load_checkpoint,
-    parse_session,
+    load_saved,
+    metrics_path,
     prune_checkpoints,
-    read_session,
+    session_file,
     trim_metrics,
     write_checkpoint,
     write_session,
@@ -66,7 +65,7 @@ class Study:
         self.saved_plan: list[dict] | None = None  # the plan as last written
         self._checkpoints: list[str] = []
         records = self._restore(saved, checkpoint) if saved is not None else 0
-        self.metrics = MetricsLog(self.path / METRICS_FILE, records)
+        self.metrics = MetricsLog(metrics_path(self.path), records)
 
     # ----- jobs -------------------------------------------------------------------------------------------------
 
@@ -237,7 +236,7 @@ class Study:
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise SessionError(f"{self.path / saved.checkpoint} does not match the session's model ({exc}).") from None
         if saved.step != self.trainer.step:
-            raise SessionError(f"{self.path / 'session.json'} and its checkpoint disagree on the step.")
+            raise SessionError(f"{session_file(self.path)} and its checkpoint disagree on the step.")
         self.set_clusters(saved.clusters, _cluster_step(saved.history))
         self.history = saved.history
         self.control = saved.control
@@ -248,15 +247,14 @@ class Study:
         last = saved.last
         self.figures = phases.Figures(last.get("test_accuracy"), last.get("train_loss"), last.get("clusterability"))
         self._checkpoints = [saved.checkpoint]
-        return trim_metrics(self.path / METRICS_FILE, saved.metrics_records)
+        return trim_metrics(metrics_path(self.path), saved.metrics_records)
 
     def roll_back(self) -> None:
         """Return to the last save, so that nothing bad (NaN weights, say) is saved over it."""
-        saved = parse_session(self.path, read_session(self.path))
-        state = load_checkpoint(self.path / saved.checkpoint)
+        saved, state = load_saved(self.path)
         self.metrics.close()
         records = self._restore(saved, state)
-        self.metrics = MetricsLog(self.path / METRICS_FILE, records)
+        self.metrics = MetricsLog(metrics_path(self.path), records)
         self.trainer.take_loss()  # forget the failed steps' losses
 
     # ----- the snapshot's figures -----------------------------------------------------------------------------

@@ -16,136 +16,106 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 
-from engine.config import Config, check_int, check_lam, check_source
+from engine.axes import AXES, BY_KEY, STAGES, Axis
+from engine.config import Config
 from engine.errors import ConfigError, SessionError
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN, TRAINING
-from engine.session import SESSION_FILE, check_name, now_iso, write_json
+from engine.session import atomic_write, check_name, now_iso, peek_session, write_json
 
 SWEEP_FILE = "sweep.json"
-SWEEP_FORMAT_VERSION = 1
-GRID_OPTIONS = ("seed", "k", "cluster_on", "lam")  # Config fields a sweep varies; the rest are its settings
+TABLE_JSON, TABLE_CSV = "table.json", "table.csv"
+# 2: the grid may hold an axis that version 1 did not know (hidden, lr, epochs); a sweep without one is written as 1.
+SWEEP_FORMAT_VERSION = 2
 # A member result's "status": finished (with its figures), failed (with an "error"), or unfinished (stopped, or not
 # reached yet): it resumes from its own last save on the next run.
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 # The phases a finished member's history holds, by the kind of its own job (its ancestors' come first).
 PHASES = {PRETRAIN: (PRETRAIN,), CLUSTER: (PRETRAIN, CLUSTER), FINETUNE: (PRETRAIN, CLUSTER, FINETUNE)}
+# run_sweep's grid keys as earlier versions spelt them
+_OLD_KEYS = {"ks": "k", "lams": "lam"}
 
 
 @dataclass(frozen=True)
 class Grid:
-    """What a sweep varies. λ=0, the control, is always among the lams."""
+    """What a sweep varies: each axis in it (engine.axes) and its values. λ=0, the control, is always among the
+    λs; an axis other than seed, source, k and λ is in the grid only when the sweep varies it."""
 
-    seeds: tuple[int, ...]
-    sources: tuple[str, ...]
-    ks: tuple[int, ...]
-    lams: tuple[float, ...]
+    values: dict[str, tuple]  # axis name -> values, in AXES order
+
+    @property
+    def axes(self) -> list[Axis]:
+        return [axis for axis in AXES if axis.name in self.values]
 
     def to_dict(self) -> dict:
-        return {"seeds": list(self.seeds), "sources": list(self.sources), "k": list(self.ks), "lam": list(self.lams)}
+        return {axis.key: list(self.values[axis.name]) for axis in self.axes}
 
     @classmethod
     def from_dict(cls, data: dict) -> Grid:
-        return make_grid(data["seeds"], data["sources"], data["k"], data["lam"])
+        return make_grid(data)
+
+    @property
+    def version(self) -> int:
+        """The manifest format that holds this grid: 1 while it varies only what version 1 knew."""
+        return 1 if all(axis.always for axis in self.axes) else SWEEP_FORMAT_VERSION
 
 
-def make_grid(seeds, sources, ks, lams) -> Grid:
-    """A checked grid: distinct values, seeds and k whole numbers, λ ≥ 0 with 0 added; ks and λs ascending."""
-    for seed in seeds:
-        check_int("--seeds", seed, 0)
-    for source in sources:
-        check_source(source)
-    for k in ks:
-        check_int("--k", k, 2)
-    for lam in lams:
-        check_lam(lam)
-    if not (seeds and sources and ks):
+def make_grid(given: dict) -> Grid:
+    """A checked grid from values by manifest key (engine.axes): every `always` axis
+    must be there; values distinct, checked, ascending where the axis is ordered, λ=0 added."""
+    unknown = sorted(set(given) - set(BY_KEY))
+    if unknown:
+        raise ConfigError(f"A sweep has no axis {', '.join(unknown)}; its axes are {', '.join(BY_KEY)}.")
+    values = {axis.name: axis.values(list(given[axis.key])) for axis in AXES if axis.key in given}
+    if not all(values.get(axis.name) for axis in AXES if axis.always):
         raise ConfigError("A sweep needs at least one seed, one k and one --cluster-on source.")
-    return Grid(tuple(dict.fromkeys(seeds)), tuple(dict.fromkeys(sources)), tuple(sorted(set(ks))),
-                tuple(sorted({0.0, *map(float, lams)})))
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'5' means five seeds, 1 to 5; a comma-separated list ('1,2,7', or '7,' for seed 7 alone) names them."""
-    if "," not in text:
-        count = _parse_int("--seeds", text)
-        check_int("--seeds", count, 1)
-        return list(range(1, count + 1))
-    return parse_list("--seeds", text, int)
-
-
-def parse_list(flag: str, text: str, kind: type) -> list:
-    """A comma-separated list of numbers or words, each parsed as `kind`; at least one."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise ConfigError(f"{flag} needs at least one value, as a comma-separated list.")
-    if kind is str:
-        return parts
-    return [_parse_int(flag, p) if kind is int else _parse_float(flag, p) for p in parts]
-
-
-def _parse_int(flag: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"{flag} must be whole numbers, comma-separated, not {text!r}.") from None
-
-
-def _parse_float(flag: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{flag} must be numbers, comma-separated, not {text!r}.") from None
-
-
-def lam_text(lam: float) -> str:
-    """λ as a name part: 3.0 -> '3', 0.25 -> '0.25' (the shortest text that reads back as the same float)."""
-    text = f"{lam:g}"
-    return text if float(text) == lam else repr(lam)
+    return Grid(values)
 
 
 @dataclass(frozen=True)
 class Member:
-    """One session of the sweep's tree: a pretraining, a clustering of its seed's pretrained state, or a
-    finetuning of a clustering. `parent` names the member whose saved state it starts from."""
+    """One session of the sweep's tree: a pretraining, a clustering of a pretrained state, or a finetuning of a
+    clustering. `point` holds its values on the grid's axes that apply at its stage; `parent` names the member
+    whose saved state it starts from."""
 
     name: str
     kind: str
-    seed: int
-    source: str | None = None
-    k: int | None = None
-    lam: float | None = None
+    point: dict
     parent: str | None = None
 
+    def row(self) -> dict:
+        """The member's name, kind and grid point; an axis of every sweep that does not apply yet is None."""
+        return {"name": self.name, "kind": self.kind,
+                **{axis.name: None for axis in AXES if axis.always}, **self.point}
+
     def config(self, base: Config) -> Config:
-        """The member's settings: the sweep's, with its seed and (from clustering on) its k, source and λ."""
-        changes: dict = {"seed": self.seed}
-        if self.kind != PRETRAIN:
-            changes.update(k=self.k, cluster_on=self.source)
-        if self.kind == FINETUNE:
-            changes["lam"] = self.lam
-        return base.replace(**changes)
+        """The member's settings: the sweep's, with the member's values on the axes that apply to it."""
+        return base.replace(**{axis.field: self.point[axis.name] for axis in AXES if axis.name in self.point})
 
     def settings(self, base: Config, root: Path) -> dict:
         """Everything `engine.member.run_member` needs, as plain JSON values: it can be shipped to a worker."""
-        return {"root": str(root), "name": self.name, "kind": self.kind, "seed": self.seed, "source": self.source,
-                "k": self.k, "lam": self.lam, "parent": self.parent, "config": self.config(base).to_dict()}
+        return {"root": str(root), **self.row(), "parent": self.parent, "config": self.config(base).to_dict()}
 
 
 def plan_members(name: str, grid: Grid) -> list[Member]:
-    """The sweep's members seed by seed, each after its parent (the order a single process runs them in)."""
-    members = []
-    for seed in grid.seeds:
-        pretrained = Member(f"{name}.s{seed}", PRETRAIN, seed)
-        members.append(pretrained)
-        for source in grid.sources:
-            for k in grid.ks:
-                clustered = Member(f"{pretrained.name}.{source}.k{k}", CLUSTER, seed, source, k,
-                                   parent=pretrained.name)
-                members.append(clustered)
-                members += [Member(f"{clustered.name}.lam{lam_text(lam)}", FINETUNE, seed, source, k, lam,
-                                   parent=clustered.name) for lam in grid.lams]
+    """The sweep's members, each followed by its children (the order a single process runs them in): per point
+    of the pretraining axes a pretraining, per point of the clustering axes a clustering of it, per λ a
+    finetuning of that. A name adds each axis's part to its parent's: NAME.s1, NAME.s1.weights.k2, ...lam3."""
+    members: list[Member] = []
+
+    def grow(stage: int, parent: Member | None) -> None:
+        axes = [axis for axis in grid.axes if axis.stage == STAGES[stage]]
+        for combination in product(*(grid.values[axis.name] for axis in axes)):
+            point = {**(parent.point if parent else {}), **{a.name: v for a, v in zip(axes, combination, strict=True)}}
+            parts = [parent.name if parent else name, *(a.part(v) for a, v in zip(axes, combination, strict=True))]
+            member = Member(".".join(parts), STAGES[stage], point, parent.name if parent else None)
+            members.append(member)
+            if stage + 1 < len(STAGES):
+                grow(stage + 1, member)
+
+    grow(0, None)
     return members
 
 
@@ -165,11 +135,11 @@ def check_members(name: str, base: Config, members: list[Member]) -> None:
 def member_finished(directory: Path, kind: str) -> bool:
     """A member is finished when its session has no plan left and its history holds its phases, in order."""
     try:
-        data = json.loads((directory / SESSION_FILE).read_text())
+        data = peek_session(directory)
         phases = [e["phase"] for e in data["history"]
                   if e.get("phase") in (*TRAINING, CLUSTER) and not e.get("stopped")]
         return not data["plan"] and tuple(phases) == PHASES[kind]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (SessionError, KeyError, TypeError):
         return False
 
 
@@ -193,13 +163,15 @@ class Manifest:
     grid: Grid
 
     def to_dict(self, created_at: str) -> dict:
-        return {"format_version": SWEEP_FORMAT_VERSION, "kind": "sweep", "name": self.name, "created_at": created_at,
-                "updated_at": now_iso(), "settings": _settings(self.base), "grid": self.grid.to_dict(),
+        return {"format_version": self.grid.version, "kind": "sweep", "name": self.name, "created_at": created_at,
+                "updated_at": now_iso(), "settings": _settings(self.base, self.grid), "grid": self.grid.to_dict(),
                 "members": [m.name for m in plan_members(self.name, self.grid)]}
 
 
-def _settings(config: Config) -> dict:
-    return {key: value for key, value in config.to_dict().items() if key not in GRID_OPTIONS}
+def _settings(config: Config, grid: Grid) -> dict:
+    """What every member shares: the config less the fields the grid's axes set."""
+    fields = {axis.field for axis in grid.axes} | {axis.field for axis in AXES if axis.always}
+    return {key: value for key, value in config.to_dict().items() if key not in fields}
 
 
 def is_sweep(directory: Path) -> bool:
@@ -223,36 +195,101 @@ def read_manifest(directory: Path) -> dict:
         raise SessionError(f"{path} is corrupt ({exc}); the sweep cannot be continued.") from None
 
 
+def read_grid(directory: Path) -> Grid:
+    return Grid.from_dict(read_manifest(directory)["grid"])
+
+
 def resolve_manifest(directory: Path, name: str, given: dict, grid_given: dict) -> tuple[Manifest, str]:
     """The sweep to run and when it was created: a new one from the flags, or the saved one continued. Settings
-    given for a saved sweep must equal its own (its members were trained with them); its grid may change.
-    `given` holds the settings flags given (Config field -> value), `grid_given` the grid flags given."""
+    given for a saved sweep must equal its own (its members were trained with them); its grid's values may change.
+    `given` holds the settings given (Config field -> value), `grid_given` the axis values given (by manifest key).
+    An axis that only some sweeps have (hidden, lr, epochs) given one value is a setting, unless the saved sweep
+    varies it; a saved sweep that does not vary it refuses more than one."""
+    grid_given = _by_axis(grid_given)
     if not is_sweep(directory):
         if directory.exists() and any(directory.iterdir()):
             raise SessionError(f"{directory} exists and is not a sweep (a session of that name?); choose another "
                                "sweep name.")
-        if "seeds" not in grid_given:
+        if "seed" not in grid_given:
             raise ConfigError(f"Sweep {name} does not exist yet: give --seeds N (or a list) to start it.")
+        given, grid_given = _as_settings(given, grid_given, lambda axis: len(axis.values(grid_given[axis.name])) > 1)
         base = Config(**given)
-        grid = make_grid(grid_given["seeds"], grid_given.get("sources", ["weights"]),
-                         grid_given.get("ks", [base.k]), grid_given.get("lams", [base.lam]))
+        grid = _grid(grid_given, lambda axis: axis.default(base) if axis.default else None)
         return Manifest(name, base, grid), now_iso()
     data = read_manifest(directory)
+    old = Grid.from_dict(data["grid"])
+    for axis in AXES:
+        if axis.name in grid_given and axis.name not in old.values and len(axis.values(grid_given[axis.name])) > 1:
+            raise ConfigError(f"Sweep {name} does not vary {axis.flag}; start another sweep to vary it.")
+    given, grid_given = _as_settings(given, grid_given, lambda axis: axis.name in old.values)
     saved = Config.from_dict(data["settings"])
     base = saved.replace(**given)
-    differ = [key for key, value in _settings(base).items() if value != _settings(saved)[key]]
+    before, now = _settings(saved, old), _settings(base, old)
+    differ = [key for key, value in now.items() if value != before[key]]
     if differ:
-        flags = ", ".join(f"--{key.replace('_', '-')} (was {_settings(saved)[key]!r})" for key in differ)
+        flags = ", ".join(f"--{key.replace('_', '-')} (was {before[key]!r})" for key in differ)
         raise ConfigError(f"Sweep {name} was made with other settings: {flags}. Continue it with "
                           f"'clusterlab sweep {name}' alone, or choose another name.")
-    old = Grid.from_dict(data["grid"])
-    grid = make_grid(grid_given.get("seeds", old.seeds), grid_given.get("sources", old.sources),
-                     grid_given.get("ks", old.ks), grid_given.get("lams", old.lams))
+    grid = _grid(grid_given, lambda axis: old.values.get(axis.name))
     return Manifest(name, saved, grid), str(data.get("created_at") or now_iso())
+
+
+def _by_axis(grid_given: dict) -> dict:
+    """`grid_given` (by manifest key, or as earlier versions spelt it) by axis name."""
+    by_name = {}
+    for key, values in grid_given.items():
+        axis = BY_KEY.get(_OLD_KEYS.get(key, key))
+        if axis is None:
+            raise ConfigError(f"A sweep has no axis {key!r}; its axes are {', '.join(BY_KEY)}.")
+        by_name[axis.name] = list(values)
+    return by_name
+
+
+def _as_settings(given: dict, grid_given: dict, is_axis) -> tuple[dict, dict]:
+    """Move the values of optional axes that are no axis of this sweep (`is_axis` false) into the settings."""
+    given, grid_given = dict(given), dict(grid_given)
+    for axis in AXES:
+        if not axis.always and axis.name in grid_given and not is_axis(axis):
+            given[axis.field] = axis.values(grid_given.pop(axis.name))[0]
+    return given, grid_given
+
+
+def _grid(grid_given: dict, otherwise) -> Grid:
+    """The grid of the axes given, and of the others the values `otherwise(axis)` gives (None: not an axis)."""
+    values = {}
+    for axis in AXES:
+        chosen = grid_given.get(axis.name, otherwise(axis))
+        if chosen is not None:
+            values[axis.key] = list(chosen)
+    return make_grid(values)
 
 
 def write_manifest(directory: Path, manifest: Manifest, created_at: str) -> None:
     write_json(directory / SWEEP_FILE, manifest.to_dict(created_at))
+
+
+def write_table(directory: Path, table: dict, csv_text: str) -> None:
+    """The sweep's result table as JSON (members and rows) and CSV (rows), each written atomically."""
+    write_json(directory / TABLE_JSON, table)
+    atomic_write(directory / TABLE_CSV, csv_text.encode())
+
+
+def read_table(directory: Path) -> dict | None:
+    """The table.json the last run that reached its end wrote, or None (none yet, or one being replaced)."""
+    try:
+        data = json.loads((directory / TABLE_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def table_stamp(directory: Path) -> Path:
+    """The file whose change says that a run wrote its table."""
+    return directory / TABLE_JSON
+
+
+def manifest_path(directory: Path) -> Path:
+    return directory / SWEEP_FILE
 
 
 def sweep_row(directory: Path) -> dict:

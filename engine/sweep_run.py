@@ -22,7 +22,7 @@ from engine.errors import ConfigError
 from engine.format import fmt, null_text
 from engine.member import Progress, failed, member_result, run_member
 from engine.plan import CLUSTER, PRETRAIN
-from engine.session import SessionLock, atomic_write, session_path, sessions_root, write_json
+from engine.session import SessionLock, session_path, sessions_root
 from engine.sweep import (
     FAILED,
     FINISHED,
@@ -33,6 +33,7 @@ from engine.sweep import (
     plan_members,
     resolve_manifest,
     write_manifest,
+    write_table,
 )
 from engine.sweep_table import table_rows, to_csv
 
@@ -111,7 +112,7 @@ def make_executor(kind: str, stop: threading.Event | None = None, ray_address: s
 def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = None,
               executor: Executor | None = None, display: SweepDisplay | None = None) -> SweepResult:
     """Run sweep `name` (new from the flags, or continued from its manifest): only its unfinished members run.
-    `given`: settings flags (Config field -> value); `grid_given`: any of seeds, sources, ks, lams."""
+    `given`: settings flags (Config field -> value); `grid_given`: axis values by manifest key (engine.axes)."""
     root = root or sessions_root()
     directory = session_path(name, root)
     manifest, created = resolve_manifest(directory, name, given, grid_given)
@@ -136,8 +137,7 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
         rows = table_rows(results)
         sweep = SweepResult(name, directory, results, rows, sum(1 for m in todo if m.name in reported),
                             len(members) - len(todo))
-        atomic_write(directory / "table.csv", to_csv(rows).encode())
-        write_json(directory / "table.json", sweep.to_dict())
+        write_table(directory, sweep.to_dict(), to_csv(rows))
         return sweep
     finally:
         lock.release()
@@ -146,10 +146,9 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
 def _result(member: Member, base: Config, root: Path, reported: dict | None) -> dict:
     """A member's row: read from its session when finished, else its grid point with what the run reported (a
     failure) or that it is unfinished (stopped, or not reached)."""
-    settings = member.settings(base, root)
     if member_finished(root / member.name, member.kind):
-        return member_result(root / member.name, settings)
-    grid_point = {key: settings[key] for key in ("name", "kind", "seed", "source", "k", "lam")}
+        return member_result(root / member.name, member.settings(base, root))
+    grid_point = member.row()
     if reported is not None and reported["status"] == FAILED:
         return {**grid_point, "status": FAILED, "error": reported["error"]}
     return {**grid_point, "status": UNFINISHED}
@@ -239,5 +238,5 @@ class SweepDisplay:
 def _weight(member: Member, base: Config) -> float:
     """Training epochs (a pretraining set by --steps counts one: its epochs are not known before the data is)."""
     if member.kind == PRETRAIN:
-        return float(base.epochs) if base.steps is None else 1.0
+        return float(member.config(base).epochs) if base.steps is None else 1.0
     return CLUSTER_WEIGHT if member.kind == CLUSTER else float(base.finetune_epochs)

@@ -1,8 +1,10 @@
 """A sweep's result table: one row per stage and grid point, means with 95% CIs over seeds, as Markdown, CSV,
 JSON and a terminal chart of accuracy against clusterability.
 
-Rows: "pretrained" (one), "clustered" per (source, k), "finetuned" per (source, k, λ). Significance (shuffle null)
-and ablation figures are read from the members' results where their sessions hold them, "-" where not.
+Rows: "pretrained" per point of the pretraining axes other than the seed (one, unless the sweep varies hidden, lr
+or epochs), "clustered" per (source, k) too, "finetuned" per λ too: a column per axis (engine.axes) but the seed.
+Significance (shuffle null) and ablation figures are read from the members' results where their sessions hold
+them, "-" where not.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import csv
 import io
 from collections.abc import Iterable
 
+from engine.axes import AXES, LABELS, Axis, cell, group_key
 from engine.format import fmt
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN
 from engine.stats import Estimate, mean_ci, paired_difference
@@ -18,30 +21,36 @@ from engine.sweep import FINISHED
 
 STAGES = {PRETRAIN: "pretrained", CLUSTER: "clustered", FINETUNE: "finetuned"}
 ALPHA = 0.05  # a seed "beats the null" when its shuffle-null p is below this
-# The keys of a row, in the CSV's column order.
-COLUMNS = ("stage", "source", "k", "lam", "n", "seeds", "test_accuracy", "test_accuracy_ci", "clusterability",
-           "clusterability_ci", "null_mean", "p_below_alpha", "p_n", "accuracy_cost", "accuracy_cost_ci", "ncut",
-           "specialisation")
+# The keys of a row after its stage and its axes (table_axes), in the CSV's column order.
+COLUMNS = ("n", "seeds", "test_accuracy", "test_accuracy_ci", "clusterability", "clusterability_ci", "null_mean",
+           "p_below_alpha", "p_n", "accuracy_cost", "accuracy_cost_ci", "ncut", "specialisation")
+
+
+def table_axes(rows: Iterable[dict]) -> list[Axis]:
+    """The axes that are the table's columns: every axis but the seed that the members or rows hold."""
+    rows = list(rows)
+    return [axis for axis in AXES if axis.name != "seed" and (axis.always or any(axis.name in r for r in rows))]
 
 
 def table_rows(members: Iterable[dict]) -> list[dict]:
     """Group finished members' results (the others are left out) into the table's rows, in the
     order the grid first meets each group. The accuracy cost is paired by seed with the λ=0 control of the same
     (source, k): the control's accuracy minus this row's."""
+    members = list(members)
+    axes = table_axes(members)
     groups: dict[tuple, list[dict]] = {}
     for m in members:
         if m["status"] == FINISHED:
-            key = (m["kind"], m["source"], m["k"], m["lam"] if m["kind"] == FINETUNE else None)
-            groups.setdefault(key, []).append(m)
+            groups.setdefault((m["kind"], *group_key(m, axes)), []).append(m)
+    lam = 1 + [a.name for a in axes].index("lam")
     rows = []
-    for (kind, source, k, lam), group in groups.items():
-        control = groups.get((FINETUNE, source, k, 0.0)) if kind == FINETUNE else None
-        rows.append(_row(kind, source, k, lam, group, control))
+    for key, group in groups.items():
+        control = groups.get((*key[:lam], 0.0, *key[lam + 1:])) if key[0] == FINETUNE else None
+        rows.append(_row(key[0], {a.name: group[0].get(a.name) for a in axes}, group, control))
     return rows
 
 
-def _row(kind: str, source: str | None, k: int | None, lam: float | None, group: list[dict],
-         control: list[dict] | None) -> dict:
+def _row(kind: str, point: dict, group: list[dict], control: list[dict] | None) -> dict:
     accuracy = mean_ci(m["test_accuracy"] for m in group)
     clusterability = mean_ci(m["clusterability"] for m in group)
     significant = [m["significance"] for m in group if m.get("significance")]
@@ -51,7 +60,7 @@ def _row(kind: str, source: str | None, k: int | None, lam: float | None, group:
                                  {m["seed"]: m["test_accuracy"] for m in group})
     specialisation = [_mean(m["ablation"].get("specialisation")) for m in group if m.get("ablation")]
     return {
-        "stage": STAGES[kind], "source": source, "k": k, "lam": lam, "n": len(group),
+        "stage": STAGES[kind], **point, "n": len(group),
         "seeds": sorted(m["seed"] for m in group),
         "test_accuracy": accuracy.mean, "test_accuracy_ci": accuracy.ci,
         "clusterability": clusterability.mean, "clusterability_ci": clusterability.ci,
@@ -80,28 +89,37 @@ def with_ci(mean: float | None, ci: float | None, digits: int = 4) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """The table for people: means ± 95% CI half-widths over seeds (Student t)."""
-    head = ("stage", "source", "k", "λ", "seeds", "test accuracy", "clusterability", "null mean",
-            f"p < {ALPHA:g}", "cost vs λ=0", "ncut", "specialisation")
+    head, body = table_cells(rows)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        share = "-" if r["p_below_alpha"] is None else f"{round(r['p_below_alpha'] * r['p_n'])}/{r['p_n']}"
-        control = r["stage"] == "finetuned" and r["lam"] == 0
-        cells = (r["stage"], r["source"] or "-", "-" if r["k"] is None else str(r["k"]),
-                 "-" if r["lam"] is None else f"{r['lam']:g}", str(r["n"]),
-                 with_ci(r["test_accuracy"], r["test_accuracy_ci"]),
-                 with_ci(r["clusterability"], r["clusterability_ci"]), fmt(r["null_mean"]), share,
-                 "control" if control else with_ci(r["accuracy_cost"], r["accuracy_cost_ci"]), fmt(r["ncut"]),
-                 fmt(r["specialisation"]))
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
 
 
+def table_cells(rows: list[dict]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The table's header and each row's cells as people read them (Markdown, the sweep view)."""
+    axes = table_axes(rows)
+    head = ("stage", *(LABELS.get(a.name, a.name) for a in axes), "seeds", "test accuracy", "clusterability",
+            "null mean", f"p < {ALPHA:g}", "cost vs λ=0", "ncut", "specialisation")
+    body = []
+    for r in rows:
+        share = "-" if r["p_below_alpha"] is None else f"{round(r['p_below_alpha'] * r['p_n'])}/{r['p_n']}"
+        control = r["stage"] == "finetuned" and r["lam"] == 0
+        body.append((r["stage"], *(cell(a, r.get(a.name)) for a in axes), str(r["n"]),
+                     with_ci(r["test_accuracy"], r["test_accuracy_ci"]),
+                     with_ci(r["clusterability"], r["clusterability_ci"]), fmt(r["null_mean"]), share,
+                     "control" if control else with_ci(r["accuracy_cost"], r["accuracy_cost_ci"]), fmt(r["ncut"]),
+                     fmt(r["specialisation"])))
+    return head, body
+
+
 def to_csv(rows: list[dict]) -> str:
+    axes = table_axes(rows)
     out = io.StringIO()
-    writer = csv.DictWriter(out, COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, ("stage", *(a.name for a in axes), *COLUMNS), lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({key: _csv_cell(r[key]) for key in COLUMNS})
+        point = {a.name: _csv_cell(a.text(r[a.name]) if isinstance(r[a.name], list) else r[a.name]) for a in axes}
+        writer.writerow({"stage": r["stage"], **point, **{key: _csv_cell(r[key]) for key in COLUMNS}})
     return out.getvalue()
 
 
@@ -114,7 +132,7 @@ def _csv_cell(value: object) -> object:
 
 
 def pareto_chart(rows: list[dict], width: int = 100, height: int = 22) -> str | None:
-    """Test accuracy against clusterability, one point per λ with 95% CI bars, a series per (source, k): the
+    """Test accuracy against clusterability, one point per λ with 95% CI bars, a series per point of the other axes: the
     modularity/accuracy trade-off. None when no finetuned row has both figures."""
     import plotext as plt
 
@@ -125,14 +143,16 @@ def pareto_chart(rows: list[dict], width: int = 100, height: int = 22) -> str | 
     plt.clear_figure()
     plt.plotsize(width, height)
     plt.theme("clear")
+    axes = [a for a in table_axes(rows) if a.name != "lam"]
     series: dict[tuple, list[dict]] = {}
     for r in points:
-        series.setdefault((r["source"], r["k"]), []).append(r)
-    for (source, k), group in series.items():
+        series.setdefault(group_key(r, axes), []).append(r)
+    for group in series.values():
         plt.error([r["clusterability"] for r in group], [r["test_accuracy"] for r in group],
                   xerr=[r["clusterability_ci"] or 0.0 for r in group],
                   yerr=[r["test_accuracy_ci"] or 0.0 for r in group])
-        prefix = f"{source[0]}{k} " if len(series) > 1 else ""  # plotext draws no legend for error bars
+        # plotext draws no legend for error bars: with several series each point names its own ('w2' for weights, k=2)
+        prefix = "".join(_short(a, group[0][a.name]) for a in axes) + " " if len(series) > 1 else ""
         for r in group:
             plt.text(f"{prefix}λ={r['lam']:g}", r["clusterability"], r["test_accuracy"], alignment="dynamic")
     plt.xlim(*_padded([r["clusterability"] for r in points], [r["clusterability_ci"] for r in points]))
@@ -143,6 +163,13 @@ def pareto_chart(rows: list[dict], width: int = 100, height: int = 22) -> str | 
     chart = plt.uncolorize(plt.build())  # no colour codes: the chart also goes to files and pipes
     plt.clear_figure()
     return chart
+
+
+def _short(axis: Axis, value: object) -> str:
+    """A value in a chart label: 'w2' for weights and k=2, other axes by their name part ('h32x32 w2')."""
+    if axis.name == "source":
+        return value[0]
+    return str(value) if axis.name == "k" else axis.part(value) + " "
 
 
 def _padded(means: list[float], cis: list[float | None]) -> tuple[float, float]:

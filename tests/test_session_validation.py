@@ -14,6 +14,7 @@ import torch
 
 from engine.config import Config
 from engine.errors import SessionError
+from engine.listing import list_sessions
 from engine.session import (
     JOB_KINDS,
     MetricsLog,
@@ -21,7 +22,6 @@ from engine.session import (
     atomic_write,
     check_metrics,
     check_name,
-    list_sessions,
     load_checkpoint,
     new_name,
     read_metrics,

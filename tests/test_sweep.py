@@ -5,21 +5,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from scipy import stats as scipy_stats
 
+from engine.axes import AXES, parse_seeds, parse_shapes
 from engine.cli import main
 from engine.config import Config
 from engine.engine import Engine
 from engine.member import run_member
 from engine.reproduce import compare
 from engine.stats import mean_ci, paired_difference, prediction_interval
-from engine.sweep import make_grid, parse_seeds, plan_members, sweep_row
+from engine.sweep import make_grid, plan_members, sweep_row
 from engine.sweep_run import InProcess, run_sweep, stop_on_signals
 from engine.sweep_table import markdown, table_rows, to_csv
 from tests.conftest import CLUSTERLAB, needs_mnist, run_cli
@@ -99,15 +102,89 @@ def test_significance_and_ablation_figures_are_read_where_present():
 # ----- the grid ---------------------------------------------------------------------------------------------------
 
 
+def _grid(seeds, sources, ks, lams, **more):
+    return make_grid({"seeds": seeds, "sources": sources, "k": ks, "lam": lams, **more})
+
+
 def test_grid_parsing_and_member_tree():
     assert parse_seeds("3") == [1, 2, 3] and parse_seeds("4,9") == [4, 9] and parse_seeds("7,") == [7]
-    grid = make_grid([2, 1, 2], ["gradients", "weights"], [4, 2], [10, 3])
-    assert grid.lams == (0.0, 3.0, 10.0) and grid.ks == (2, 4) and grid.seeds == (2, 1)
-    members = plan_members("sw", make_grid([1], ["weights"], [2], [0.5]))
+    grid = _grid([2, 1, 2], ["gradients", "weights"], [4, 2], [10, 3])
+    assert grid.values == {"seed": (2, 1), "source": ("gradients", "weights"), "k": (2, 4), "lam": (0.0, 3.0, 10.0)}
+    members = plan_members("sw", _grid([1], ["weights"], [2], [0.5]))
     assert [(m.name, m.parent) for m in members] == [
         ("sw.s1", None), ("sw.s1.weights.k2", "sw.s1"), ("sw.s1.weights.k2.lam0", "sw.s1.weights.k2"),
         ("sw.s1.weights.k2.lam0.5", "sw.s1.weights.k2")]
     assert len(plan_members("x", grid)) == 2 * (1 + 2 * 2 * (1 + 3))
+
+
+def test_every_axis_names_members_and_sets_their_config():
+    assert parse_shapes("32,64x16x8") == [[32, 32], [64, 16, 8]]
+    grid = _grid([1], ["weights"], [2], [3], hidden=[[16, 16], [8, 8]], lr=[0.1, 0.01], epochs=[2])
+    assert grid.version == 2 and _grid([1], ["weights"], [2], [3]).version == 1
+    members = plan_members("sw", grid)
+    assert len(members) == 2 * 2 * (1 + 1 + 2)
+    first = members[-1]
+    assert first.name == "sw.s1.h16x16.lr0.1.e2.weights.k2.lam3"
+    assert first.parent == "sw.s1.h16x16.lr0.1.e2.weights.k2"
+    config = first.config(Config(**TINY))
+    assert (config.hidden, config.lr, config.epochs, config.lam, config.seed) == ((16, 16), 0.1, 2, 3.0, 1)
+    # every axis's flag parses into the grid key it is saved under
+    assert {a.key for a in AXES} == {"seeds", "hidden", "lr", "epochs", "sources", "k", "lam"}
+
+
+def test_hidden_is_an_axis_with_its_own_column(tmp_path):
+    result = run_sweep("sw", {k: v for k, v in TINY.items() if k != "hidden"},
+                       {"seeds": [1], "lam": [5], "hidden": [[8, 8], [16, 16]]}, root=tmp_path)
+    assert [r["hidden"] for r in result.table if r["stage"] == "pretrained"] == [[8, 8], [16, 16]]
+    control = {tuple(r["hidden"]): r for r in result.table if r["stage"] == "finetuned" and r["lam"] == 0}
+    assert set(control) == {(8, 8), (16, 16)}  # each width's λ=5 is paired with its own control
+    head = markdown(result.table).splitlines()[0]
+    assert head.startswith("| stage | hidden | source | k | λ |")
+    assert "| pretrained | 8x8 | - | - | - |" in markdown(result.table)
+    assert to_csv(result.table).splitlines()[1].startswith("pretrained,8x8,,,,1,")
+    saved = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert saved["grid"]["hidden"] == [[8, 8], [16, 16]] and "hidden" not in saved["settings"]
+    assert json.loads((tmp_path / "sw.s1.h16x16" / "session.json").read_text())["config"]["hidden"] == [16, 16]
+    # one value is a setting, as in every sweep before axes were declared: no name part, no column
+    single = run_sweep("one", TINY, {"seeds": [1], "lam": [5], "hidden": [[16, 16]]}, root=tmp_path)
+    assert "hidden" not in single.table[0] and single.members[0]["name"] == "one.s1"
+
+
+def test_a_sweep_saved_before_axes_were_declared_continues(tmp_path):
+    """tests/data/sweep_v1: a sweep written by the code before this change (one seed, finished). Its members keep
+    their names and configs (so a stopped one resumes), are not run again, and the grid grows around them."""
+    root = tmp_path / "sessions"
+    shutil.copytree(Path(__file__).parent / "data" / "sweep_v1", root)
+    before = json.loads((root / "old" / "table.json").read_text())
+    manifest = json.loads((root / "old" / "sweep.json").read_text())
+    members = plan_members("old", make_grid(manifest["grid"]))
+    assert [m.name for m in members] == manifest["members"]
+    base = Config.from_dict(manifest["settings"])
+    for member in members:
+        saved = json.loads((root / member.name / "session.json").read_text())["config"]
+        assert member.config(base).to_dict() == saved
+    counting = Counting()
+    grown = run_sweep("old", {}, {"seeds": [1, 2]}, root=root, executor=counting)
+    assert grown.skipped == 4 and counting.given == ["old.s2", "old.s2.weights.k2", "old.s2.weights.k2.lam0",
+                                                     "old.s2.weights.k2.lam5"]
+    keys = ("name", "kind", "seed", "source", "k", "lam", "status", "step", "params_sha256", "test_accuracy",
+            "clusterability")
+    assert [{k: m[k] for k in keys} for m in grown.members[:4]] == [{k: m[k] for k in keys}
+                                                                    for m in before["members"]]
+    assert json.loads((root / "old" / "sweep.json").read_text())["format_version"] == 1
+
+
+def test_seed_has_no_meaning_in_a_sweep_and_flags_are_not_abbreviated(capsys, sessions):
+    error = _one_line_error(capsys, ["sweep", "sw", "--seed", "3", *TINY_FLAGS])
+    assert "--seed has no meaning in a sweep" in error and "--seeds" in error
+    assert "unrecognized arguments: --see" in _one_line_error(capsys, ["sweep", "sw", "--see", "3", *TINY_FLAGS])
+    assert list(sessions.iterdir()) == []
+
+
+def test_an_axis_a_saved_sweep_does_not_vary_is_refused(capsys, sessions):
+    assert main(["sweep", "sw", "--seeds", "1", "--lam", "5", *TINY_FLAGS]) == 0
+    capsys.readouterr()
+    assert "does not vary --hidden" in _one_line_error(capsys, ["sweep", "sw", "--hidden", "8,16"])
 
 
 # ----- running ----------------------------------------------------------------------------------------------------
@@ -199,7 +276,7 @@ def test_members_are_ordinary_sessions(tmp_path, monkeypatch):
                                                                  finetuned["clusterability"])
     assert [h["phase"] for h in snapshot.history] == ["pretrain", "cluster", "finetune"]
     assert snapshot.plan == () and snapshot.config["seed"] == 3 and snapshot.config["lam"] == 5.0
-    settings = plan_members("sw", make_grid([3], ["weights"], [2], [5]))[-1].settings(Config(**TINY), tmp_path)
+    settings = plan_members("sw", _grid([3], ["weights"], [2], [5]))[-1].settings(Config(**TINY), tmp_path)
     assert run_member(settings) == finetuned  # a finished member is not run again: its result is read back
 
 

@@ -11,8 +11,9 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 from engine.config import Config
 from engine.errors import ClusterlabError, ConfigError
 from engine.format import SESSION_COLUMNS, session_cells
+from engine.listing import list_sessions
 from engine.options import OPTIONS, config_from_texts
-from engine.session import check_name, list_sessions, new_name, session_path
+from engine.session import check_name, new_name, session_path
 
 
 class HelpScreen(ModalScreen[None]):

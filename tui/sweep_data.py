@@ -1,37 +1,39 @@
 """A sweep as the UI shows it, read from its folder while another process may be running it (no torch here).
 
-The sweep command writes table.json only when a run ends, so a live view reads what changes as the sweep goes:
-each member's session.json, rewritten at every save of that member. `SweepWatcher.poll` stats those files and
-re-reads only the ones that changed, so polling a sweep of dozens of members once a second costs a few
-hundred microseconds while nothing moves. A finished member's figures come from its session.json exactly as
-`engine.member.member_result` reads them (less the parameters' hash, which needs its checkpoint and so torch),
-and the table rows from `engine.sweep_table.table_rows`, so the view's table is the one the sweep writes.
+The sweep command writes its table (engine.sweep.write_table) only when a run ends, so a live view also reads
+what changes as the sweep goes: each member's saved session, rewritten at every save of that member.
+`SweepWatcher.poll` stats those files and re-reads only the ones that changed, so polling a sweep of dozens of
+members once a second costs a few hundred microseconds while nothing moves. A finished member's figures come from
+its session exactly as `engine.member.member_result` reads them (less the parameters' hash, which needs its
+checkpoint and so torch). The rows are the sweep's own table.json once a run has ended, and
+`engine.sweep_table.table_rows` of the members while one runs, so the view's table is the one the sweep writes.
+Every file is found and read through engine.session and engine.sweep.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.session import SESSION_FILE
+from engine.errors import SessionError
+from engine.session import peek_session, session_file
 from engine.sweep import (
     FAILED,
     FINISHED,
-    SWEEP_FILE,
     UNFINISHED,
-    Grid,
     Member,
+    manifest_path,
     member_figures,
     member_finished,
     plan_members,
-    read_manifest,
+    read_grid,
+    read_table,
+    table_stamp,
 )
 from engine.sweep_table import table_rows
 
 NOT_STARTED = "not started"  # a member the sweep has not reached: no session folder yet
-TABLE_FILE = "table.json"
 
 
 @dataclass(frozen=True)
@@ -54,17 +56,15 @@ def member_row(directory: Path, member: Member) -> dict:
     """One member's grid point, status, whether it has a session ("saved"), its step and, once finished, its
     figures: test accuracy, clusterability and the significance and ablation figures its session holds (what
     `member_result` reports for it)."""
-    row: dict = {"name": member.name, "kind": member.kind, "seed": member.seed, "source": member.source,
-                 "k": member.k, "lam": member.lam, "status": NOT_STARTED, "saved": False, "step": None, "done": None,
-                 "total": None,
+    row: dict = {**member.row(), "status": NOT_STARTED, "saved": False, "step": None, "done": None, "total": None,
                  "test_accuracy": None, "clusterability": None, "significance": None, "ablation": None}
     finished = member_finished(directory, member.kind)
     try:
-        data = json.loads((directory / SESSION_FILE).read_text())
-    except FileNotFoundError:
-        return row
-    except (OSError, ValueError):
+        data = peek_session(directory)
+    except SessionError:
         return {**row, "status": UNFINISHED, "saved": True}  # unreadable just now: the next poll reads it again
+    if data is None:
+        return row
     row.update(status=UNFINISHED, saved=True, step=data.get("step"))
     plan = data.get("plan") or []
     if plan:
@@ -86,6 +86,7 @@ class SweepWatcher:
         self._rows: dict[str, dict] = {}
         self._table_stamp: tuple | None = None
         self._failed: dict[str, str] = {}  # member -> error, from the table of a run that ended
+        self._table: list[dict] | None = None  # the rows of that table
 
     def poll(self) -> SweepState | None:
         """The sweep now, or None when no file changed since the last poll. SessionError if the manifest cannot
@@ -93,7 +94,7 @@ class SweepWatcher:
         changed = self._read_manifest()
         changed |= self._read_table()
         for member in self._members:
-            stamp = _stamp(self.directory.parent / member.name / SESSION_FILE)
+            stamp = _stamp(session_file(self.directory.parent / member.name))
             if stamp != self._stamps.get(member.name) or member.name not in self._rows:
                 self._stamps[member.name] = stamp
                 self._rows[member.name] = member_row(self.directory.parent / member.name, member)
@@ -101,27 +102,28 @@ class SweepWatcher:
         return self._state() if changed else None
 
     def _read_manifest(self) -> bool:
-        stamp = _stamp(self.directory / SWEEP_FILE)
+        stamp = _stamp(manifest_path(self.directory))
         if stamp == self._manifest_stamp:
             return False
-        data = read_manifest(self.directory)  # the grid can grow when the sweep is run again with more seeds
+        grid = read_grid(self.directory)  # the grid can grow when the sweep is run again with more seeds
         self._manifest_stamp = stamp
-        self._members = plan_members(self.name, Grid.from_dict(data["grid"]))
+        self._members = plan_members(self.name, grid)
         return True
 
     def _read_table(self) -> bool:
-        """Failures are known only to the sweep process: its table.json lists them when a run ends."""
-        stamp = _stamp(self.directory / TABLE_FILE)
+        """Failures are known only to the sweep process: its table.json lists them when a run ends, with the rows."""
+        stamp = _stamp(table_stamp(self.directory))
         if stamp == self._table_stamp:
             return False
         self._table_stamp = stamp
-        self._failed = {}
-        if self._ended():
+        self._failed, self._table = {}, None
+        table = read_table(self.directory) if self._ended() else None  # None: a table being replaced, read next time
+        if table is not None:
             try:
-                members = json.loads((self.directory / TABLE_FILE).read_text())["members"]
-                self._failed = {m["name"]: m.get("error", "") for m in members if m.get("status") == FAILED}
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # a table being replaced: the next poll reads the new one
+                self._failed = {m["name"]: m.get("error", "") for m in table["members"] if m["status"] == FAILED}
+                self._table = list(table["table"])
+            except (KeyError, TypeError):
+                self._failed, self._table = {}, None
         return True
 
     def _ended(self) -> bool:
@@ -138,8 +140,11 @@ class SweepWatcher:
             members.append(row)
         saved = [(stamp[0], name) for name, stamp in self._stamps.items() if stamp is not None]
         last = max(saved, default=None)
-        return SweepState(self.name, members, table_rows(members), last[1] if last else None,
-                          last[0] / 1e9 if last else None, self._ended())
+        # The run's own table while nothing saved since it ended; the members' rows while a run is under way.
+        ended = self._ended() and (last is None or last[0] <= self._table_stamp[0])
+        rows = self._table if ended and self._table is not None else table_rows(members)
+        return SweepState(self.name, members, rows, last[1] if last else None, last[0] / 1e9 if last else None,
+                          self._ended())
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -23,7 +23,7 @@ from textual.worker import get_current_worker
 from engine.errors import SessionError
 from engine.format import fmt
 from engine.sweep import FAILED, FINISHED, UNFINISHED
-from engine.sweep_table import STAGES, markdown, pareto_chart
+from engine.sweep_table import STAGES, pareto_chart, table_axes, table_cells
 from tui.sweep_data import SweepState, SweepWatcher, ago
 
 POLL_S = 1.0  # the sweep's files are read at most once a second
@@ -31,20 +31,9 @@ PLOTEXT = threading.Lock()  # pareto_chart draws on plotext's one global figure
 MEMBER_COLUMNS = ("member", "status", "step", "test accuracy", "clusterability", "p")
 
 
-def markdown_cells(rows: list[dict]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """The header and each row's cells of the sweep's own Markdown table (engine.sweep_table.markdown), so the
-    view shows a row's figures exactly as the printed table and README do."""
-    lines = markdown(rows).splitlines()
-    return _cells(lines[0]), [_cells(line) for line in lines[2:]]
-
-
-def _cells(line: str) -> tuple[str, ...]:
-    return tuple(cell.strip() for cell in line.strip()[1:-1].split("|"))
-
-
 def row_key(row: dict) -> str:
     """A table row's key: its stage and grid point ('finetuned/weights/2/3.0')."""
-    return "/".join(str(row[key]) for key in ("stage", "source", "k", "lam"))
+    return "/".join(str(row[key]) for key in ("stage", *(axis.name for axis in table_axes([row]))))
 
 
 def member_cells(member: dict) -> tuple[str, ...]:
@@ -59,8 +48,8 @@ def member_cells(member: dict) -> tuple[str, ...]:
 
 def member_of(row: dict, member: dict) -> bool:
     """The member is one of the seeds a result row averages."""
-    return (STAGES[member["kind"]] == row["stage"] and member["source"] == row["source"]
-            and member["k"] == row["k"] and (row["stage"] != "finetuned" or member["lam"] == row["lam"]))
+    return STAGES[member["kind"]] == row["stage"] and all(member.get(axis.name) == row[axis.name]
+                                                          for axis in table_axes([row]))
 
 
 def fill(table: DataTable, header: tuple[str, ...], rows: list[tuple[str, tuple[str, ...]]]) -> None:
@@ -184,7 +173,7 @@ class SweepScreen(Screen[str | None]):
             return
         if message.state is not None:
             self.state = message.state
-            header, cells = markdown_cells(self.state.rows)
+            header, cells = table_cells(self.state.rows)
             fill(self.query_one("#sweep-rows", DataTable), header,
                  [(row_key(r), c) for r, c in zip(self.state.rows, cells, strict=True)])
             fill(self.query_one("#sweep-member-table", DataTable), MEMBER_COLUMNS,

@@ -1,0 +1,192 @@
+"""A sweep's axes, declared once: the flag, the manifest key, the member-name part, the table column, the stage.
+
+Member names, the manifest's grid, the result table (JSON, CSV, Markdown), the sweep view and `reproduce` all read
+this list; adding an axis is one `Axis(...)` entry in AXES. Values are kept as JSON values (a shape is a list).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.config import Config, check_int, check_lam, check_source, finite_number, float32, parse_hidden
+from engine.errors import ConfigError
+from engine.plan import CLUSTER, FINETUNE, PRETRAIN
+
+STAGES = (PRETRAIN, CLUSTER, FINETUNE)  # a member of a stage starts from a member of the stage before
+
+
+def num_text(value: float) -> str:
+    """A number as a name part: 3.0 -> '3', 0.25 -> '0.25' (the shortest text that reads back as the same float)."""
+    text = f"{value:g}"
+    return text if float(text) == value else repr(value)
+
+
+def parse_list(flag: str, text: str, kind: type) -> list:
+    """A comma-separated list of numbers or words, each parsed as `kind`; at least one."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ConfigError(f"{flag} needs at least one value, as a comma-separated list.")
+    if kind is str:
+        return parts
+    try:
+        return [kind(p) for p in parts]
+    except ValueError:
+        what = "whole numbers" if kind is int else "numbers"
+        raise ConfigError(f"{flag} must be {what}, comma-separated, not {text!r}.") from None
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'5' means five seeds, 1 to 5; a comma-separated list ('1,2,7', or '7,' for seed 7 alone) names them."""
+    if "," not in text:
+        count = parse_list("--seeds", text, int)[0]
+        check_int("--seeds", count, 1)
+        return list(range(1, count + 1))
+    return parse_list("--seeds", text, int)
+
+
+def parse_shapes(text: str) -> list[list[int]]:
+    """'32,64' -> two networks, every hidden layer 32 (then 64) wide, two layers; '64x32x64' names a shape."""
+    return [list(parse_hidden(",".join(part.split("x")) if "x" in part else f"{part},{part}"))
+            for part in parse_list("--hidden", text, str)]
+
+
+def _seed(value: object) -> int:
+    check_int("--seeds", value, 0)
+    return value
+
+
+def _k(value: object) -> int:
+    check_int("--k", value, 2)
+    return value
+
+
+def _lam(value: object) -> float:
+    check_lam(value)
+    return float(value)
+
+
+def _source(value: object) -> str:
+    check_source(value)
+    return value
+
+
+def _shape(value: object) -> list[int]:
+    return list(parse_hidden(value))
+
+
+def _lr(value: object) -> float:
+    if not finite_number(value) or value <= 0 or not float32(value):
+        raise ConfigError(f"--lr must be positive numbers that float32 holds, not {value!r}.")
+    return float(value)
+
+
+def _epochs(value: object) -> int:
+    check_int("--epochs", value, 0)
+    return value
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One thing a sweep varies: a Config field, set from `stage` on (a pretraining axis reaches its members'
+    clusterings and finetunings too)."""
+
+    name: str  # the key in a member's point, its result and the table's rows; also the table's header
+    field: str  # the Config field a value sets
+    flag: str  # the sweep's flag
+    key: str  # the values' key in sweep.json's grid (and in run_sweep's `grid_given`)
+    stage: str  # the member kind from which the axis applies
+    parse: Callable[[str], list]  # the flag's text -> values
+    check: Callable[[object], object]  # a value -> the value checked and canonical, or ConfigError
+    part: Callable[[object], str]  # a value -> its part of a member name
+    help: str
+    metavar: str = "X,X"
+    text: Callable[[object], str] = str  # a value as a table cell
+    ordered: bool = True  # values sorted ascending (else kept in the order given)
+    always: bool = False  # in every sweep's grid (else only when given more than one value)
+    default: Callable[[Config], list] | None = None  # the values of an `always` axis not given
+    also: tuple = ()  # values always in the grid (λ=0, the control)
+
+    def applies(self, kind: str) -> bool:
+        return STAGES.index(kind) >= STAGES.index(self.stage)
+
+    def values(self, given: list) -> tuple:
+        """The axis's grid values: checked, distinct, with `also`, ascending if `ordered`."""
+        checked = [self.check(v) for v in [*given, *self.also]]
+        distinct = list({_hashable(v): v for v in checked}.values())
+        return tuple(sorted(distinct) if self.ordered else distinct)
+
+
+AXES: tuple[Axis, ...] = (
+    Axis("seed", "seed", "--seeds", "seeds", PRETRAIN, parse_seeds, _seed, lambda v: f"s{v}",
+         "N seeds (1 to N), or a comma-separated list of seeds", "N|S,S", ordered=False, always=True),
+    Axis("hidden", "hidden", "--hidden", "hidden", PRETRAIN, parse_shapes, _shape, lambda v: "h" + _shape_text(v),
+         "hidden layer shapes, comma-separated: 32 means 32,32 and 64x32x64 names three layers (default 128,128)",
+         "W,WxW", text=lambda v: _shape_text(v)),
+    Axis("lr", "lr", "--lr", "lr", PRETRAIN, lambda t: parse_list("--lr", t, float), _lr, lambda v: f"lr{num_text(v)}",
+         "SGD learning rates, comma-separated (default 0.001)", text=lambda v: f"{v:g}"),
+    Axis("epochs", "epochs", "--epochs", "epochs", PRETRAIN, lambda t: parse_list("--epochs", t, int), _epochs,
+         lambda v: f"e{v}", "pretraining epochs, comma-separated (default 5)", "N,N"),
+    Axis("source", "cluster_on", "--cluster-on", "sources", CLUSTER, lambda t: parse_list("--cluster-on", t, str),
+         _source, str, "weights and/or gradients, comma-separated (default weights)", "SOURCES", ordered=False,
+         always=True, default=lambda base: [base.cluster_on]),
+    Axis("k", "k", "--k", "k", CLUSTER, lambda t: parse_list("--k", t, int), _k, lambda v: f"k{v}",
+         "numbers of clusters, comma-separated (default 2)", "K,K", always=True, default=lambda base: [base.k]),
+    Axis("lam", "lam", "--lam", "lam", FINETUNE, lambda t: parse_list("--lam", t, float), _lam,
+         lambda v: f"lam{num_text(v)}", "finetuning λs, comma-separated; 0 is always added (default 3)",
+         text=lambda v: f"{v:g}", always=True, default=lambda base: [base.lam], also=(0.0,)),
+)
+BY_NAME = {axis.name: axis for axis in AXES}
+BY_KEY = {axis.key: axis for axis in AXES}
+AXIS_FIELDS = frozenset(axis.field for axis in AXES)
+LABELS = {"lam": "λ"}  # a table header other than the axis's name
+
+
+def _shape_text(value: object) -> str:
+    return "x".join(map(str, value))
+
+
+def _hashable(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def point_of(row: dict) -> dict:
+    """The axis values a member's row or settings hold, in AXES order."""
+    return {axis.name: row[axis.name] for axis in AXES if axis.name in row}
+
+
+def group_key(row: dict, axes: list[Axis]) -> tuple:
+    """A hashable key of `row`'s values on `axes` (None where the row has none)."""
+    return tuple(_hashable(row.get(axis.name)) for axis in axes)
+
+
+def cell(axis: Axis, value: object) -> str:
+    return "-" if value is None else axis.text(value)
+
+
+# ----- the command line ------------------------------------------------------------------------------------------
+
+
+def add_axis_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per axis, and a refusal for a setting's flag that an axis replaces under another name (--seed)."""
+    for axis in AXES:
+        parser.add_argument(axis.flag, dest=f"axis_{axis.name}", metavar=axis.metavar, help=axis.help)
+    for axis in AXES:
+        flag = "--" + axis.field.replace("_", "-")
+        if flag != axis.flag:
+            parser.add_argument(flag, dest=f"replaced_{axis.name}", help=argparse.SUPPRESS)
+
+
+def grid_from_args(args: argparse.Namespace) -> dict:
+    """The axis values given on the command line, by manifest key; a replaced flag is one sentence."""
+    grid = {}
+    for axis in AXES:
+        if getattr(args, f"replaced_{axis.name}", None) is not None:
+            flag = "--" + axis.field.replace("_", "-")
+            raise ConfigError(f"{flag} has no meaning in a sweep: the sweep sets it per member from {axis.flag}; "
+                              f"give {axis.flag} instead.")
+        text = getattr(args, f"axis_{axis.name}", None)
+        if text is not None:
+            grid[axis.key] = axis.parse(text)
+    return grid
