@@ -32,7 +32,7 @@ def preset(seeds: int, epochs: int = EPOCHS, finetune_epochs: int = FINETUNE_EPO
     settings = {"dataset": "mnist", "hidden": (128, 128), "lr": 1e-3, "batch_size": 64, "epochs": epochs,
                 "finetune_epochs": finetune_epochs}
     settings.update({key: value for key, value in (("data_dir", data_dir), ("device", device)) if value is not None})
-    grid = {"seeds": list(range(1, seeds + 1)), "sources": ["weights", "gradients"], "ks": [K], "lams": [0.0, LAM]}
+    grid = {"seeds": list(range(1, seeds + 1)), "sources": ["weights", "gradients"], "k": [K], "lam": [0.0, LAM]}
     name = NAME if (epochs, finetune_epochs) == (EPOCHS, FINETUNE_EPOCHS) else f"{NAME}-e{epochs}-f{finetune_epochs}"
     return name, settings, grid
 

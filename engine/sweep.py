@@ -9,7 +9,9 @@ Layout under the sessions root, for a sweep NAME:
     NAME.s1.weights.k2.lam3/           ... finetuned with λ=3
 
 Members are siblings of the sweep folder, so `clusterlab resume NAME.s1.weights.k2.lam3` and the UI open them
-like any session. The sweep folder holds no session.json: `is_sweep` tells the two apart.
+like any session. The sweep folder holds no session.json: `is_sweep` tells the two apart. What the grid varies
+and how each value names a member is declared in engine/axes.py (a sweep that varies --hidden has members such
+as NAME.s1.h32x32.weights.k2.lam3).
 """
 
 from __future__ import annotations
