@@ -4,8 +4,10 @@ member opened from it showing the figures of its row."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
+import time
 
 import pytest
 from textual.widgets import DataTable
@@ -81,6 +83,19 @@ def test_the_view_reads_the_sweeps_own_table_and_only_what_changed(built, monkey
     session = root / "sw.s2.weights.k2.lam5" / "session.json"
     session.write_text(session.read_text() + " ")  # a save of one member
     assert watcher.poll() is not None and read == ["sw.s2.weights.k2.lam5"]
+
+
+def test_after_a_run_the_view_shows_its_table_json_and_while_one_runs_the_members(swept, monkeypatch):
+    root, table = swept
+    later = time.time() + 60
+    os.utime(root / "sw" / "table.json", (later, later))  # the run's table is newer than every member's save
+    live = [{"stage": "live"}]
+    monkeypatch.setattr("tui.sweep_data.table_rows", lambda members: live)
+    watcher = SweepWatcher(root / "sw")
+    assert watcher.poll().rows == table["table"]
+    session = root / "sw.s1" / "session.json"
+    os.utime(session, (later + 1, later + 1))  # a member saved since: a run is under way again
+    assert watcher.poll().rows == live
 
 
 async def test_sweep_view_at_80x24_table_chart_members(swept):
