@@ -72,6 +72,10 @@ def _source(value: object) -> str:
     return value
 
 
+def _shape_text(value: object) -> str:
+    return "x".join(map(str, value))
+
+
 def _shape(value: object) -> list[int]:
     return list(parse_hidden(value))
 
@@ -107,9 +111,7 @@ class Axis:
     always: bool = False  # in every sweep's grid (else only when given more than one value)
     default: Callable[[Config], list] | None = None  # the values of an `always` axis not given
     also: tuple = ()  # values always in the grid (λ=0, the control)
-
-    def applies(self, kind: str) -> bool:
-        return STAGES.index(kind) >= STAGES.index(self.stage)
+    label: str = ""  # the table's header, if not the name
 
     def values(self, given: list) -> tuple:
         """The axis's grid values: checked, distinct, with `also`, ascending if `ordered`."""
@@ -123,7 +125,7 @@ AXES: tuple[Axis, ...] = (
          "N seeds (1 to N), or a comma-separated list of seeds", "N|S,S", ordered=False, always=True),
     Axis("hidden", "hidden", "--hidden", "hidden", PRETRAIN, parse_shapes, _shape, lambda v: "h" + _shape_text(v),
          "hidden layer shapes, comma-separated: 32 means 32,32 and 64x32x64 names three layers (default 128,128)",
-         "W,WxW", text=lambda v: _shape_text(v)),
+         "W,WxW", text=_shape_text),
     Axis("lr", "lr", "--lr", "lr", PRETRAIN, lambda t: parse_list("--lr", t, float), _lr, lambda v: f"lr{num_text(v)}",
          "SGD learning rates, comma-separated (default 0.001)", text=lambda v: f"{v:g}"),
     Axis("epochs", "epochs", "--epochs", "epochs", PRETRAIN, lambda t: parse_list("--epochs", t, int), _epochs,
@@ -135,18 +137,10 @@ AXES: tuple[Axis, ...] = (
          "numbers of clusters, comma-separated (default 2)", "K,K", always=True, default=lambda base: [base.k]),
     Axis("lam", "lam", "--lam", "lam", FINETUNE, lambda t: parse_list("--lam", t, float), _lam,
          lambda v: f"lam{num_text(v)}", "finetuning λs, comma-separated; 0 is always added (default 3)",
-         text=lambda v: f"{v:g}", always=True, default=lambda base: [base.lam], also=(0.0,)),
+         text=lambda v: f"{v:g}", always=True, default=lambda base: [base.lam], also=(0.0,), label="λ"),
 )
-BY_NAME = {axis.name: axis for axis in AXES}
 BY_KEY = {axis.key: axis for axis in AXES}
 AXIS_FIELDS = frozenset(axis.field for axis in AXES)
-LABELS = {"lam": "λ"}  # a table header other than the axis's name
-
-
-def _shape_text(value: object) -> str:
-    return "x".join(map(str, value))
-
-
 def _hashable(value: object) -> object:
     return tuple(value) if isinstance(value, list) else value
 

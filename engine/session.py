@@ -148,12 +148,12 @@ def read_session(directory: Path, kinds: Collection[str] = JOB_KINDS, *, log: bo
 def load_saved(directory: Path) -> tuple[SavedState, dict]:
     """A saved session to continue: its checked, typed session.json and the checkpoint it names."""
     saved = parse_session(directory, read_session(directory))
-    return saved, load_checkpoint(directory / saved.checkpoint)
+    return saved, saved_checkpoint(directory, saved)
 
 
-def saved_checkpoint(directory: Path, data: dict) -> dict:
-    """The checkpoint that a checked session.json (`data`, from read_session) names."""
-    return load_checkpoint(directory / data["checkpoint"])
+def saved_checkpoint(directory: Path, saved: SavedState | dict) -> dict:
+    """The checkpoint that a save names: its SavedState, or its checked session.json (from read_session)."""
+    return load_checkpoint(directory / (saved.checkpoint if isinstance(saved, SavedState) else saved["checkpoint"]))
 
 
 def peek_session(directory: Path) -> dict | None:

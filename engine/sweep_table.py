@@ -13,7 +13,7 @@ import csv
 import io
 from collections.abc import Iterable
 
-from engine.axes import AXES, LABELS, Axis, cell, group_key
+from engine.axes import AXES, Axis, cell, group_key
 from engine.format import fmt
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN
 from engine.stats import Estimate, mean_ci, paired_difference
@@ -98,7 +98,7 @@ def markdown(rows: list[dict]) -> str:
 def table_cells(rows: list[dict]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """The table's header and each row's cells as people read them (Markdown, the sweep view)."""
     axes = table_axes(rows)
-    head = ("stage", *(LABELS.get(a.name, a.name) for a in axes), "seeds", "test accuracy", "clusterability",
+    head = ("stage", *(a.label or a.name for a in axes), "seeds", "test accuracy", "clusterability",
             "null mean", f"p < {ALPHA:g}", "cost vs λ=0", "ncut", "specialisation")
     body = []
     for r in rows:
