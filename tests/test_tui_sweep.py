@@ -15,12 +15,13 @@ from textual.widgets import DataTable
 from engine.config import Config
 from engine.format import fmt
 from engine.sweep_run import InProcess, run_sweep
-from engine.sweep_table import markdown
+from engine.sweep_table import markdown, table_cells
+from engine.sweep_table import table_rows as engine_table_rows
 from tests.test_tui_support import status_text, table_rows, until
 from tui.app import ClusterlabApp
 from tui.screens import OpenScreen
 from tui.sweep_data import SweepWatcher
-from tui.sweep_screen import SweepScreen
+from tui.sweep_screen import SweepScreen, member_of, row_key
 
 SIZE = (80, 24)
 TINY = {"dataset": "synthetic", "hidden": (16, 16), "device": "cpu", "steps": 20, "finetune_epochs": 1,
@@ -96,6 +97,19 @@ def test_after_a_run_the_view_shows_its_table_json_and_while_one_runs_the_member
     session = root / "sw.s1" / "session.json"
     os.utime(session, (later + 1, later + 1))  # a member saved since: a run is under way again
     assert watcher.poll().rows == live
+
+
+def test_rows_of_a_swept_axis_have_their_own_keys_and_members():
+    def member(name, seed, hidden):
+        return {"name": name, "kind": "pretrain", "seed": seed, "source": None, "k": None, "lam": None,
+                "hidden": hidden, "status": "finished", "test_accuracy": 0.5, "clusterability": None,
+                "significance": None, "ablation": None}
+
+    members = [member("a", 1, [8, 8]), member("b", 1, [16, 16]), member("c", 2, [8, 8])]
+    rows = engine_table_rows(members)
+    assert [row_key(r) for r in rows] == ["pretrained/[8, 8]/None/None/None", "pretrained/[16, 16]/None/None/None"]
+    assert [m["name"] for m in members if member_of(rows[0], m)] == ["a", "c"]
+    assert table_cells(rows)[1][1][:2] == ("pretrained", "16x16")
 
 
 async def test_sweep_view_at_80x24_table_chart_members(swept):
