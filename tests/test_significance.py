@@ -11,6 +11,7 @@ import torch
 from scipy.stats import binom
 from threadpoolctl import threadpool_limits
 
+from engine import Engine
 from engine import significance as sig
 from engine.clustering import cocluster, cocluster_batch
 from engine.config import Config
@@ -19,9 +20,10 @@ from engine.errors import ConfigError
 from engine.format import null_text, p_lines
 from engine.measures import ALPHA, MEASURES, NullResult, clusterability_batch, shuffles_needed, significant, upgraded
 from engine.metrics import chance_level
+from engine.session import SESSION_FILE, list_sessions
 from engine.significance import significance
 from engine.trainer import Trainer
-from tests.conftest import MNIST_DIR, needs_mnist
+from tests.conftest import MNIST_DIR, needs_mnist, small_config
 from tests.test_clustering import planted
 
 KEYS = ["method", "test", "source", "samples", "p_floor", "measures"]
@@ -228,3 +230,44 @@ def test_mnist_null_agrees_with_an_independent_implementation():
     reference_p = (np.sum(np.array(reference) >= observed) + 1) / 41
     assert ours.measures["clusterability"].null_mean == pytest.approx(np.mean(reference), abs=0.01)
     assert (ours.p_value < 0.05) == (reference_p < 0.05)
+
+
+def legacy(null: dict) -> dict:
+    """A null in the flat form sessions saved before the measures registry."""
+    c, ncut = null["measures"]["clusterability"], null["measures"]["ncut"]
+    return {"method": null["method"], "samples": null["samples"], "null_mean": c["null_mean"],
+            "null_std": c["null_std"], "z": c["z"], "p_value": c["p"], "ncut": ncut["observed"],
+            "ncut_null_mean": ncut["null_mean"], "ncut_p_value": ncut["p"]}
+
+
+def test_every_measure_has_its_null_in_run_json_history_and_sessions_and_old_sessions_still_open(sessions):
+    path = sessions / "measured"
+    engine = Engine.create(path, small_config(null_samples=19, cluster_on="gradients"))
+    engine.plan_default()
+    assert engine.wait(60)
+    engine.close()
+    out = engine.snapshot().to_dict()
+    names = [m.name for m in MEASURES]
+    assert list(out["significance"]["measures"]) == names  # newman_q among them
+    assert out["significance"]["test"] == "fixed-partition" and out["significance"]["source"] == "gradients"
+    with_null = [entry for entry in out["history"] if "significance" in entry]
+    assert [entry["phase"] for entry in with_null] == ["cluster", "finetune"]
+    assert all(list(entry["significance"]["measures"]) == names for entry in with_null)
+    row = next(r for r in list_sessions() if r["name"] == "measured")
+    assert row["significance"] == out["significance"]
+
+    # the same session as today's code would have saved it, flat nulls everywhere: it opens, in today's form
+    data = json.loads((path / SESSION_FILE).read_text())
+    data["significance"] = legacy(data["significance"])
+    for entry in data["history"]:
+        if "significance" in entry:
+            entry["significance"] = legacy(entry["significance"])
+    (path / SESSION_FILE).write_text(json.dumps(data))
+    reopened = Engine.open(path)
+    snap = reopened.snapshot()
+    reopened.close()
+    assert snap.significance["test"] == "legacy" and snap.significance["measures"]["clusterability"]["p"] == (
+        out["significance"]["measures"]["clusterability"]["p"])
+    assert all(NullResult.from_dict(e["significance"]).test == "legacy" for e in snap.history if "significance" in e)
+    assert next(r for r in list_sessions() if r["name"] == "measured")["significance"] == snap.significance
+    assert "vs null" in null_text(data["significance"])
