@@ -300,3 +300,16 @@ def test_a_null_too_small_to_reject_is_no_evidence_in_the_sweep_table_or_reprodu
     row = table_rows(mixed)[0]
     assert row["clusterability_significant"] == 1 and row["clusterability_tested"] == 2
     assert "0.5500 (1/2)" in markdown([row]) and p_share(mixed) == "1/2"
+
+
+def test_the_cluster_table_shows_every_measure_against_its_null_and_a_small_null_says_so():
+    from tui.widgets.clusters import summary
+
+    matrix = np.random.default_rng(6).standard_normal((12, 12))
+    rows, cols = clustered(matrix, 2)
+    found = significance(matrix, rows, cols, 2, samples=10).to_dict()
+    lines = summary(2, "weights", 0.61, 0.5, 938, found).splitlines()
+    assert lines[0] == "k=2 on weights at step 938: clusterability 0.6100; uniform-mass chance 0.5000"
+    assert [line.split(" vs null")[0].rsplit(" ", 1)[0] for line in lines[1:4]] == [m.title for m in MEASURES]
+    assert lines[4] == "10 shuffles cannot show p ≤ 0.05; use ≥ 19"
+    assert summary(2, "weights", 0.61, 0.5, 938, None).count("\n") == 0  # before the null: one line
