@@ -16,7 +16,7 @@ from engine import significance as sig
 from engine.clustering import cocluster, cocluster_batch
 from engine.config import Config
 from engine.data import load_dataset
-from engine.errors import ConfigError
+from engine.errors import ConfigError, SessionError
 from engine.format import null_text, p_lines
 from engine.measures import (
     ALPHA,
@@ -282,6 +282,12 @@ def test_every_measure_has_its_null_in_run_json_history_and_sessions_and_old_ses
     assert all(NullResult.from_dict(e["significance"]).test == "legacy" for e in snap.history if "significance" in e)
     assert next(r for r in list_sessions() if r["name"] == "measured")["significance"] == snap.significance
     assert "vs null" in null_text(data["significance"])
+
+    for damage in ({"measures": 5}, {"method": "permute"}):  # neither today's form nor the old one: one sentence
+        data["history"][1]["significance"] = damage
+        (path / SESSION_FILE).write_text(json.dumps(data))
+        with pytest.raises(SessionError, match=r"field 'history\[1\].significance'.*cannot be opened"):
+            Engine.open(path)
 
 
 def test_a_null_too_small_to_reject_is_no_evidence_in_the_sweep_table_or_reproduce():
