@@ -24,6 +24,7 @@ from pathlib import Path
 from engine.axes import AXES, BY_KEY, STAGES, Axis
 from engine.config import Config
 from engine.errors import ConfigError, SessionError
+from engine.measures import upgraded
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN, TRAINING
 from engine.session import atomic_write, check_name, now_iso, peek_session, write_json
 
@@ -150,7 +151,7 @@ def member_figures(data: dict, kind: str) -> dict:
     ablation its session holds."""
     own = next(e for e in reversed(data["history"]) if e.get("phase") == kind)
     return {"test_accuracy": own.get("test_accuracy"), "clusterability": own.get("clusterability"),
-            "significance": own.get("significance"), "ablation": data.get("ablation")}
+            "significance": upgraded(own.get("significance")), "ablation": data.get("ablation")}
 
 
 # ----- the manifest ----------------------------------------------------------------------------------------------
