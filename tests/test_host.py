@@ -197,6 +197,15 @@ def test_a_bad_hello_is_answered_and_closed(hosted, hello, problem):
     raw.close()
 
 
+def test_a_silent_connection_is_closed(hosted, monkeypatch):
+    monkeypatch.setattr("engine.host.HELLO_TIMEOUT_S", 0.2)
+    engine, _ = hosted()
+    raw = Raw(engine.path)  # connects, says nothing
+    assert "No hello within 0.2 s" in raw.until("reply")["error"]
+    assert raw.read() is None
+    raw.close()
+
+
 def test_the_socket_is_private(hosted):
     engine, _ = hosted()
     mode = os.stat(socket_path(engine.path)).st_mode

@@ -15,7 +15,7 @@ import pytest
 from engine.client import Client, probe, socket_path, start_host
 from engine.errors import SessionError
 from engine.snapshot import Snapshot
-from tests.conftest import CLUSTERLAB, run_cli, run_json
+from tests.conftest import CLUSTERLAB, run_cli, run_json, uninterrupted
 
 # 3000 pretraining steps (seconds even on a fast CPU: time for `remote` to act mid-run), clustering, then 6
 # finetuning epochs of 64 steps.
@@ -29,11 +29,7 @@ DEADLINE_S = 180.0
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
     """The same settings run uninterrupted, in the foreground."""
-    root = tmp_path_factory.mktemp("reference") / "sessions"
-    root.mkdir()
-    result = run_json("run", *FLAGS, "--session", "ref", env_sessions=root, timeout=300)
-    assert result["step"] == TOTAL
-    return result
+    return uninterrupted(tmp_path_factory, FLAGS, TOTAL)
 
 
 class Tail:
