@@ -62,7 +62,6 @@ class _Peer:
     attached: bool = False
     lines: collections.deque = field(default_factory=collections.deque)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    resyncs: int = 0
     closing: bool = False
 
 
@@ -80,9 +79,13 @@ class Host:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
         self._started = threading.Event()
+        self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(sock,), name="clusterlab-host", daemon=True)
         self._thread.start()
         self._started.wait()
+        if self._failure is not None:
+            self._thread.join()
+            raise self._failure
         engine.subscribe(self._on_event)
 
     # ----- any thread --------------------------------------------------------------------------------------------
@@ -117,8 +120,15 @@ class Host:
 
     def _run(self, sock: socket.socket) -> None:
         asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_unix_server(self._serve_peer, sock=sock, limit=MAX_MESSAGE_BYTES))
+        try:
+            self._server = self._loop.run_until_complete(
+                asyncio.start_unix_server(self._serve_peer, sock=sock, limit=MAX_MESSAGE_BYTES))
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that called serve()
+            self._failure = exc
+            sock.close()
+            self._loop.close()
+            self._started.set()
+            return
         idle = self._loop.create_task(self._watch_idle()) if self.idle_exit_s is not None else None
         self._started.set()
         try:
@@ -198,7 +208,6 @@ class Host:
             peer.lines.clear()
             peer.lines.extend(kept)
             peer.lines.append((True, _RESYNC))
-            peer.resyncs += 1
             log.info("client %s fell behind: its queue was dropped, it will be resynced", peer.name)
         peer.lines.append((must, line))
         peer.ready.set()
