@@ -97,6 +97,9 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", help="folder with MNIST's IDX files")
     bench.add_argument("--study", action="store_true",
                        help="also time the whole default study on MNIST as `clusterlab run` (about half a minute)")
+    bench.add_argument("--clients", action="store_true",
+                       help="the engine's steps/s with 0, 1 and 3 UIs attached (at 120x40) and the time from "
+                       "'clusterlab attach' to the first full screen; only these figures")
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     add_sweep_parsers(commands)
     add_host_parsers(commands)
