@@ -84,23 +84,23 @@ class AsyncClient:
         try:
             sock = connect_unix(path, timeout)
         except OSError as exc:
-            raise SessionError(f"No host answers for {Path(session_dir).name} ({exc.strerror or exc}); start it "
-                               f"with 'clusterlab attach' or 'clusterlab resume'.") from None
+            name = Path(session_dir).name
+            raise SessionError(f"No host answers for {name} ({exc.strerror or exc}); open it with 'clusterlab tui "
+                               f"--session {name}' or continue it with 'clusterlab resume {name}'.") from None
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_HOST_LINE)
-        self = None
         try:
             writer.write(encode({"type": "hello", "protocol": PROTOCOL_VERSION, "client": client, "attach": attach}))
             welcome = await asyncio.wait_for(cls._read(reader), timeout)
             if welcome.get("type") != "welcome":
                 raise SessionError(welcome.get("error") or f"The host answered {welcome.get('type')!r} to hello.")
-            self = cls(reader, writer, welcome)
+            conn = cls(reader, writer, welcome)
             if attach:
-                while self._state is not None or self.snapshot is None:
-                    self._take(await asyncio.wait_for(cls._read(reader), timeout))
-                while not self._updates.empty():  # the initial state is .snapshot and .history, not an update
-                    self._updates.get_nowait()
-            self._task = asyncio.get_running_loop().create_task(self._receive())
-            return self
+                while conn._state is not None or conn.snapshot is None:
+                    conn._take(await asyncio.wait_for(cls._read(reader), timeout))
+                while not conn._updates.empty():  # the initial state is .snapshot and .history, not an update
+                    conn._updates.get_nowait()
+            conn._task = asyncio.get_running_loop().create_task(conn._receive())
+            return conn
         except (OSError, EOFError, asyncio.TimeoutError, ProtocolError) as exc:
             writer.close()
             raise SessionError(f"The host of {Path(session_dir).name} did not complete the hello ({exc or 'closed'})"
