@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 from dataclasses import asdict, dataclass, fields
 
@@ -14,6 +15,7 @@ SOURCES = ("weights", "gradients")
 NULL_METHODS = ("permute", "rows")  # shuffle every entry of the layer, or within each row
 DEVICES = ("auto", "cpu", "cuda")
 FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.401298464324817e-45  # the smallest float32 above 0 (subnormal)
 # scikit-learn's k-means (a RandomState) takes seeds up to 2**32 - 1, less than torch takes: the clustering bounds it.
 MAX_SEED = 2**32 - 1
 # Far above the largest training set (60,000 images), so full-batch training stays possible, while the buffers
@@ -28,9 +30,9 @@ _PENDING_FLOATS = 1 << 20
 def parse_hidden(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """'128,128' -> (128, 128); at least two hidden layers so a hidden-to-hidden layer exists."""
     if isinstance(text, str):
-        parts = [p.strip() for p in text.split(",") if p.strip()]
+        parts = [p.strip() for p in text.split(",")]  # "128,,128" or "128," is a typo, not two widths
         try:
-            widths = tuple(int(p) for p in parts)
+            widths = tuple(plain_number(p, int) for p in parts)
         except ValueError:
             raise ConfigError(
                 f"--hidden must be comma-separated layer widths such as 128,128, not {text!r}."
@@ -166,6 +168,9 @@ def check_lam(lam: object) -> None:
             f"--lam must be a number that float32 (the training precision) holds, at most {FLOAT32_MAX:.1e}, "
             f"not {lam!r}."
         )
+    if lam != 0 and float32(lam) == 0:  # trained as λ=0: a second control shown as a finetuned row
+        raise ConfigError(f"--lam {lam!r} is 0 in float32 (the training precision); give 0 for the λ=0 control "
+                          f"or at least {FLOAT32_TINY:.1e}.")
 
 
 def check_null(method: object, samples: object) -> None:
@@ -247,6 +252,17 @@ def float32(value: float) -> float | None:
         return struct.unpack("<f", struct.pack("<f", value))[0]
     except OverflowError:
         return None
+
+
+_PLAIN = {int: re.compile(r"[+-]?[0-9]+"), float: re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")}
+
+
+def plain_number(text: str, kind: type[int] | type[float]) -> int | float:
+    """`text` as a plain decimal of `kind` (float also takes an exponent: 1e-3); ValueError for what Python's
+    int()/float() accept beyond that ('1_0', 'inf', 'nan', '0x10', ' 1 ')."""
+    if not _PLAIN[kind].fullmatch(text):
+        raise ValueError(text)
+    return kind(text)
 
 
 def whole_number(value: object) -> bool:

@@ -13,6 +13,7 @@ import torch
 from engine.datacache import Splits, cached_splits
 from engine.errors import DataError
 
+IDX_CLASSES = 10  # MNIST and Fashion-MNIST both label their images 0 to 9
 # (torchvision class name, file prefix of the four IDX files)
 _IDX_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 IDX_FILES = {
@@ -163,7 +164,21 @@ def _find_idx_set(name: str, data_dir: str | None) -> tuple[Path, dict[str, Path
 
 def _decode_idx(files: dict[str, Path], stats: tuple[float, float] | None) -> Splits:
     train_x, train_y, test_x, test_y = (read_idx(files[key]) for key in IDX_FILES)
+    for key, images, labels in (("train_y", train_x, train_y), ("test_y", test_x, test_y)):
+        _check_labels(files[key], images, labels)
     return _normalised(_unit_rows(train_x), train_y, _unit_rows(test_x), test_y, stats)
+
+
+def _check_labels(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """A label outside the set's classes would silently widen the network's output layer (n_classes is the
+    largest label + 1), and a count mismatch would pair images with the wrong labels: refuse both."""
+    if len(labels) != len(images):
+        raise DataError(f"{path} holds {len(labels)} labels for {len(images)} images; replace it with the "
+                        "original IDX file.")
+    bad = np.flatnonzero(labels >= IDX_CLASSES)
+    if bad.size:
+        raise DataError(f"{path} has label {int(labels[bad[0]])} at index {int(bad[0])}, outside the set's "
+                        f"classes 0 to {IDX_CLASSES - 1}; the file is damaged: replace it with the original.")
 
 
 def _unit_rows(images: np.ndarray) -> np.ndarray:

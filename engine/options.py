@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields
 
-from engine.config import DATASETS, DEVICES, NULL_METHODS, SOURCES, Config
+from engine.config import DATASETS, DEVICES, NULL_METHODS, SOURCES, Config, plain_number
 from engine.errors import ConfigError
 
-_KIND_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "yes or no"}
+_KIND_WORDS = {int: "a whole number in digits", float: "a plain decimal number (like 0.001 or 1e-3)", str: "text",
+               bool: "yes or no"}
 _METAVARS = {int: "N", float: "X", str: "TEXT", bool: ""}
 _BOOLS = {"yes": True, "no": False, "true": True, "false": False, "on": True, "off": False, "1": True, "0": False}
 
@@ -47,7 +48,7 @@ class Option:
                 raise ConfigError(f"{self.flag} must be yes or no, not {text!r}.")
             return _BOOLS[text.lower()]
         try:
-            return self.kind(text)
+            return plain_number(text, self.kind)
         except ValueError:
             raise ConfigError(f"{self.flag} must be {_KIND_WORDS[self.kind]}, not {text!r}.") from None
 

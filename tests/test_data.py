@@ -131,3 +131,22 @@ def test_digits_loads_offline():
     assert data.n_features == 64 and data.n_classes == 10
     assert data.n_train + data.test_x.shape[0] == 1797
     assert torch.isfinite(data.train_x).all()
+
+
+@pytest.mark.parametrize("label, expected", [(200, "label 200 at index 3"), (10, "label 10 at index 3")])
+def test_a_label_outside_the_classes_is_refused_not_a_wider_network(tmp_path, label, expected):
+    # One damaged byte used to give an (label + 1)-output network and exit 0.
+    write_idx_set(tmp_path, gz=False)
+    path = tmp_path / STEMS["train_y"]
+    data = bytearray(path.read_bytes())
+    data[8 + 3] = label  # header: magic (4 bytes) and one dimension (4 bytes)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"{expected}, outside the set's classes 0 to 9"):
+        load_dataset("mnist", str(tmp_path), 0, CPU)
+
+
+def test_label_and_image_counts_must_agree(tmp_path):
+    write_idx_set(tmp_path, gz=False)
+    (tmp_path / STEMS["test_y"]).write_bytes(idx_bytes(np.arange(9) % 10))
+    with pytest.raises(DataError, match="holds 9 labels for 10 images"):
+        load_dataset("mnist", str(tmp_path), 0, CPU)
