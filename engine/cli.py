@@ -19,8 +19,8 @@ from engine.cli_sweep import add_sweep_parsers, cmd_reproduce, cmd_sweep
 from engine.config import Config, check_int
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ClusterlabError
 from engine.format import SESSION_COLUMNS, fmt, null_text, session_cells
-from engine.options import OPTIONS, config_from_texts, metavar
 from engine.listing import list_sessions
+from engine.options import OPTIONS, config_from_texts, metavar
 from engine.session import check_name, new_name, session_path
 
 # Opens the terminal UI on a session name (or a new one) with these settings; with None, attaches to NAME's host.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engine.config import Config
 from engine.errors import SessionError
+from engine.measures import upgraded
 from engine.plan import JOB_KINDS
 from engine.session import check_root, existing_name, read_session, sessions_root
 from engine.sweep import is_sweep, sweep_row
@@ -48,6 +49,6 @@ def _summary(directory: Path, kinds: Collection[str]) -> dict:
         "step": data["step"],
         "test_accuracy": last.get("test_accuracy"),
         "clusterability": last.get("clusterability"),
-        "significance": data.get("significance"),
+        "significance": upgraded(data.get("significance")),
         "saved_at": data.get("saved_at"),
     }

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from engine.config import SOURCES, Config, check_lam, finite_number, whole_number
 from engine.errors import ConfigError, SessionError
+from engine.measures import readable
 from engine.plan import JOB_KINDS
 from engine.session_files import CHECKPOINT, checkpoint_name
 
@@ -20,6 +21,8 @@ COUNT: Check = ("a whole number of 0 or more", lambda v: whole_number(v) and v >
 FLAG: Check = ("true or false", lambda v: isinstance(v, bool))
 LIST: Check = ("a list", lambda v: isinstance(v, list))
 OBJECT: Check = ("an object", lambda v: isinstance(v, dict))
+NULL: Check = ("a shuffle null's figures (engine.measures.NullResult)", readable)
+NULL_OR_NONE: Check = (f"{NULL[0]} or null", lambda v: v is None or readable(v))
 OBJECT_OR_NULL: Check = ("null or an object", lambda v: v is None or isinstance(v, dict))
 NUMBER: Check = ("a finite number", finite_number)
 NUMBER_OR_NULL: Check = ("null or a finite number", lambda v: v is None or finite_number(v))
@@ -34,12 +37,12 @@ TOP_FIELDS: Spec = {
     "name": (TEXT, False), "saved_at": (TEXT, False), "config": (OBJECT, True), "phase": (TEXT, False),
     "step": (COUNT, True), "epoch": (COUNT, False), "checkpoint": (TEXT, True), "plan": (LIST, True),
     "history": (LIST, True), "last": (OBJECT, False), "device": (TEXT, False), "versions": (OBJECT, False),
-    "control": (OBJECT_OR_NULL, False), "ablation": (OBJECT_OR_NULL, False), "significance": (OBJECT_OR_NULL, False),
+    "control": (OBJECT_OR_NULL, False), "ablation": (OBJECT_OR_NULL, False), "significance": (NULL_OR_NONE, False),
 }
 HISTORY_FIELDS: Spec = {
     "phase": (TEXT, True), "step": (COUNT, True), "steps": (COUNT, True), "test_accuracy": (SHARE_OR_NULL, True),
     "clusterability": (SHARE_OR_NULL, True), "lam": (LAM, False), "stopped": (FLAG, False),
-    "significance": (OBJECT, False),
+    "significance": (NULL, False),
 }
 # Fields a job of the plan needs beyond its kind.
 _JOB_NEEDS = {"cluster": ("k", "source")}
