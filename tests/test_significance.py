@@ -18,6 +18,7 @@ from engine.config import Config
 from engine.data import load_dataset
 from engine.errors import ConfigError, SessionError
 from engine.format import null_text, p_lines
+from engine.listing import list_sessions
 from engine.measures import (
     ALPHA,
     MEASURES,
@@ -29,7 +30,7 @@ from engine.measures import (
     upgraded,
 )
 from engine.metrics import chance_level
-from engine.session import SESSION_FILE, list_sessions
+from engine.session import SESSION_FILE
 from engine.significance import significance
 from engine.sweep_table import markdown, p_share, table_rows
 from engine.trainer import Trainer
