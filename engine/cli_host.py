@@ -13,7 +13,7 @@ from engine.client import Client, probe, running_hosts, start_host
 from engine.config import Config
 from engine.errors import EXIT_FAILED, ClusterlabError, ConfigError, SessionError
 from engine.protocol import check_command, event_to_wire
-from engine.session import session_path
+from engine.session import peek_session, session_path
 from engine.snapshot import Snapshot
 
 PROGRESS_EVERY_S = 1.0  # tail's text output shows training progress at most this often
@@ -166,7 +166,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
             raise ClusterlabError(reply["error"])
         for _ in client.updates():  # the host closes the connection once it has saved
             pass
-    saved = json.loads((session_path(args.name) / "session.json").read_text())
+    saved = peek_session(session_path(args.name)) or {}
     print(f"clusterlab: {args.name} saved at step {saved.get('step')} and its host ended; continue it with "
           f"'clusterlab resume {args.name}'.", file=sys.stderr)
     return 0
