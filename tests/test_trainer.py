@@ -124,11 +124,11 @@ def test_step_matches_autograd_sgd(data):
     f_ref = torch.zeros(weight.shape, dtype=torch.float64)
     for s in range(50):
         regular = s >= 25
-        idx = trainer.perm[trainer.position: trainer.position + 100] if trainer.perm is not None and \
-            trainer.position < trainer.perm.numel() else None
+        idx = trainer.perm[0, trainer.position: trainer.position + 100] if trainer.perm is not None and \
+            trainer.position < trainer.perm.shape[1] else None
         trainer.train_step(mask if regular else None, 3.0, capture=not regular)
         if idx is None:
-            idx = trainer.perm[:100]
+            idx = trainer.perm[0, :100]
         x, y = data.train_x[idx], data.train_y[idx]
         loss = torch.nn.functional.cross_entropy(model(x), y)
         total = loss - 3.0 * clusterability(weight, mask) if regular else loss
