@@ -354,6 +354,12 @@ class Trainer:
         model.load_state_dict(OrderedDict((n, w[i]) for n, w in zip(self._names, self.weights, strict=True)))
         return model
 
+    def keep(self, indices: Sequence[int]) -> None:
+        """Go on with models `indices` only, each where it stands (a group leaving its diverged members behind)."""
+        states = self.state_dicts()
+        self.__init__(self.config, self.data, self.device, [self.config.seed] * len(indices), self.workers)
+        self.load_state_dicts([states[i] for i in indices])
+
     def _single(self) -> int:
         if self.n_models != 1:
             raise TypeError(f"This trainer holds {self.n_models} models: ask for all of them (accuracies(), …).")
@@ -363,8 +369,9 @@ class Trainer:
         """The one model's state (see `state_dicts`)."""
         return self.state_dicts()[self._single()]
 
-    def state_dicts(self) -> list[dict]:
-        """Everything needed to continue each model bit-exactly; only tensors and plain values (weights_only-safe).
+    def state_dicts(self, indices: Sequence[int] | None = None) -> list[dict]:
+        """Everything needed to continue each model (or those at `indices`) bit-exactly; only tensors and plain
+        values (weights_only-safe).
 
         "grad_importance" is the folded float64 part of F and "grad_pending" the raw gradients not yet folded into
         it, so that a resumed run folds exactly the same groups of steps as an uninterrupted one. Copies: a view
@@ -377,7 +384,7 @@ class Trainer:
             {
                 "model": OrderedDict((n, w[i].clone()) for n, w in zip(self._names, self.weights, strict=True)),
                 "optimizer": {"name": "sgd", "lr": self.lr, "momentum": 0.0},
-                "generator": g.get_state(),
+                "generator": self.generators[i].get_state(),
                 "perm": None if perm is None else perm[i].clone(),
                 "position": self.position,
                 "step": self.step,
@@ -386,7 +393,7 @@ class Trainer:
                 "grad_steps": self.grad_steps,
                 "legacy_gradients": self._legacy[i],
             }
-            for i, g in enumerate(self.generators)
+            for i in (range(self.n_models) if indices is None else indices)
         ]
 
     def load_state_dict(self, state: dict) -> None:
