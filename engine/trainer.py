@@ -14,24 +14,22 @@ regularised step stay eager.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
 from torch import nn
 
 from engine.config import Config
+from engine.cuda_graph import cached_graph, capture_step, graphs_wanted, replay
 from engine.data import Dataset
 from engine.device import all_cores
 from engine.errors import ConfigError, SessionError
 from engine.metrics import clusterability
 from engine.model import build_mlp, studied_weight
-
-log = logging.getLogger("clusterlab")
 
 # Raw studied-layer gradients are kept in a (K, M, out, in) buffer and folded into F by one batched reduction every
 # K steps; K shrinks for wide layers so the buffer stays near _PENDING_ELEMENTS floats per model.
@@ -95,7 +93,7 @@ class Trainer:
         self._loss_sum = torch.zeros(self.n_models, device=device)
         self._loss_count = 0
         self._regulariser_for: tuple = (None, None, None)  # (mask, lam, what the step uses), reused while they hold
-        self._graphs: dict | None = {} if _graphs_wanted(device) else None
+        self._graphs: dict | None = {} if graphs_wanted(device) else None
         self._eager_full_steps = 0
         self._gx: torch.Tensor | None = None  # the graph's static batch (rows, labels), made at its first capture
         # On the CPU a group's members can be split into shards that step on `workers` threads at once: each shard
@@ -256,22 +254,8 @@ class Trainer:
             self._gy = self._train_y.index_select(0, idx)
             self._gg = torch.empty_like(self._pending[0, self._at(slice(None))])
         grad_out = self._gg if capture else None
-        # Warm-up and capture must not train: keep the state that the warm-up changes and put it back after.
-        state = [*self.weights, self._loss_sum]
-        saved = [t.clone() for t in state]
-        try:
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                self._core(self._gx, self._gy, grad_out, slice(None), None)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._core(self._gx, self._gy, grad_out, slice(None), None)
-        finally:  # also when capture fails: the eager step that follows must start from the same state
-            for t, v in zip(state, saved, strict=True):
-                t.copy_(v)
-        return graph
+        return capture_step(lambda: self._core(self._gx, self._gy, grad_out, slice(None), None),
+                            [*self.weights, self._loss_sum], self.device)
 
     # ----------------------------------------------------------------------------------- gradient accumulator
 
@@ -458,30 +442,3 @@ def _regularised(g: torch.Tensor, w: torch.Tensor, masks: torch.Tensor, lams: to
     total = squared.sum((-2, -1), keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
     grad_squared = torch.where(masks, 1 / total, zero) + -((inside / total) / total)
     return torch.where(lams != 0, g.addcmul(grad_squared * (2 * w), -lams), g)
-
-
-def cached_graph(graphs: dict, key: tuple, capture: Callable[[], torch.cuda.CUDAGraph],
-                 what: str) -> torch.cuda.CUDAGraph | None:
-    """The CUDA graph for `key`, captured on first use; None if capturing fails (the caller then stays eager)."""
-    graph = graphs.get(key)
-    if graph is None:
-        try:
-            graph = capture()
-        except Exception as exc:  # noqa: BLE001 - any capture failure just means: stay eager
-            log.warning("CUDA graph capture of the %s failed, training eagerly: %s", what, exc)
-            return None
-        graphs[key] = graph
-    return graph
-
-
-def replay(graph: torch.cuda.CUDAGraph, train_x: torch.Tensor, train_y: torch.Tensor, idx: torch.Tensor,
-           gx: torch.Tensor, gy: torch.Tensor) -> None:
-    """Gather the batch `idx` into the graph's static inputs and run the captured step."""
-    torch.index_select(train_x, 0, idx, out=gx)
-    torch.index_select(train_y, 0, idx, out=gy)
-    graph.replay()
-
-
-def _graphs_wanted(device: torch.device) -> bool:
-    """CUDA graphs for the full-batch step: CUDA only; CLUSTERLAB_CUDA_GRAPHS=0 turns them off."""
-    return device.type == "cuda" and os.environ.get("CLUSTERLAB_CUDA_GRAPHS", "1") != "0"
