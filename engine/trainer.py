@@ -101,7 +101,7 @@ class Trainer:
         # of joining an OpenMP team at every op, which a busy machine's scheduler turns into long stalls.
         n_shards = min(workers, self.n_models) if device.type == "cpu" else 1
         bounds = [k * self.n_models // n_shards for k in range(n_shards + 1)]
-        self._shards = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        self._shards = [_Shard(self, slice(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         self._pool = ThreadPoolExecutor(n_shards, "clusterlab-batched") if n_shards > 1 else None
 
     @classmethod
@@ -125,53 +125,42 @@ class Trainer:
                 return
             self._eager_full_steps += 1
         if self._pool is None:
-            self._shard_step(idx, self._shards[0], capture, regulariser)
+            self._shard_step(idx, self._shards[0], capture, regulariser and regulariser[0])
         else:
-            futures = [self._pool.submit(self._shard_step, idx, shard, capture, regulariser) for shard in self._shards]
+            futures = [self._pool.submit(self._shard_step, idx, shard, capture, regulariser and regulariser[j])
+                       for j, shard in enumerate(self._shards)]
             wait(futures)
             for future in futures:
                 future.result()  # raises what a shard raised
         self._after_step(capture)
 
-    def _shard_step(self, idx: torch.Tensor, shard: slice, capture: bool, regulariser: tuple | None) -> None:
-        rows = idx[shard].reshape(-1)
+    def _shard_step(self, idx: torch.Tensor, shard: _Shard, capture: bool, regulariser: tuple | None) -> None:
+        rows = idx[shard.at].reshape(-1)
         x = self.data.train_x.index_select(0, rows)
         y = self._train_y.index_select(0, rows)
-        grad_out = self._pending[self._pending_count, self._at(shard)] if capture else None
-        if regulariser is not None and self.n_models > 1:
-            masks, lams = regulariser
-            regulariser = masks[shard], lams[shard]
+        grad_out = self._pending[self._pending_count, shard.at] if capture else None
         self._core(x, y, grad_out, shard, regulariser)
 
-    def _at(self, shard: slice) -> int | slice:
-        """Index of a shard's members in a stacked tensor: one model's [out, in] view, or the members' slice."""
-        return 0 if self.n_models == 1 else shard
-
     @torch.no_grad()
-    def _core(self, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tensor | None, shard: slice,
+    def _core(self, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tensor | None, shard: _Shard,
               regulariser: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """Forward, CE gradient, backward and SGD update of the shard's models; the studied layer's gradient goes to
         grad_out if given. For a group, x [m*b, features] and y [m*b, 1] hold the shard's j-th member's batch in
         block j. Each layer's input gradient is taken with the layer's weight before that weight is updated, so the
         update is exactly SGD on the batch loss (the order of the in-place updates changes nothing).
         """
-        at = self._at(shard)
-        weights = [w[at] for w in self.weights]
-        if isinstance(at, int):
-            mm, addmm_ = torch.mm, torch.Tensor.addmm_
-        else:
-            mm, addmm_ = torch.bmm, torch.Tensor.baddbmm_
-            m = weights[0].shape[0]
-            x, y = x.view(m, -1, x.shape[1]), y.view(m, -1, 1)
+        weights, mm, addmm_ = shard.weights, shard.mm, shard.addmm_
+        if shard.m:
+            x, y = x.view(shard.m, -1, x.shape[1]), y.view(shard.m, -1, 1)
         acts = [x]
         h = x
         for w in weights[:-1]:
             h = mm(h, w.mT).relu_()
             acts.append(h)
         logp = mm(h, weights[-1].mT).log_softmax(-1)
-        self._loss_sum[shard].sub_(logp.gather(-1, y).mean((-2, -1)))
+        shard.loss_sum.sub_(logp.gather(-1, y).mean((-2, -1)))
         n = y.shape[-2]
-        d = logp.exp_().scatter_add_(-1, y, self._neg_ones[at, :n]).mul_(1.0 / n)  # dCE/dlogits = (softmax-onehot)/n
+        d = logp.exp_().scatter_add_(-1, y, shard.neg_ones[..., :n, :]).mul_(1.0 / n)  # dCE/dlogits = (p - onehot)/n
         for i in range(len(weights) - 1, -1, -1):
             w = weights[i]
             d_in = mm(d, w) if i else None
@@ -186,8 +175,8 @@ class Trainer:
             if i:
                 d = torch.ops.aten.threshold_backward(d_in, acts[i], 0)  # ReLU's backward, as autograd does it
 
-    def _regulariser(self, mask: torch.Tensor | None, lam) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The masks and λs the step regularises with (None: no model is), made once per (mask, lam) pair."""
+    def _regulariser(self, mask: torch.Tensor | None, lam) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Each shard's masks and λs to regularise with (None: no model is), made once per (mask, lam) pair."""
         if mask is None:
             return None
         cached_mask, cached_lam, regulariser = self._regulariser_for
@@ -201,7 +190,8 @@ class Trainer:
             raise ConfigError(f"Regularised steps need masks of shape {shape} and a λ per model.")
         regulariser = None
         if bool((lams != 0).any()):
-            regulariser = mask, lams.to(self.device).view((-1, 1, 1) if self.n_models > 1 else (1, 1))
+            lams = lams.to(self.device).view((-1, 1, 1) if self.n_models > 1 else (1, 1))
+            regulariser = [(mask[shard.at], lams[shard.at]) if shard.m else (mask, lams) for shard in self._shards]
         self._regulariser_for = (mask, lam, regulariser)
         return regulariser
 
@@ -252,9 +242,9 @@ class Trainer:
         if self._gx is None:
             self._gx = self.data.train_x.index_select(0, idx)
             self._gy = self._train_y.index_select(0, idx)
-            self._gg = torch.empty_like(self._pending[0, self._at(slice(None))])
+            self._gg = torch.empty_like(self._pending[0, self._shards[0].at])
         grad_out = self._gg if capture else None
-        return capture_step(lambda: self._core(self._gx, self._gy, grad_out, slice(None), None),
+        return capture_step(lambda: self._core(self._gx, self._gy, grad_out, self._shards[0], None),
                             [*self.weights, self._loss_sum], self.device)
 
     # ----------------------------------------------------------------------------------- gradient accumulator
@@ -418,6 +408,19 @@ class Trainer:
         self.position, self.step, self.grad_steps, self.lr = position, step, grad_steps, lr
         self._pending_count = n_pending
         self.perm = None if no_perm else torch.stack([s["perm"] for s in states]).to(self.device)
+
+
+class _Shard:
+    """Views of a shard's part of a trainer's stacks: one model's [out, in] tensors (stepped with mm), or the
+    members' [m, out, in] slices (m > 0, stepped with bmm)."""
+
+    def __init__(self, trainer: Trainer, members: slice) -> None:
+        self.at: int | slice = 0 if trainer.n_models == 1 else members
+        self.m = 0 if trainer.n_models == 1 else members.stop - members.start
+        self.weights = [w[self.at] for w in trainer.weights]
+        self.loss_sum = trainer._loss_sum[members]
+        self.neg_ones = trainer._neg_ones[self.at]
+        self.mm, self.addmm_ = (torch.bmm, torch.Tensor.baddbmm_) if self.m else (torch.mm, torch.Tensor.addmm_)
 
 
 def default_workers(device: torch.device) -> int:

@@ -140,7 +140,7 @@ def test_members_do_not_depend_on_threads_or_workers(data, trained):
     finally:
         torch.set_num_threads(1)
     two_workers = Trainer(config, data, CPU, SEEDS, workers=2)
-    assert [s.stop - s.start for s in two_workers._shards] == [1, 2]
+    assert [s.m for s in two_workers._shards] == [1, 2]
     _train(two_workers, range(PRETRAIN + FINETUNE), masks)
     for other in (two_threads, two_workers):
         for a, b in zip(_weights(group), _weights(other), strict=True):
