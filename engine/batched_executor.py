@@ -176,18 +176,12 @@ class _Group:
         self.done(failed(member.name, error))
 
 
-class _MemberLane(phases.Hooks):
+class _MemberLane(phases.Passing):
     """A member's hooks in its group: as alone, and its Study's Trainer synced before it saves or tests a null."""
 
     def __init__(self, group: _Group, member: OpenMember, hooks: MemberHooks) -> None:
-        self.group, self.member, self.hooks = group, member, hooks
-
-    @property
-    def attention(self) -> bool:
-        return self.hooks.attention
-
-    def attend(self) -> str | None:
-        return self.hooks.attend()
+        super().__init__(hooks)
+        self.group, self.member = group, member
 
     def emit(self, event: ev.Event) -> None:
         self.hooks.emit(event)
@@ -196,9 +190,6 @@ class _MemberLane(phases.Hooks):
                 and event.step % study.trainer.steps_per_epoch == 0):  # as the in-process finetune: each epoch's null
             self.group.sync(self.member)
             study.test_null(event.phase, self.hooks)
-
-    def record(self, record: dict) -> None:
-        self.hooks.record(record)
 
     def autosave(self) -> None:
         self.group.sync(self.member)

@@ -43,6 +43,29 @@ class Hooks:
         """The autosave interval was reached mid-job."""
 
 
+class Passing(Hooks):
+    """Hooks that pass everything on to others; subclasses change what they must."""
+
+    def __init__(self, hooks: Hooks) -> None:
+        self.hooks = hooks
+
+    @property
+    def attention(self) -> bool:
+        return self.hooks.attention
+
+    def attend(self) -> str | None:
+        return self.hooks.attend()
+
+    def emit(self, event: ev.Event) -> None:
+        self.hooks.emit(event)
+
+    def record(self, record: dict) -> None:
+        self.hooks.record(record)
+
+    def autosave(self) -> None:
+        self.hooks.autosave()
+
+
 @dataclass
 class Figures:
     """The latest figures of a session: what an evaluation, a report or a clustering last gave."""
