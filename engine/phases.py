@@ -112,8 +112,8 @@ def train(trainer: Trainer, job: Job, settings: TrainSettings, figures: Figures,
 
 def run(trainer: Trainer, lanes: list[Lane], settings: TrainSettings) -> str:
     """Train the trainer's models, lane m for model m, until the jobs (which step together) are done: 'done', or
-    'stopped'/'closed' when a lane's hooks end them. Lanes may leave (see `Lane.fail`); the trainer keeps their
-    models' rows in step with them."""
+    'stopped'/'closed' when a lane's hooks end them. A lane whose loss diverges may leave (see `Lane.fail`): the
+    trainer then keeps only the other lanes' models."""
     last_report, reported_at_step = time.monotonic(), trainer.step
     last_eval = -1
     while lanes and lanes[0].job.done < lanes[0].job.total:
