@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from engine import phases
 from engine.config import Config
 from engine.data import load_dataset
 from engine.engine import params_sha256
-from engine.errors import ConfigError, SessionError
+from engine.errors import ConfigError, SessionError, TrainingError
 from engine.metrics import block_mask, clusterability
 from engine.model import build_mlp, studied_weight
+from engine.plan import Job
 from engine.trainer import Trainer, default_workers
 
 CPU = torch.device("cpu")
@@ -258,3 +260,58 @@ def test_default_workers_fill_the_cores(monkeypatch):
     finally:
         torch.set_num_threads(1)
     assert default_workers(torch.device("cuda")) == 1
+
+
+class _Recorded(phases.Hooks):
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def record(self, record: dict) -> None:
+        self.records.append(record)
+
+
+def _job(total: int) -> Job:
+    return Job(kind="finetune", total=total, lam=0.0)
+
+
+def test_one_runner_trains_a_group_as_its_members_alone(data):
+    """`phases.run` over a group, one lane per member, records for each lane what `phases.train` records for the
+    member's model alone: the same evaluations, the same figures, the same weights."""
+    config = _config(eval_every=20)
+    masks = _masks(config.layer_shape, len(SEEDS))
+    group = Trainer(config, data, CPU, SEEDS)
+    lanes = [phases.Lane(_job(45), phases.Figures(), _Recorded()) for _ in SEEDS]
+    settings = phases.TrainSettings("finetune", masks, tuple(LAMS), eval_every=20)
+    assert phases.run(group, lanes, settings) == "done"
+    for i, seed in enumerate(SEEDS):
+        alone, hooks, figures = Trainer(config.replace(seed=seed), data, CPU), _Recorded(), phases.Figures()
+        single = phases.TrainSettings("finetune", masks[i], LAMS[i], eval_every=20)
+        assert phases.train(alone, _job(45), single, figures, hooks) == "done"
+        evals = [r for r in hooks.records if r["type"] == "eval"]
+        assert [r["step"] for r in evals] == [20, 40, 41, 45]  # every 20 steps, the epoch's end, the job's end
+        assert [r for r in lanes[i].hooks.records if r["type"] == "eval"] == evals
+        assert (lanes[i].figures.test_accuracy, lanes[i].figures.clusterability) == (
+            figures.test_accuracy, figures.clusterability)
+        assert params_sha256(group.member_model(i)) == params_sha256(alone.model)
+
+
+def test_a_diverging_lane_leaves_and_the_others_train_on(data):
+    config = _config()
+    group = Trainer(config, data, CPU, SEEDS)
+    states = group.state_dicts()
+    states[1]["model"]["fc1.weight"].fill_(float("inf"))  # its loss is NaN from the first step
+    group.load_state_dicts(states)
+    failed = []
+    lanes = [phases.Lane(_job(30), phases.Figures(), phases.Hooks(), fail=failed.append) for _ in SEEDS]
+    assert phases.run(group, lanes, phases.TrainSettings("pretrain")) == "done"
+    assert len(failed) == 1 and failed[0].startswith("The training loss became nan")
+    assert group.n_models == 2 and lanes[0].job.done == lanes[2].job.done == 30
+    for i, seed in ((0, SEEDS[0]), (1, SEEDS[2])):
+        alone = Trainer(config.replace(seed=seed), data, CPU)
+        for _ in range(30):
+            alone.train_step()
+        assert params_sha256(group.member_model(i)) == params_sha256(alone.model)
+    alone_lane = [phases.Lane(_job(30), phases.Figures(), phases.Hooks())]
+    poisoned = Trainer.from_state_dicts(config, data, CPU, [states[1]])
+    with pytest.raises(TrainingError, match="loss became nan"):  # a session's job has no `fail`: it fails
+        phases.run(poisoned, alone_lane, phases.TrainSettings("pretrain"))
