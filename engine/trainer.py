@@ -135,7 +135,7 @@ class Trainer:
         self._after_step(capture)
 
     def _shard_step(self, idx: torch.Tensor, shard: _Shard, capture: bool, regulariser: tuple | None) -> None:
-        rows = idx[shard.at].reshape(-1)
+        rows = idx[shard.at].reshape(-1) if shard.m else idx[0]
         x = self.data.train_x.index_select(0, rows)
         y = self._train_y.index_select(0, rows)
         grad_out = self._pending[self._pending_count, shard.at] if capture else None
@@ -160,7 +160,8 @@ class Trainer:
         logp = mm(h, weights[-1].mT).log_softmax(-1)
         shard.loss_sum.sub_(logp.gather(-1, y).mean((-2, -1)))
         n = y.shape[-2]
-        d = logp.exp_().scatter_add_(-1, y, shard.neg_ones[..., :n, :]).mul_(1.0 / n)  # dCE/dlogits = (p - onehot)/n
+        ones = shard.neg_ones if n == self.batch_size else shard.neg_ones[..., :n, :]
+        d = logp.exp_().scatter_add_(-1, y, ones).mul_(1.0 / n)  # dCE/dlogits = (softmax - onehot) / n
         for i in range(len(weights) - 1, -1, -1):
             w = weights[i]
             d_in = mm(d, w) if i else None
@@ -183,9 +184,7 @@ class Trainer:
         if mask is cached_mask and lam is cached_lam:
             return regulariser
         lams = torch.as_tensor(lam, dtype=self.weight.dtype).reshape(-1)
-        shape = tuple(self.weights[self._studied].shape[1:])
-        if self.n_models > 1:
-            shape = (self.n_models, *shape)
+        shape = tuple(self.weights[self._studied].shape[1 if self.n_models == 1 else 0 :])
         if tuple(mask.shape) != shape or lams.numel() != self.n_models:
             raise ConfigError(f"Regularised steps need masks of shape {shape} and a λ per model.")
         regulariser = None
@@ -250,8 +249,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------- gradient accumulator
 
     def _pending_importance(self) -> torch.Tensor:
-        # sum_t g_t * g_t / |g_t|^2 over the pending steps, elementwise, per model, in float64 (a few multiply-adds
-        # per weight).
+        # sum_t g_t * g_t / |g_t|^2 over the pending steps, elementwise, per model, in float64.
         squared = self._pending[: self._pending_count].double().square_()
         norms = squared.sum(dim=(2, 3)).clamp_min_(_TINY64)
         return torch.einsum("km,kmoi->moi", norms.reciprocal_(), squared)
@@ -292,8 +290,7 @@ class Trainer:
 
     def take_loss(self) -> float | None:
         """The one model's `take_losses()`."""
-        losses = self.take_losses()
-        return None if losses is None else losses[self._single()]
+        return None if (losses := self.take_losses()) is None else losses[self._single()]
 
     @torch.no_grad()
     def accuracies(self) -> list[float]:
@@ -319,8 +316,10 @@ class Trainer:
         masks = mask.view(studied.shape)
         return torch.stack([clusterability(w, m) for w, m in zip(studied, masks, strict=True)]).tolist()
 
+    @torch.no_grad()
     def clusterability_of(self, mask: torch.Tensor) -> float:
-        return self.clusterabilities(mask)[self._single()]
+        """The one model's `clusterabilities` (without stacking: the engine asks this often)."""
+        return clusterability(self.weights[self._studied][self._single()], mask).item()
 
     def member_model(self, i: int) -> nn.Sequential:
         """Model i as an ordinary nn.Sequential on the device (a copy: training does not change it)."""
