@@ -1,15 +1,12 @@
 """The training state and its tight step for M models of one shape: a session's one, or a batched group's members.
 
 The step of the bias-free ReLU MLP is written out by hand (forward, cross-entropy gradient, backward) on the
-weights' data: a dozen tensor ops and no autograd graph, with each layer's SGD update fused into the GEMM that
-computes its gradient (W.addmm_(d^T, h, alpha=-lr)). Each layer's weights are one [M, out, in] tensor; one model
-steps with mm on its [out, in] view, M models with bmm on the stack (torch.bmm / baddbmm), so small models stop
-being launch- and dispatch-bound. Member m of a group is the MLP `build_mlp(..., seeds[m])` trained exactly as it
-would be alone: its own batch order (its own generator and per-epoch permutation), its own λ and block mask and its
-own gradient statistic. On the CPU a member is bit-identical to its model trained alone on one thread (bmm runs
-each member's GEMM through the same single-threaded kernel as mm); on CUDA it agrees to float rounding. On CUDA,
-full batches of the unregularised step replay a captured CUDA graph; partial batches, CPU runs and the
-regularised step stay eager.
+weights' data: a dozen tensor ops, no autograd graph, each layer's SGD update fused into the GEMM of its gradient
+(W.addmm_(d^T, h, alpha=-lr)). Each layer's weights are one [M, out, in] tensor: one model steps with mm on its
+[out, in] view, M models with bmm on the stack. Member m of a group is `build_mlp(..., seeds[m])` trained exactly
+as alone (its own batch order, λ, block mask and F): on the CPU bit for bit on one thread (bmm runs each member's
+GEMM through mm's single-threaded kernel), on CUDA to float rounding. On CUDA, full batches of the unregularised
+step replay a captured CUDA graph (engine/cuda_graph.py).
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
@@ -42,12 +39,11 @@ _TINY64 = torch.finfo(torch.float64).tiny
 class Trainer:
     """M models' weights, SGD settings, data orders and gradient accumulators: everything a checkpoint holds.
 
-    `train_step(mask, lam, capture)` steps every model on its next batch: `mask` is the studied layer's bool block
-    mask ([out, in] for one model, [M, out, in] for a group; None: no regulariser) and `lam` its λ (a float, or
-    M of them); a model with λ = 0 gets exactly the unregularised update. With `capture`, each model's F = Σ_t ĝ_t ⊙
-    ĝ_t (ĝ_t its studied layer's gradient over its Frobenius norm; float64) grows by one step. `state_dicts()` gives
-    one state per model, in the one format a session's checkpoint holds. With `workers` > 1 (CPU groups only; see
-    `default_workers`) the members step in that many shards on as many threads.
+    `train_step(mask, lam, capture)` steps every model: `mask` ([out, in], or [M, out, in] for a group; None: no
+    regulariser) and `lam` (a float, or M) give loss_m = CE_m - lam_m * clusterability_m; with `capture`, each
+    model's F = Σ_t ĝ_t ⊙ ĝ_t (ĝ_t its studied layer's gradient over its norm; float64) grows by one step.
+    `state_dicts()` gives one state per model, the format a session's checkpoint holds. With `workers` > 1 (CPU
+    groups; see `default_workers`) the members step in that many shards on as many threads.
     """
 
     def __init__(self, config: Config, data: Dataset, device: torch.device, seeds: Sequence[int] | None = None,
@@ -60,8 +56,7 @@ class Trainer:
         models = [build_mlp(data.n_features, config.hidden, data.n_classes, seed) for seed in seeds]
         self._names = [name for name, _ in models[0].named_parameters()]
         self._studied = config.studied_layer - 1
-        if self.n_models == 1:
-            # One model: the stack's tensors are views of the model's own parameters, which the step updates.
+        if self.n_models == 1:  # the stack's tensors are views of the model's own parameters, which the step updates
             self.model: nn.Sequential | None = models[0].to(device)
             self.weights = [p.detach().unsqueeze(0) for p in self.model.parameters()]
             self.weight = studied_weight(self.model, config.studied_layer)
@@ -84,8 +79,7 @@ class Trainer:
         self._pending = torch.zeros(self._pending_max, self.n_models, out_w, in_w, device=device)
         self._pending_count = 0
         self.grad_steps = 0  # captured steps in F
-        # True for a model saved when the accumulator held S = sum g^T g (in x in): those steps are not in F.
-        self._legacy = [False] * self.n_models
+        self._legacy = [False] * self.n_models  # saved when the accumulator held S = sum g^T g (in x in), not F
         self.batch_size = config.batch_size
         self.steps_per_epoch = math.ceil(data.n_train / config.batch_size)
         self._train_y = data.train_y.view(-1, 1)  # labels as a column: gather/scatter need no reshape per step
@@ -101,7 +95,7 @@ class Trainer:
         # of joining an OpenMP team at every op, which a busy machine's scheduler turns into long stalls.
         n_shards = min(workers, self.n_models) if device.type == "cpu" else 1
         bounds = [k * self.n_models // n_shards for k in range(n_shards + 1)]
-        self._shards = [_Shard(self, slice(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        self._shards = [_Shard(self, j, slice(bounds[j], bounds[j + 1])) for j in range(n_shards)]
         self._pool = ThreadPoolExecutor(n_shards, "clusterlab-batched") if n_shards > 1 else None
 
     @classmethod
@@ -124,15 +118,18 @@ class Trainer:
                 self._after_step(capture)
                 return
             self._eager_full_steps += 1
-        if self._pool is None:
-            self._shard_step(idx, self._shards[0], capture, regulariser and regulariser[0])
-        else:
-            futures = [self._pool.submit(self._shard_step, idx, shard, capture, regulariser and regulariser[j])
-                       for j, shard in enumerate(self._shards)]
-            wait(futures)
-            for future in futures:
-                future.result()  # raises what a shard raised
+        self._on_shards(lambda shard: self._shard_step(idx, shard, capture, regulariser and regulariser[shard.index]))
         self._after_step(capture)
+
+    def _on_shards(self, work: Callable[[_Shard], None]) -> None:
+        """`work` on every shard, on the pool's threads if there is one."""
+        if self._pool is None:
+            work(self._shards[0])
+            return
+        futures = [self._pool.submit(work, shard) for shard in self._shards]
+        wait(futures)
+        for future in futures:
+            future.result()  # raises what a shard raised
 
     def _shard_step(self, idx: torch.Tensor, shard: _Shard, capture: bool, regulariser: tuple | None) -> None:
         rows = idx[shard.at].reshape(-1) if shard.m else idx[0]
@@ -248,15 +245,20 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- gradient accumulator
 
-    def _pending_importance(self) -> torch.Tensor:
-        # sum_t g_t * g_t / |g_t|^2 over the pending steps, elementwise, per model, in float64.
-        squared = self._pending[: self._pending_count].double().square_()
-        norms = squared.sum(dim=(2, 3)).clamp_min_(_TINY64)
-        return torch.einsum("km,kmoi->moi", norms.reciprocal_(), squared)
+    def _pending_importance(self, m: int) -> torch.Tensor:
+        # sum_t g_t * g_t / |g_t|^2 over model m's pending steps, elementwise, in float64; one model at a time, so
+        # that its squares stay in cache (a group's all at once took 4x as long).
+        squared = self._pending[: self._pending_count, m].double().square_()
+        norms = squared.sum(dim=(1, 2)).clamp_min_(_TINY64)
+        return torch.tensordot(norms.reciprocal_(), squared, dims=1)
 
     def _fold_pending(self) -> None:
+        def fold(shard: _Shard) -> None:
+            for m in shard.members:
+                self._importance[m] += self._pending_importance(m)
+
         if self._pending_count:
-            self._importance += self._pending_importance()
+            self._on_shards(fold)
             self._pending_count = 0
 
     @property
@@ -265,7 +267,7 @@ class Trainer:
         Fisher-style importance of each weight of the studied layer. Reading it changes no state."""
         if not self._pending_count:
             return self._importance.clone()
-        return self._importance + self._pending_importance()
+        return self._importance + torch.stack([self._pending_importance(m) for m in range(self.n_models)])
 
     @property
     def grad_importance(self) -> torch.Tensor:
@@ -277,7 +279,7 @@ class Trainer:
         """True for a model saved before F, whose captured steps are not in F (the one model's)."""
         return self._legacy[self._single()]
 
-    # ---------------------------------------------------------------------------------------------- the rest
+    # ----------------------------------------------------------------------------------- figures and state
 
     def take_losses(self) -> list[float] | None:
         """Each model's mean training loss since the last call (one host sync), or None if no step ran."""
@@ -329,7 +331,7 @@ class Trainer:
 
     def keep(self, indices: Sequence[int]) -> None:
         """Go on with models `indices` only, each where it stands (a group leaving its diverged members behind)."""
-        states = self.state_dicts()
+        states = self.state_dicts()  # then the same trainer anew, of those models
         self.__init__(self.config, self.data, self.device, [self.config.seed] * len(indices), self.workers)
         self.load_state_dicts([states[i] for i in indices])
 
@@ -413,7 +415,8 @@ class _Shard:
     """Views of a shard's part of a trainer's stacks: one model's [out, in] tensors (stepped with mm), or the
     members' [m, out, in] slices (m > 0, stepped with bmm)."""
 
-    def __init__(self, trainer: Trainer, members: slice) -> None:
+    def __init__(self, trainer: Trainer, index: int, members: slice) -> None:
+        self.index, self.members = index, range(members.start, members.stop)
         self.at: int | slice = 0 if trainer.n_models == 1 else members
         self.m = 0 if trainer.n_models == 1 else members.stop - members.start
         self.weights = [w[self.at] for w in trainer.weights]
