@@ -1,14 +1,14 @@
-"""The batched executor: sweep members with the same shapes and data train side by side as one BatchedTrainer.
+"""The batched executor: sweep members with the same shapes and data train side by side as one Trainer of M models.
 
 The sweep runs in waves, parents first: the pretrainings, then the clusterings, then the finetunings. In a training
 wave, members whose settings differ only in seed and λ (only in λ where the data depend on the seed) and that stand
-at the same step of the same job form a group, which one `engine.batched.BatchedTrainer` trains in lockstep: each
-member its own batch order, λ and block mask. Everything else stays per member and goes through the member's own
-`Study`: each evaluation (on the member's weights, copied out of the group), each finetuning epoch's shuffle null,
-every save, and the end of the job — the group hands the job back to `run_open_member` with its steps done, which
-runs the last evaluation, its null, the history entry and the ablation exactly as an in-process run does. Members
-are therefore ordinary sessions, and on the CPU their weights equal their in-process runs' bit for bit (the
-pretraining's gradient statistic F agrees to float rounding: the group sums it in another order).
+at the same step of the same job form a group, which one `engine.trainer.Trainer` of M models trains in lockstep
+(each member its own batch order, λ and block mask), driven by the same `phases.run` as a session's job with one
+lane per member. Everything else stays per member and goes through the member's own `Study`: each finetuning
+epoch's shuffle null and every save (on the member's state, copied out of the group), and the end of the job —
+the group hands the job back to `run_open_member` with its steps done, which runs the last evaluation, its null,
+the history entry and the ablation exactly as an in-process run does. Members are therefore ordinary sessions,
+and on the CPU their weights, and their gradient statistic F, equal their in-process runs' bit for bit.
 
 A group saves all its members at each autosave. After a stop or a kill each member resumes from its own last save,
 and the members found at the same step form a group again (a kill between two members' saves leaves them one
@@ -17,16 +17,15 @@ autosave apart: they then train as two groups). Clusterings run one at a time, a
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from engine import events as ev
 from engine import phases
-from engine.batched import BatchedTrainer, default_workers
 from engine.errors import ClusterlabError
 from engine.member import (
     MemberHooks,
@@ -40,6 +39,7 @@ from engine.member import (
 )
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN
 from engine.sweep import FINISHED
+from engine.trainer import Trainer, default_workers
 
 Report = Callable[[dict], None]
 # Datasets that `engine.data.load_dataset` draws from the seed: members of different seeds see different data.
@@ -124,17 +124,19 @@ def _group_key(settings: dict) -> str:
 
 def _train_together(members: list[OpenMember], done: Report, progress: Progress, stop: threading.Event) -> None:
     """Train the members' common job as one group, then finish each as an ordinary member; report every one."""
-    run = None
+    group = None
     try:
-        run = _GroupRun(members, progress, stop, done)
-        outcome = run.train()
+        group = _Group(members, progress, stop, done)
+        outcome = phases.run(group.trainer, group.lanes, group.settings)
+        for member in group.members:
+            group.sync(member)
     except Exception as exc:  # noqa: BLE001 - as in-process: the members fail, keeping their last saves
         error = str(exc) if isinstance(exc, ClusterlabError) else f"{type(exc).__name__}: {exc}"
-        for member in members if run is None else run.members:  # a diverged member was reported already
+        for member in members if group is None else group.members:  # a diverged member was reported already
             member.close()
             done(failed(member.name, error))
         return
-    for member in run.members:
+    for member in group.members:
         if outcome == "done":
             done(run_open_member(member, progress, stop))  # its job's steps are done: this ends the job
         else:
@@ -143,112 +145,52 @@ def _train_together(members: list[OpenMember], done: Report, progress: Progress,
             done(unfinished(member.name))
 
 
-@dataclass
-class _Losses:
-    """One member's loss since the last report, as the trainer that `phases._report` reads it from."""
-
-    loss: float | None
-    step: int
-    steps_per_epoch: int
-
-    def take_loss(self) -> float | None:
-        return self.loss
-
-
-class _GroupRun:
-    """`phases.train`'s loop for a group: the steps on the BatchedTrainer; evaluations, loss reports and autosaves
-    per member, on the member's Study. The last evaluation is left to the member's own job (see module doc)."""
+class _Group:
+    """A group's one Trainer of M models and its members' lanes for `phases.run`: the steps, evaluations and loss
+    reports on the group's trainer; each epoch's null and every autosave on the member's own Study, whose Trainer
+    gets the member's state first. The last evaluation is left to the member's own job (see module doc)."""
 
     def __init__(self, members: list[OpenMember], progress: Progress, stop: threading.Event, done: Report) -> None:
-        self.members = members
-        self.hooks: list[MemberHooks] = [m.hooks(progress, stop) for m in members]
-        self.stop, self.done = stop, done
-        first = members[0].study
-        self.config, self.kind = first.config, members[0].plan[0].kind
-        self.trainer = self._group([m.study.trainer.state_dict() for m in members])
-        self.masks, self.lams = self._regulariser()
+        self.members = list(members)  # those still training, in the trainer's order
+        self.done = done
+        first, job = members[0].study, members[0].plan[0]
+        self.trainer = Trainer.from_state_dicts(first.config, first.data, first.device,
+                                                [m.study.trainer.state_dict() for m in members],
+                                                default_workers(first.device))
+        finetune = job.kind == FINETUNE
+        self.settings = phases.TrainSettings(
+            job.kind, torch.stack([m.study.mask for m in members]) if finetune else None,
+            tuple(float(m.plan[0].lam) for m in members) if finetune else 0.0, capture=job.kind == PRETRAIN,
+            eval_every=first.config.eval_every, autosave_every=first.config.autosave_every, evaluate_end=False)
+        self.lanes = [phases.Lane(m.plan[0], m.study.figures, _MemberLane(self, m, m.hooks(progress, stop)),
+                                  functools.partial(self._fail, m)) for m in members]
 
-    def _group(self, states: list[dict]) -> BatchedTrainer:
-        first = self.members[0].study
-        return BatchedTrainer.from_state_dicts(self.config, first.data, first.device, states,
-                                               default_workers(first.device))
+    def sync(self, member: OpenMember) -> None:
+        """Copy the member's state from the group into its own Trainer (whose Study saves it and tests its null)."""
+        member.study.trainer.load_state_dict(self.trainer.state_dicts([self.members.index(member)])[0])
 
-    def _regulariser(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The members' block masks and λs for a finetuning (None for a pretraining)."""
-        if self.kind != FINETUNE:
-            return None, None
-        return (torch.stack([m.study.mask for m in self.members]),
-                torch.tensor([m.plan[0].lam for m in self.members], dtype=self.trainer.weight.dtype,
-                             device=self.trainer.device))
+    def _fail(self, member: OpenMember, error: str) -> None:
+        """A member whose loss diverged ends as alone (keeping its last save); the group goes on without it."""
+        self.members.remove(member)
+        member.close()
+        self.done(failed(member.name, error))
 
-    def train(self) -> str:
-        """'done' with every member's job stepped to its total (not yet ended), or 'closed' on a stop."""
-        job = self.members[0].plan[0]
-        total = job.total
-        steps_per_epoch = self.trainer.steps_per_epoch
-        last_report, reported_at = time.monotonic(), self.trainer.step
-        while self.members and self.members[0].plan[0].done < total:
-            if self.stop.is_set():
-                self._report(last_report, reported_at)
-                self._sync()
-                return "closed"
-            self.trainer.train_step(self.masks, self.lams, capture=self.kind == PRETRAIN)
-            for member in self.members:
-                member.plan[0].done += 1
-            step, last = self.trainer.step, self.members[0].plan[0].done == total
-            if not last and (step % self.config.eval_every == 0 or step % steps_per_epoch == 0):
-                self._evaluate(step % steps_per_epoch == 0)
-            now = time.monotonic()
-            if now - last_report >= phases.REPORT_INTERVAL_S or last or step % self.config.autosave_every == 0:
-                self._report(last_report, reported_at)
-                last_report, reported_at = now, step
-            if step % self.config.autosave_every == 0 and not last:
-                self._sync()
-                for hooks in self.hooks:
-                    hooks.autosave()
-        if self.members:
-            self._sync()
-        return "done"
 
-    def _sync(self) -> None:
-        """Copy the group's state into each member's own Trainer (whose Study evaluates and saves it)."""
-        for member, state in zip(self.members, self.trainer.state_dicts(), strict=True):
-            member.study.trainer.load_state_dict(state)
+class _MemberLane(phases.Passing):
+    """A member's hooks in its group: as alone, and its Study's Trainer synced before it saves or tests a null."""
 
-    def _evaluate(self, epoch_end: bool) -> None:
-        self._sync()
-        for member, hooks in zip(self.members, self.hooks, strict=True):
-            study = member.study
-            phases.evaluate(study.trainer, self.kind, study.mask if self.kind == FINETUNE else None, study.figures,
-                            hooks)
-            if self.kind == FINETUNE and epoch_end:  # as the in-process finetune: each epoch's null
-                study.test_null(self.kind, hooks)
+    def __init__(self, group: _Group, member: OpenMember, hooks: MemberHooks) -> None:
+        super().__init__(hooks)
+        self.group, self.member = group, member
 
-    def _report(self, since: float, since_step: int) -> None:
-        """Each member's loss record and progress; a member whose loss is no longer finite fails, as alone."""
-        losses = self.trainer.take_loss()
-        if losses is None:
-            return
-        diverged = []
-        for i, (member, hooks, loss) in enumerate(zip(self.members, self.hooks, losses, strict=True)):
-            try:
-                phases._report(_Losses(loss, self.trainer.step, self.trainer.steps_per_epoch), member.plan[0],
-                               member.study.figures, hooks, since, since_step)
-            except ClusterlabError as exc:
-                diverged.append((i, str(exc)))
-        if diverged:
-            self._drop(diverged)
+    def emit(self, event: ev.Event) -> None:
+        self.hooks.emit(event)
+        study = self.member.study
+        if (isinstance(event, ev.Evaluated) and event.phase == FINETUNE
+                and event.step % study.trainer.steps_per_epoch == 0):  # as the in-process finetune: each epoch's null
+            self.group.sync(self.member)
+            study.test_null(event.phase, self.hooks)
 
-    def _drop(self, diverged: list[tuple[int, str]]) -> None:
-        """End the diverged members (keeping their last saves) and go on with the rest as a new group."""
-        states = self.trainer.state_dicts()
-        gone = {i for i, _ in diverged}
-        for i, error in diverged:
-            self.members[i].close()
-            self.done(failed(self.members[i].name, error))
-        keep = [i for i in range(len(self.members)) if i not in gone]
-        self.members = [self.members[i] for i in keep]
-        self.hooks = [self.hooks[i] for i in keep]
-        if self.members:
-            self.trainer = self._group([states[i] for i in keep])
-            self.masks, self.lams = self._regulariser()
+    def autosave(self) -> None:
+        self.group.sync(self.member)
+        self.hooks.autosave()

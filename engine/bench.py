@@ -1,26 +1,20 @@
-"""`clusterlab bench`: the engine's training step against the reference study's DataLoader loop, and more.
+"""`clusterlab bench`: the engine's figures, each measured next to its reference in the same run.
 
 Everything runs in one process on the same data and device: the engine's real `Trainer.train_step(capture=True)`
-and, interleaved with it in rounds, a reference loop in the old style (torchvision dataset + PIL transforms
-through a shuffled DataLoader, nn.Sequential forward, autograd, torch.optim.SGD, the studied layer's gradient
-cloned into a list every step). Then the time of one test-set evaluation, of co-clustering the studied layer
-(k=2, k=8) and a random 1024x1024 matrix (k=8), of one clusterability evaluation, the share of the step that
-gradient capture costs (steps with and without capture, interleaved), the step's roofline (its GEMMs alone, in
-blocks interleaved with the same steps) and batched training (groups of 1, 8, 32 models as one BatchedTrainer,
-interleaved with one Trainer training alone; on CUDA also 256 models, and the CUDA-graph step without capture).
-
-Over 400 lines because each figure is measured next to its reference in the same run, and the figures are read
-side by side.
+and, interleaved with it in rounds, the reference study's loop (engine/bench_reference.py). Then the time of one
+test-set evaluation, of co-clustering the studied layer (k=2, k=8) and a random 1024x1024 matrix (k=8), of one
+clusterability evaluation, the share of the step that gradient capture costs (steps with and without capture,
+interleaved), the step's roofline (its GEMMs alone, in blocks interleaved with the same steps) and batched training
+(groups of 1, 8, 32 models as one Trainer, interleaved with one model training alone; on CUDA also 256 models, and
+the CUDA-graph step without capture). Figures of whole processes (`--study`) come after, outside the timed loops.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
-import shutil
 import statistics
 import tempfile
 import threading
@@ -30,34 +24,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from engine.batched import BatchedTrainer, default_workers
+from engine.bench_reference import SEED, ReferenceLoop, Roofline, datasets
 from engine.clustering import cocluster
 from engine.config import Config
-from engine.data import (
-    IDX_FILES,
-    MNIST_MEAN,
-    MNIST_STD,
-    default_data_dirs,
-    find_idx_files,
-    load_dataset,
-    synthetic_arrays,
-)
 from engine.device import configure_threads
 from engine.errors import ConfigError
 from engine.metrics import block_mask, clusterability
-from engine.model import build_mlp, studied_weight
-from engine.trainer import Trainer
+from engine.trainer import Trainer, default_workers
 
 REFERENCE_MAX_STEPS = 200  # the reference loop runs ~20-50 steps/s: time it on fewer steps
-REFERENCE_GRADS_KEPT = 1000  # the reference kept every gradient; past this many they are only counted
 ROUNDS = 4  # engine and reference alternate in this many rounds, so drifts in machine load hit both
 CAPTURE_BLOCKS = 10  # interleaved blocks with and without gradient capture
 WARMUP_STEPS = 30
 WIDE = 1024  # side of the random matrix that shows how co-clustering and clusterability scale
-SEED = 42
-BATCHED_SIZES = (1, 8, 32)  # models trained side by side as one BatchedTrainer
+BATCHED_SIZES = (1, 8, 32)  # models trained side by side as one Trainer of M models
 CUDA_BATCHED_SIZE = 256  # on CUDA also a group big enough to fill the GPU
 BATCHED_ROUNDS = 5  # the groups and one Trainer alone alternate in this many rounds
 BATCHED_MIN_STEPS = 3  # a group's block has about --steps model-steps, and at least this many steps
@@ -71,8 +52,10 @@ def run_bench(args: argparse.Namespace) -> int:
     configure_threads(device)  # the engine's own setting, so the figures are the product's
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="clusterlab-bench-") as tmp:
-        data, reference_set, dataset_name = _datasets(args.dataset, args.data_dir, device, Path(tmp), notes)
+        data, reference_set, dataset_name = datasets(args.dataset, args.data_dir, device, Path(tmp), notes)
         result = _measure(data, reference_set, dataset_name, device, steps, notes)
+    # Figures of whole processes, each behind its flag, after the in-process loops so that they time nothing of
+    # each other: the default study end to end (--study), and figures of modules of their own (bench_*.py) here.
     if getattr(args, "study", False):
         result["whole_study_s"] = whole_study_s(args.data_dir)
     if args.json:
@@ -82,146 +65,14 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------------ data
-
-
-def _datasets(name: str, data_dir: str | None, device: torch.device, tmp: Path, notes: list[str]):
-    """The engine's Dataset and the reference's torch Dataset over the same images, and the name used."""
-    if name == "mnist":
-        folders = [Path(data_dir)] if data_dir else default_data_dirs("mnist")
-        found = next(((f, files) for f in folders if (files := find_idx_files(f, "MNIST"))), None)
-        if found is None and data_dir:
-            raise ConfigError(f"--data-dir {data_dir} holds no MNIST IDX files ({IDX_FILES['train_x']}[.gz] and "
-                              "the other three); point it at a folder that has them, or leave it out.")
-        if found is None:
-            notes.append(f"MNIST not found in {', '.join(map(str, folders))}: both loops use synthetic data of "
-                         "MNIST's shape (784 features, 10 classes) instead")
-        else:
-            folder, files = found
-            data = load_dataset("mnist", str(folder), SEED, device)
-            return data, _torchvision_mnist(files, tmp), "mnist"
-    data = load_dataset("synthetic", None, SEED, device)
-    train_x, train_y, _, _ = synthetic_arrays(SEED)
-    images = np.rint(train_x.reshape(-1, 28, 28) * 255.0).astype(np.uint8)
-    notes.append("synthetic images go through PIL + ToTensor + Normalize in the reference, like torchvision's MNIST")
-    return data, _PILImages(images, train_y), "synthetic"
-
-
-def _torchvision_mnist(files: dict[str, Path], tmp: Path):
-    """torchvision's own MNIST class over a temporary root holding uncompressed copies of the IDX files."""
-    from torchvision import datasets, transforms
-
-    raw = tmp / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for key, stem in IDX_FILES.items():
-        source = files[key]
-        if source.suffix == ".gz":
-            with gzip.open(source, "rb") as f_in, open(raw / stem, "wb") as f_out:
-                shutil.copyfileobj(f_in, f_out)
-        else:
-            shutil.copyfile(source, raw / stem)
-    return datasets.MNIST(str(tmp), train=True, download=False, transform=_reference_transform(transforms))
-
-
-def _reference_transform(transforms):
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
-
-
-class _PILImages(torch.utils.data.Dataset):
-    """uint8 images served as torchvision's MNIST serves them: a PIL image per sample, then the transforms."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        from torchvision import transforms
-
-        self.images, self.labels = images, labels
-        self.transform = _reference_transform(transforms)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[i], mode="L")), int(self.labels[i])
-
-
-# ----------------------------------------------------------------------------------------------- reference
-
-
-class _ReferenceLoop:
-    """The reference study's loop: DataLoader batches, module forward, autograd, SGD, gradient clones kept."""
-
-    def __init__(self, dataset, config: Config, n_classes: int, device: torch.device) -> None:
-        self.device = device
-        self.model = build_mlp(784, config.hidden, n_classes, config.seed).to(device)
-        self.weight = studied_weight(self.model, config.studied_layer)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
-        generator = torch.Generator().manual_seed(config.seed)
-        self.loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
-                                                  generator=generator)
-        self.batches = iter(self.loader)
-        self.grads: list[torch.Tensor] = []
-        self.grads_seen = 0
-        self.running_loss = 0.0
-
-    def run(self, steps: int) -> None:
-        for _ in range(steps):
-            try:
-                x, y = next(self.batches)
-            except StopIteration:
-                self.batches = iter(self.loader)
-                x, y = next(self.batches)
-            x, y = x.to(self.device).view(x.size(0), -1), y.to(self.device)
-            self.optimizer.zero_grad()
-            loss = F.cross_entropy(self.model(x), y)
-            loss.backward()
-            self.grads_seen += 1
-            if len(self.grads) < REFERENCE_GRADS_KEPT:
-                self.grads.append(self.weight.grad.clone())
-            self.optimizer.step()
-            self.running_loss += loss.item()
-
-
 # ----------------------------------------------------------------------------------------------- measuring
 
 
-def _steps(trainer: Trainer | BatchedTrainer, n: int, capture: bool, sync: Callable[[], None]) -> None:
+def _steps(trainer: Trainer, n: int, capture: bool, sync: Callable[[], None]) -> None:
     for _ in range(n):
         trainer.train_step(capture=capture)
-    trainer.take_loss()  # the engine's loop syncs like this, a few times a second
+    trainer.take_losses()  # the engine's loop syncs like this, a few times a second
     sync()
-
-
-class _Roofline:
-    """The step's GEMMs alone, at the engine's batch and widths: per layer the forward product, the input gradient
-    (all but the first layer) and the weight update fused into its gradient's GEMM (addmm_), into preallocated
-    outputs. What the engine's step spends beyond this is gathering the batch, elementwise work and dispatch."""
-
-    def __init__(self, config: Config, data, device: torch.device) -> None:
-        widths = (data.n_features, *config.hidden, data.n_classes)
-        generator = torch.Generator().manual_seed(SEED)
-
-        def rand(*shape: int) -> torch.Tensor:
-            return (torch.randn(*shape, generator=generator) * 0.1).to(device)
-
-        b = config.batch_size
-        self.lr = config.lr
-        self.weights = [rand(n_out, n_in) for n_in, n_out in zip(widths[:-1], widths[1:], strict=True)]
-        self.acts = [rand(b, n_in) for n_in in widths[:-1]]  # each layer's input
-        self.grads = [rand(b, n_out) for n_out in widths[1:]]  # each layer's output gradient
-        self.outs = [torch.empty(b, n_out, device=device) for n_out in widths[1:]]
-        self.ins = [torch.empty(b, n_in, device=device) for n_in in widths[:-1]]
-
-    def run(self, steps: int, sync: Callable[[], None]) -> None:
-        layers = list(zip(self.weights, self.acts, self.grads, self.outs, self.ins, strict=True))
-        for _ in range(steps):
-            for w, a, _, out, _ in layers:
-                torch.mm(a, w.t(), out=out)
-            for i, (w, a, d, _, d_in) in reversed(list(enumerate(layers))):
-                if i:
-                    torch.mm(d, w, out=d_in)
-                w.addmm_(d.t(), a, alpha=-self.lr)
-        sync()
 
 
 def _on_thread(work: Callable[[], None], threads: int | None = None) -> float:
@@ -248,7 +99,7 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
     config = Config(dataset=dataset_name, seed=SEED, device=device.type)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     trainer = Trainer(config, data, device)
-    reference = _ReferenceLoop(reference_set, config, data.n_classes, device)
+    reference = ReferenceLoop(reference_set, config, data.n_classes, device)
     ref_steps = min(steps, REFERENCE_MAX_STEPS)
     if ref_steps < steps:
         notes.append(f"reference loop timed on {ref_steps} steps (it is slow), the engine on {steps}")
@@ -277,7 +128,7 @@ def _measure(data, reference_set, dataset_name: str, device: torch.device, steps
     # 32-step fold, so each holds its share of folds.
     # The roofline's blocks are interleaved with these too, and its share is the step with capture over it.
     block = 32 * max(1, min(steps, 1000) // 100)
-    roofline = _Roofline(config, data, device)
+    roofline = Roofline(config, data, device)
     times: dict[bool | str, list[float]] = {True: [], False: [], "roofline": []}
     for _ in range(CAPTURE_BLOCKS):
         for capture in (True, False):
@@ -376,7 +227,7 @@ def whole_study_s(data_dir: str | None) -> float:
 
 
 def _batched(data, config: Config, device: torch.device, steps: int, sync: Callable[[], None]) -> dict:
-    """Aggregate model-steps/s of groups trained as one BatchedTrainer (with capture, as pretraining runs), and
+    """Aggregate model-steps/s of groups trained as one Trainer of M models (with capture, as pretraining runs), and
     their ratio to the same models trained one after another by the engine's Trainer: rounds alternate one Trainer
     alone and every group, on the engine's thread count, groups with `default_workers` shards (on a 2-core CPU
     the engine's one thread leaves the second core to the UI, which a group may fill); medians over the rounds.
@@ -386,7 +237,7 @@ def _batched(data, config: Config, device: torch.device, steps: int, sync: Calla
     sizes = (*BATCHED_SIZES, CUDA_BATCHED_SIZE) if device.type == "cuda" else BATCHED_SIZES
     workers = default_workers(device)
     alone = Trainer(config, data, device)
-    groups = {m: BatchedTrainer(config, data, device, range(SEED, SEED + m), workers) for m in sizes}
+    groups = {m: Trainer(config, data, device, range(SEED, SEED + m), workers) for m in sizes}
     for _ in range(WARMUP_STEPS):
         alone.train_step(capture=True)
     for group in groups.values():

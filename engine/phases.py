@@ -1,13 +1,15 @@
 """The phases as plain functions over a trainer: train (pretrain or finetune), evaluate, cluster.
 
-No threads here: `Engine` runs them on its thread with hooks that serve its commands, and a script, a sweep or a
-test can call them directly with the default `Hooks` (which report nothing and never interrupt).
+No threads here: `Engine` runs them on its thread with hooks that serve its commands, the batched executor runs
+`run` over a group's trainer with one lane per member, and a script, a sweep or a test can call them directly with
+the default `Hooks` (which report nothing and never interrupt).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ from engine import events as ev
 from engine.clustering import Clusters, cocluster
 from engine.errors import TrainingError
 from engine.metrics import chance_level, cluster_shares
+from engine.plan import Job
 from engine.trainer import Trainer
 
 REPORT_INTERVAL_S = 0.05  # at most ~20 progress events per second, however fast the loop runs
@@ -40,6 +43,29 @@ class Hooks:
         """The autosave interval was reached mid-job."""
 
 
+class Passing(Hooks):
+    """Hooks that pass everything on to others; subclasses change what they must."""
+
+    def __init__(self, hooks: Hooks) -> None:
+        self.hooks = hooks
+
+    @property
+    def attention(self) -> bool:
+        return self.hooks.attention
+
+    def attend(self) -> str | None:
+        return self.hooks.attend()
+
+    def emit(self, event: ev.Event) -> None:
+        self.hooks.emit(event)
+
+    def record(self, record: dict) -> None:
+        self.hooks.record(record)
+
+    def autosave(self) -> None:
+        self.hooks.autosave()
+
+
 @dataclass
 class Figures:
     """The latest figures of a session: what an evaluation, a report or a clustering last gave."""
@@ -55,70 +81,109 @@ class Figures:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How one training job runs: its phase name, regulariser and reporting intervals."""
+    """How one training job runs: its phase name, regulariser (for every model the trainer holds: one mask and λ,
+    or M of each stacked) and reporting intervals. Without `evaluate_end` the job's last evaluation is left to
+    whoever ends the job (a batched group leaves it to each member's own Study)."""
 
     phase: str
     mask: torch.Tensor | None = None
-    lam: float = 0.0
+    lam: float | tuple[float, ...] = 0.0
     capture: bool = False
     eval_every: int = 400
     autosave_every: int = 500
+    evaluate_end: bool = True
 
 
-def train(trainer: Trainer, job, settings: TrainSettings, figures: Figures, hooks: Hooks | None = None) -> str:
-    """Run `job` (its `done` counted up to `total`); 'done', or 'stopped'/'closed' when the hooks end it."""
-    hooks = hooks or Hooks()
+@dataclass
+class Lane:
+    """One model's part in a training job: its job (counted up to `total`), figures and hooks. `fail` ends a group's
+    member whose loss diverged, and the rest go on; without it, a diverged loss fails the job."""
+
+    job: Job
+    figures: Figures
+    hooks: Hooks
+    fail: Callable[[str], None] | None = None
+
+
+def train(trainer: Trainer, job: Job, settings: TrainSettings, figures: Figures, hooks: Hooks | None = None) -> str:
+    """Run `job` on the trainer's one model: 'done', or 'stopped'/'closed' when the hooks end it."""
+    return run(trainer, [Lane(job, figures, hooks or Hooks())], settings)
+
+
+def run(trainer: Trainer, lanes: list[Lane], settings: TrainSettings) -> str:
+    """Train the trainer's models, lane m for model m, until the jobs (which step together) are done: 'done', or
+    'stopped'/'closed' when a lane's hooks end them. A lane whose loss diverges may leave (see `Lane.fail`): the
+    trainer then keeps only the other lanes' models."""
     last_report, reported_at_step = time.monotonic(), trainer.step
     last_eval = -1
-    while job.done < job.total:
-        if hooks.attention:
-            ended = hooks.attend()
+    while lanes and lanes[0].job.done < lanes[0].job.total:
+        if any(lane.hooks.attention for lane in lanes):
+            ended = next((e for lane in lanes if (e := lane.hooks.attend()) is not None), None)
             if ended is not None:
-                _report(trainer, job, figures, hooks, last_report, reported_at_step)
+                _report(trainer, lanes, settings, last_report, reported_at_step)
                 return ended
             last_report, reported_at_step = time.monotonic(), trainer.step
         trainer.train_step(settings.mask, settings.lam, settings.capture)
-        job.done += 1
-        step = trainer.step
-        if step % settings.eval_every == 0 or step % trainer.steps_per_epoch == 0:  # an epoch ended
-            evaluate(trainer, settings.phase, settings.mask, figures, hooks)
+        for lane in lanes:
+            lane.job.done += 1
+        step, last = trainer.step, lanes[0].job.done == lanes[0].job.total
+        if (step % settings.eval_every == 0 or step % trainer.steps_per_epoch == 0) and (  # or an epoch ended
+                settings.evaluate_end or not last):
+            evaluate(trainer, lanes, settings)
             last_eval = step
         now = time.monotonic()
-        if now - last_report >= REPORT_INTERVAL_S or job.done == job.total or step % settings.autosave_every == 0:
-            _report(trainer, job, figures, hooks, last_report, reported_at_step)
+        if now - last_report >= REPORT_INTERVAL_S or last or step % settings.autosave_every == 0:
+            lanes, settings = _report(trainer, lanes, settings, last_report, reported_at_step)
             last_report, reported_at_step = now, step
-        if step % settings.autosave_every == 0 and job.done < job.total:
-            hooks.autosave()
-    if last_eval != trainer.step:
-        evaluate(trainer, settings.phase, settings.mask, figures, hooks)
+        if step % settings.autosave_every == 0 and not last:
+            for lane in lanes:
+                lane.hooks.autosave()
+    if lanes and settings.evaluate_end and last_eval != trainer.step:
+        evaluate(trainer, lanes, settings)
     return "done"
 
 
-def evaluate(trainer: Trainer, phase: str, mask: torch.Tensor | None, figures: Figures, hooks: Hooks) -> None:
-    """Test accuracy (and clusterability if clusters are held), recorded and reported."""
-    accuracy = trainer.evaluate()
-    c = trainer.clusterability_of(mask) if mask is not None else None
-    figures.test_accuracy, figures.clusterability = accuracy, c
+def evaluate(trainer: Trainer, lanes: list[Lane], settings: TrainSettings) -> None:
+    """Test accuracy (and clusterability if clusters are held) of every model, recorded and reported."""
+    accuracies = trainer.accuracies()
+    found = trainer.clusterabilities(settings.mask) if settings.mask is not None else [None] * len(lanes)
     epoch = trainer.step // trainer.steps_per_epoch
-    hooks.record({"type": "eval", "phase": phase, "step": trainer.step, "epoch": epoch,
-                  "test_accuracy": accuracy, "clusterability": c})
-    hooks.emit(ev.Evaluated(phase, trainer.step, epoch, accuracy, c))
+    for lane, accuracy, c in zip(lanes, accuracies, found, strict=True):
+        lane.figures.test_accuracy, lane.figures.clusterability = accuracy, c
+        lane.hooks.record({"type": "eval", "phase": settings.phase, "step": trainer.step, "epoch": epoch,
+                           "test_accuracy": accuracy, "clusterability": c})
+        lane.hooks.emit(ev.Evaluated(settings.phase, trainer.step, epoch, accuracy, c))
 
 
-def _report(trainer: Trainer, job, figures: Figures, hooks: Hooks, since: float, since_step: int) -> None:
-    loss = trainer.take_loss()
-    if loss is None:
-        return
-    if not np.isfinite(loss):
-        raise TrainingError(
-            f"The training loss became {loss} near step {trainer.step}, so {job.kind} was stopped; "
-            "try a smaller --lr or --lam."
-        )
+def _report(trainer: Trainer, lanes: list[Lane], settings: TrainSettings, since: float,
+            since_step: int) -> tuple[list[Lane], TrainSettings]:
+    """Each lane's loss record and progress; the lanes (and settings) that go on."""
+    losses = trainer.take_losses()
+    if losses is None:
+        return lanes, settings
     rate = (trainer.step - since_step) / max(time.monotonic() - since, 1e-9)
-    figures.train_loss = loss
     epoch = trainer.step // trainer.steps_per_epoch
-    hooks.record({"type": "train", "phase": job.kind, "step": trainer.step, "epoch": epoch, "loss": loss})
-    hooks.emit(ev.Progress(job.kind, trainer.step, epoch, loss, job.done, job.total, rate))
+    kept = []
+    for i, (lane, loss) in enumerate(zip(lanes, losses, strict=True)):
+        job = lane.job
+        if not np.isfinite(loss):
+            error = (f"The training loss became {loss} near step {trainer.step}, so {job.kind} was stopped; "
+                     "try a smaller --lr or --lam.")
+            if lane.fail is None:
+                raise TrainingError(error)
+            lane.fail(error)
+            continue
+        kept.append(i)
+        lane.figures.train_loss = loss
+        lane.hooks.record({"type": "train", "phase": job.kind, "step": trainer.step, "epoch": epoch, "loss": loss})
+        lane.hooks.emit(ev.Progress(job.kind, trainer.step, epoch, loss, job.done, job.total, rate))
+    if len(kept) == len(lanes):
+        return lanes, settings
+    if kept:
+        trainer.keep(kept)
+    if settings.mask is not None:
+        settings = replace(settings, mask=settings.mask[kept], lam=tuple(settings.lam[i] for i in kept))
+    return [lanes[i] for i in kept], settings
 
 
 def cluster(trainer: Trainer, k: int, source: str, seed: int) -> Clusters:

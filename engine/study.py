@@ -307,30 +307,7 @@ class Study:
         return self.control["test_accuracy"] - after["test_accuracy"]
 
 
-class _Passing(phases.Hooks):
-    """Hooks that pass everything on to others; subclasses change what they must."""
-
-    def __init__(self, hooks: phases.Hooks) -> None:
-        self.hooks = hooks
-
-    @property
-    def attention(self) -> bool:
-        return self.hooks.attention
-
-    def attend(self) -> str | None:
-        return self.hooks.attend()
-
-    def emit(self, event: ev.Event) -> None:
-        self.hooks.emit(event)
-
-    def record(self, record: dict) -> None:
-        self.hooks.record(record)
-
-    def autosave(self) -> None:
-        self.hooks.autosave()
-
-
-class _Unlogged(_Passing):
+class _Unlogged(phases.Passing):
     """Everything but the metrics records and autosaves (a twin's steps are not the session's)."""
 
     def record(self, record: dict) -> None:
@@ -340,7 +317,7 @@ class _Unlogged(_Passing):
         pass
 
 
-class _EpochNull(_Passing):
+class _EpochNull(phases.Passing):
     """Also tests each finetune epoch's clusterability against its null, after its evaluation."""
 
     def __init__(self, study: Study, hooks: phases.Hooks) -> None:

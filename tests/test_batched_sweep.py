@@ -8,12 +8,12 @@ import threading
 
 import pytest
 
-from engine.batched import BatchedTrainer
 from engine.batched_executor import Batched
 from engine.cli import main
 from engine.engine import Engine
 from engine.session import read_metrics
 from engine.sweep_run import InProcess, run_sweep
+from engine.trainer import Trainer
 
 # Digits: the data do not depend on the seed, so every seed's pretraining is one group. Evaluations, autosaves and
 # epoch ends fall inside the jobs, so the group's evaluations, saves and per-epoch nulls are all exercised.
@@ -45,15 +45,15 @@ def in_process(tmp_path_factory):
 
 @pytest.fixture
 def group_sizes(monkeypatch) -> list[int]:
-    """The size of every BatchedTrainer the executor makes, in order."""
+    """The size of every group's Trainer the executor makes, in order."""
     sizes = []
 
-    class Spy(BatchedTrainer):
-        def __init__(self, config, data, device, seeds, workers=1):
+    class Spy(Trainer):
+        def __init__(self, config, data, device, seeds=None, workers=1):
             sizes.append(len(seeds))
             super().__init__(config, data, device, seeds, workers)
 
-    monkeypatch.setattr("engine.batched_executor.BatchedTrainer", Spy)
+    monkeypatch.setattr("engine.batched_executor.Trainer", Spy)
     return sizes
 
 
@@ -136,16 +136,16 @@ def test_a_diverging_member_fails_alone_and_reruns(in_process, tmp_path, monkeyp
     """One member's loss turns NaN mid-group: it fails as it would alone (keeping its last save), the rest of its
     group trains on to the in-process results, and a rerun finishes it too."""
     poisoned = []
-    take_loss = BatchedTrainer.take_loss
+    take_losses = Trainer.take_losses
 
     def nan_once(self):
-        losses = take_loss(self)
+        losses = take_losses(self)
         if losses is not None and self.step > 46 and len(losses) == 6 and not poisoned:  # the finetuning group
             losses[1] = math.nan
             poisoned.append(self.step)
         return losses
 
-    monkeypatch.setattr(BatchedTrainer, "take_loss", nan_once)
+    monkeypatch.setattr(Trainer, "take_losses", nan_once)
     first = run_sweep("sw", DIGITS, GRID, root=tmp_path, executor=Batched())
     assert [m["name"] for m in first.failures] == ["sw.s1.weights.k2.lam5"]
     assert first.failures[0]["error"].startswith("The training loss became nan near step")

@@ -10,6 +10,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from engine import bench
+from engine.bench_reference import Roofline
 from engine.cli import main
 from engine.config import Config
 from engine.data import load_dataset
@@ -65,7 +66,7 @@ def test_roofline_times_exactly_the_steps_gemms():
     config = Config(dataset="synthetic", hidden=(32, 24, 16), batch_size=50)
     trainer = Trainer(config, data, CPU)
     trainer.train_step()
-    roofline = bench._Roofline(config, data, CPU)
+    roofline = Roofline(config, data, CPU)
     step = _gemms(lambda: trainer.train_step(capture=True))
     assert _gemms(lambda: roofline.run(1, lambda: None)) == step
     assert sum(step.values()) == 4 + 3 + 4  # four layers: forwards, input gradients (not the first), updates

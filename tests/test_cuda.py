@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from engine import Engine
-from engine.batched import BatchedTrainer
 from engine.config import Config
 from engine.data import load_dataset
 from engine.engine import params_sha256
@@ -92,39 +91,40 @@ def test_graph_and_eager_capture_the_same_gradients(data, monkeypatch):
     _train(graph, mask)
     _train(eager, mask)
     assert graph._graphs and eager._graphs is None
-    torch.testing.assert_close(graph.grad_sum, eager.grad_sum, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(graph.grad_importances, eager.grad_importances, rtol=1e-4, atol=1e-6)
     assert graph.grad_steps == eager.grad_steps == REGULAR_FROM
 
 
 def test_runs_repeat_exactly(data):
     config = _config()
     runs = [Trainer(config, data, CUDA) for _ in range(2)]
-    groups = [BatchedTrainer(config, data, CUDA, [1, 2, 3]) for _ in range(2)]
+    groups = [Trainer(config, data, CUDA, [1, 2, 3]) for _ in range(2)]
     masks = torch.stack([_mask(config.layer_shape, seed) for seed in range(3)])
+    lams = torch.full((3,), LAM, device=CUDA)
     for s in range(STEPS):
         regular = s >= REGULAR_FROM
         for run in runs:
             run.train_step(masks[0] if regular else None, LAM, capture=not regular)
         for group in groups:
-            group.train_step(masks if regular else None, torch.full((3,), LAM, device=CUDA), capture=not regular)
+            group.train_step(masks if regular else None, lams, capture=not regular)
     assert params_sha256(runs[0].model) == params_sha256(runs[1].model)
-    assert torch.equal(runs[0].grad_sum, runs[1].grad_sum)
+    assert torch.equal(runs[0].grad_importances, runs[1].grad_importances)
     for i in range(3):
         assert params_sha256(groups[0].member_model(i)) == params_sha256(groups[1].member_model(i))
-    assert torch.equal(groups[0].grad_sum, groups[1].grad_sum)
+    assert torch.equal(groups[0].grad_importances, groups[1].grad_importances)
 
 
 def test_batched_members_equal_single_models(data):
     config = _config()
     seeds, lams = [3, 11, 42], [3.0, 0.0, 40.0]
-    group = BatchedTrainer(config, data, CUDA, seeds)
+    group = Trainer(config, data, CUDA, seeds)
     masks = torch.stack([_mask(config.layer_shape, seed) for seed in range(3)])
     lam_tensor = torch.tensor(lams, device=CUDA)
     for s in range(STEPS):
         regular = s >= REGULAR_FROM
         group.train_step(masks if regular else None, lam_tensor, capture=not regular)
     assert group._graphs  # full unregularised batches replayed the group's graph
-    accuracies = group.evaluate()
+    accuracies = group.accuracies()
     for i, seed in enumerate(seeds):
         alone = Trainer(config.replace(seed=seed), data, CUDA)
         for s in range(STEPS):

@@ -4,6 +4,9 @@ squared gradients, old checkpoints still load, and the regulariser does what it 
 from __future__ import annotations
 
 import copy
+import hashlib
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,11 +124,11 @@ def test_step_matches_autograd_sgd(data):
     f_ref = torch.zeros(weight.shape, dtype=torch.float64)
     for s in range(50):
         regular = s >= 25
-        idx = trainer.perm[trainer.position: trainer.position + 100] if trainer.perm is not None and \
-            trainer.position < trainer.perm.numel() else None
+        idx = trainer.perm[0, trainer.position: trainer.position + 100] if trainer.perm is not None and \
+            trainer.position < trainer.perm.shape[1] else None
         trainer.train_step(mask if regular else None, 3.0, capture=not regular)
         if idx is None:
-            idx = trainer.perm[:100]
+            idx = trainer.perm[0, :100]
         x, y = data.train_x[idx], data.train_y[idx]
         loss = torch.nn.functional.cross_entropy(model(x), y)
         total = loss - 3.0 * clusterability(weight, mask) if regular else loss
@@ -182,3 +185,83 @@ def test_regulariser_raises_clusterability():
     assert before0 == pytest.approx(before20)  # same start
     assert after20 > after0 + 0.1
     assert after20 > before20 + 0.1
+
+
+# ----- today's numbers, pinned: recorded with the Trainer of commit 68e8e29 (before one trainer served both a
+# session and a batched group), on one CPU thread. The run pretrains with capture across two folds and two epoch
+# ends, finetunes at λ=3, then trains with a mask at λ=0 (as the control does).
+GOLDEN = {
+    (32, 24, 16): {
+        "params": "89105a19c0b22669b195d56a23663879f3b20fadf0798e42724ca8a6dd2498f0",
+        "F": "0871cea233045d878f6581204ecb157c75d9e57c40ba83e595473b4ee8b22a28",
+        "losses": ["2.312383460998535", "2.3062101364135743", "2.30441837310791", "2.3056121826171876",
+                   "2.3022533416748048", "2.2999900817871093", "2.2960586547851562", "2.2996240615844727",
+                   "2.295171356201172", "2.294627380371094", "2.2933204650878904", "2.28732967376709",
+                   "2.289256477355957"],
+        "accuracy": "0.1220703125", "clusterability": "0.49126893281936646",
+    },
+    (128, 128): {
+        "params": "2afcd6edc8dc238ebb65f99bf089fe7e63b4b37f79b6e8a153060ac8f49a21d4",
+        "F": "acd47f244d055d2818de16a52b9ad9c1faa8a0147a41f572c3170ce9bcd624cd",
+        "losses": ["2.3117841720581054", "2.301896667480469", "2.2851655960083006", "2.278441619873047",
+                   "2.2651599884033202", "2.2536827087402345", "2.2447076797485352", "2.2351591110229494",
+                   "2.2247215270996095", "2.2108583450317383", "2.1995864868164063", "2.1858503341674806",
+                   "2.177273178100586"],
+        "accuracy": "0.6484375", "clusterability": "0.5014345049858093",
+    },
+}
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("hidden", list(GOLDEN))
+def test_same_numbers_as_before(data, hidden, one_thread):
+    """Bit for bit what the Trainer gave before the batched group's step became its step: weights, F, every
+    reported loss, the accuracy and the clusterability."""
+    from engine.study import params_sha256
+
+    config = _config(hidden=hidden)
+    trainer = Trainer(config, data, CPU)
+    mask = _mask(trainer)
+    losses = []
+    for s in range(130):
+        if s < 90:
+            trainer.train_step(capture=True)
+        else:
+            trainer.train_step(mask, 3.0 if s < 120 else 0.0)
+        if s % 10 == 9:
+            losses.append(repr(trainer.take_loss()))
+    expected = GOLDEN[hidden]
+    assert params_sha256(trainer.model) == expected["params"]
+    assert hashlib.sha256(trainer.grad_importance.numpy().tobytes()).hexdigest() == expected["F"]
+    assert losses == expected["losses"]
+    assert repr(trainer.evaluate()) == expected["accuracy"]
+    assert repr(trainer.clusterability_of(mask)) == expected["clusterability"]
+
+
+def test_a_session_saved_before_resumes_to_the_same_numbers(tmp_path, one_thread):
+    """tests/fixtures/session-v1: digits, hidden (8, 8), 40 pretraining steps with 8 captured gradients not yet
+    folded into F, saved by the code of commit 68e8e29. Resumed, clustered on gradients and finetuned, it gives
+    what that code gave."""
+    from engine.engine import Engine
+
+    path = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "session-v1", path)
+    with Engine.open(path) as engine:
+        assert engine.snapshot().step == 40
+        engine.train(steps=10)
+        engine.cluster(k=2, source="gradients")
+        engine.finetune(epochs=1, lam=3.0)
+        engine.wait()
+        snapshot = engine.snapshot()
+    assert snapshot.params_sha256 == "6f190d8742e66bf83adaa7b94db1cfab4c37ff07aa52a35912ca9cbd59f5f85b"
+    assert snapshot.step == 73
+    assert (snapshot.clusters["row_sizes"], snapshot.clusters["col_sizes"]) == ([6, 2], [6, 2])
+    assert repr(snapshot.test_accuracy) == "0.20334261838440112"
+    assert repr(snapshot.clusterability) == "0.9938781261444092"
