@@ -21,12 +21,12 @@ from engine.session import (
     SavedState,
     SessionLock,
     claim_directory,
-    load_checkpoint,
     parse_session,
     read_metrics,
     read_session,
     release_directory,
     remove_stale_temps,
+    saved_checkpoint,
 )
 from engine.snapshot import Snapshot
 from engine.study import Study, params_sha256
@@ -78,7 +78,7 @@ class Engine(EngineThread):
         lock = SessionLock(path)
         try:
             remove_stale_temps(path)  # left by a process killed mid-save; ours to delete now that we hold the lock
-            checkpoint = load_checkpoint(path / saved.checkpoint)
+            checkpoint = saved_checkpoint(path, saved)
             return cls(path, saved.config, lock, saved, checkpoint)
         except ClusterlabError as exc:
             lock.release()
