@@ -106,7 +106,8 @@ class FiguresUpdated(Event):
 
 @dataclass(frozen=True)
 class SignificanceFound(Event):
-    """A clusterability at `step` against its shuffle null: engine/significance.py's Significance.to_dict()."""
+    """The measures at `step` against their shuffle null: engine.measures.NullResult.to_dict() (every measure's
+    observed value, null mean, std, z and p; p_floor, samples, method, test and source)."""
 
     step: int
     phase: str

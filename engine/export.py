@@ -14,6 +14,8 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import ConfigError, SessionError
+from engine.format import null_band
+from engine.measures import upgraded
 from engine.picture import block_picture
 from engine.session import (
     METRICS_FILE,
@@ -41,10 +43,11 @@ _STYLE = {"font.size": FONT_PT, "axes.titlesize": FONT_PT, "axes.labelsize": FON
 def export_session(session_dir: Path, out_dir: Path, notes: list[str] | None = None) -> list[Path]:
     """Write the session's data and figures into out_dir (created if needed); returns the files written.
 
-    Always: metrics.csv (every record of the metrics log, one column per key seen; lists and objects as JSON)
-    and curves.png/.svg. With clusters: clusters.json and weights.png/.svg (the studied layer's |W| at the
-    checkpoint, reordered by cluster). With an ablation: ablation.csv and ablation.png/.svg. A piece the session
-    does not have yet is skipped with one sentence appended to `notes`; a missing or corrupt session raises
+    Always: metrics.csv (every record of the metrics log, one column per key seen; a null's measures flattened;
+    lists and objects as JSON) and curves.png/.svg. With clusters: clusters.json (with the latest null of every
+    measure) and weights.png/.svg (the studied layer's |W| at the checkpoint, reordered by cluster). With an
+    ablation: ablation.csv and ablation.png/.svg. A piece the session does not have yet is skipped with one
+    sentence appended to `notes`; a missing or corrupt session raises
     SessionError. Each file is written atomically; matplotlib is imported on first use, not with the module.
     """
     session_dir, out_dir = Path(session_dir), Path(out_dir)
@@ -68,7 +71,9 @@ def export_session(session_dir: Path, out_dir: Path, notes: list[str] | None = N
     written += _figure(out_dir / "curves", curves_figure, records)
     if clusters:
         written.append(out_dir / "clusters.json")
-        write_json(written[-1], {"layer": f"fc{layer}", **clusters})
+        significance = upgraded(session.get("significance"))  # every measure against its null, as run --json
+        significance = upgraded(session.get("significance"))  # every measure against its null, as run --json
+        write_json(written[-1], {"layer": f"fc{layer}", **clusters, "significance": significance})
         written += _figure(out_dir / "weights", weights_figure, weight, clusters, f"fc{layer}", session["step"])
     else:
         notes.append("No clusters yet, so no clusters.json or weights figure: cluster the layer first.")
@@ -108,7 +113,9 @@ def ablate_session(session_dir: Path, null_samples: int | None = None) -> Ablati
 # ------------------------------------------------------------------------------------------------------ tables
 
 def metrics_csv(records: list[dict]) -> str:
-    """One row per record, one column per key in order of first appearance; absent keys are empty cells."""
+    """One row per record, one column per key in order of first appearance (a null's measures flattened: see
+    `_flat`); absent keys are empty cells."""
+    records = [_flat(record) for record in records]
     columns = list(dict.fromkeys(key for record in records for key in record))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -116,6 +123,17 @@ def metrics_csv(records: list[dict]) -> str:
     for record in records:
         writer.writerow([_cell(record.get(key)) for key in columns])
     return out.getvalue()
+
+
+def _flat(record: dict) -> dict:
+    """A null's measures as columns of their own (clusterability_null_mean, newman_q_p, …); other records as is."""
+    measures = record.get("measures")
+    if not isinstance(measures, dict):
+        return record
+    flat = {key: value for key, value in record.items() if key != "measures"}
+    for name, values in measures.items():
+        flat.update({f"{name}_{stat}": value for stat, value in values.items()})
+    return flat
 
 
 def ablation_csv(ablation: dict) -> str:
@@ -146,13 +164,13 @@ def curves_figure(records: list[dict]):
     _phase_lines(loss, records, "train", "loss", labelled=True)
     _phase_lines(accuracy, records, "eval", "test_accuracy", labelled=True)
     _phase_lines(clust, records, "eval", "clusterability", labelled=False)
-    significance = [r for r in records if r.get("type") == "significance" and r.get("null_mean") is not None]
+    significance = [r for r in records if r.get("type") == "significance"]
     label = "shuffle null ±2σ"
     for _, runs in _by_phase(significance):
         for run in runs:
             steps = np.array([r["step"] for r in run], dtype=float)
-            mean = np.array([r["null_mean"] for r in run], dtype=float)
-            spread = 2 * np.array([r.get("null_std") or 0.0 for r in run], dtype=float)
+            mean, std = np.array([null_band(r) for r in run], dtype=float).T
+            spread = 2 * std
             if len(run) > 1:
                 clust.fill_between(steps, mean - spread, mean + spread, color="0.6", alpha=0.4, lw=0, label=label)
             else:

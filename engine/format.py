@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine.measures import ALPHA, BY_NAME, MEASURES, PRIMARY, Measure, NullResult, shuffles_needed
+
 # (key in a `list_sessions` row, column title); the name comes first and is never cut.
 SESSION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("name", "name"),
@@ -20,13 +22,61 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 
 def null_text(significance: dict | None) -> str:
-    """What a clusterability is read against: 'vs null 0.5509 ± 0.0059 (z -0.13, p 0.475; 100 shuffles)'."""
+    """What a clusterability is read against, then every other measure against its null: 'vs null 0.5509 ±
+    0.0059 (z -0.13 of 100 shuffles, p 0.475); ncut 0.9370 vs null …; Newman Q …'."""
     if significance is None:
         return "(no shuffle null: --null-samples 0)"
-    z = significance["z"]
-    z_text = f"z {z:.2f}, " if z is not None else ""
-    return (f"vs null {significance['null_mean']:.4f} ± {significance['null_std']:.4f} "
-            f"({z_text}p {significance['p_value']:.3f}; {significance['samples']} shuffles)")
+    found = NullResult.from_dict(significance)
+    others = [measure_text(found, m) for m in MEASURES if m.name != PRIMARY and m.name in found.measures]
+    return "; ".join([_against(found, BY_NAME[PRIMARY]), *others, *_floor(found)])
+
+
+def measure_lines(significance: dict) -> list[str]:
+    """One line per measure: 'Newman Q 0.0123 vs null 0.0151 ± 0.0020 (z -1.40 of 100 shuffles, p 0.921)', and
+    a last line when the null is too small to show p ≤ ALPHA."""
+    found = NullResult.from_dict(significance)
+    return [measure_text(found, m) for m in MEASURES if m.name in found.measures] + _floor(found)
+
+
+def measure_text(found: NullResult, measure: Measure) -> str:
+    return f"{measure.title} {measure.text(found.measures[measure.name].observed)} {_against(found, measure)}"
+
+
+def _against(found: NullResult, measure: Measure) -> str:
+    one = found.measures[measure.name]
+    spread = "" if one.null_std is None else f" ± {measure.text(one.null_std)}"
+    z = "" if one.z is None else f"z {one.z:.2f} of "
+    return f"vs null {measure.text(one.null_mean)}{spread} ({z}{found.samples} shuffles, p {one.p:.3g})"
+
+
+def _floor(found: NullResult) -> list[str]:
+    """What a null too small to reject says beside its p-values (nothing for one that can)."""
+    if found.can_reject:
+        return []
+    return [f"{found.samples} shuffles cannot show p ≤ {ALPHA:g}; use ≥ {shuffles_needed()}"]
+
+
+def p_lines(significance: dict | None) -> list[str]:
+    """The primary measure's p for a compact view, 'p=0.475', then what a null too small to reject says
+    ('10 shuffles cannot show p ≤ 0.05; use ≥ 19'); [''] without a null."""
+    if significance is None:
+        return [""]
+    found = NullResult.from_dict(significance)
+    return [f"p={found.p_value:.3g}", *_floor(found)]
+
+
+def p_cell(significance: dict | None) -> str:
+    """The primary measure's p for a table cell: '0.475', '0.091 (too few shuffles)', '-' without a null."""
+    if significance is None:
+        return "-"
+    found = NullResult.from_dict(significance)
+    return f"{found.p_value:.3g}" + ("" if found.can_reject else " (too few shuffles)")
+
+
+def null_band(significance: dict) -> tuple[float, float]:
+    """The primary measure's null as (mean, std), what a chart draws as its band."""
+    one = NullResult.from_dict(significance).measures[PRIMARY]
+    return one.null_mean, one.null_std or 0.0
 
 
 def session_cells(row: dict) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN
 from engine.stats import Estimate, mean_ci, paired_difference, prediction_interval
 from engine.sweep import FINISHED
-from engine.sweep_table import ALPHA, with_ci
+from engine.sweep_table import ALPHA, p_share, with_ci
 
 # The figures the reference notebook printed, for one seed: MNIST, MLP 784-128-128-10 without biases, SGD lr 1e-3,
 # batch 64, 5 pretraining epochs, co-clustering of fc2 with k=2, then 10 epochs of finetuning at λ=3.
@@ -49,7 +49,7 @@ class Comparison:
     reference: float | None
     estimate: Estimate
     interval: tuple[float, float] | None  # where one seed's value falls (95%)
-    p_share: str  # "a/n" seeds whose shuffle-null p < ALPHA, or "-"
+    p_share: str  # "a/n": of n seeds whose shuffle null could reject, a did (p <= ALPHA); "-" when none could
     verdict: str
 
     def to_dict(self) -> dict:
@@ -92,8 +92,7 @@ def compare(members: list[dict]) -> list[Comparison]:
 def _against(figure: str, reference: float | None, members: list[dict], key: str, fails: str) -> Comparison:
     values = [m[key] for m in members]
     estimate, interval = mean_ci(values), prediction_interval(values)
-    significant = [m["significance"] for m in members if m.get("significance")]
-    share = f"{sum(s['p_value'] < ALPHA for s in significant)}/{len(significant)}" if significant else "-"
+    share = p_share(members)
     if reference is None:
         verdict = fails
     elif interval is None:
@@ -118,7 +117,7 @@ def _cost_verdict(cost: Estimate) -> str:
 
 
 def comparison_markdown(rows: list[Comparison]) -> str:
-    head = ("figure", "reference", "clusterlab (mean ± 95% CI)", "one seed (95%)", f"p < {ALPHA:g}", "verdict")
+    head = ("figure", "reference", "clusterlab (mean ± 95% CI)", "one seed (95%)", f"p ≤ {ALPHA:g}", "verdict")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         interval = "-" if r.interval is None else f"{r.interval[0]:.4f} to {r.interval[1]:.4f}"

@@ -29,6 +29,7 @@ from typing import AnyStr, NoReturn
 from engine.clustering import Clusters
 from engine.config import SOURCES, Config, check_lam, finite_number, whole_number
 from engine.errors import ConfigError, SessionError
+from engine.measures import upgraded
 from engine.plan import JOB_KINDS, Job
 
 FORMAT_VERSION = 1
@@ -502,7 +503,7 @@ def _summary(directory: Path, kinds: Collection[str]) -> dict:
         "step": data["step"],
         "test_accuracy": last.get("test_accuracy"),
         "clusterability": last.get("clusterability"),
-        "significance": data.get("significance"),
+        "significance": upgraded(data.get("significance")),
         "saved_at": data.get("saved_at"),
     }
 

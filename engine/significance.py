@@ -1,106 +1,80 @@
-"""A shuffle null for a clustering: how clusterable (and how cut) re-co-clustered shuffles of the layer are."""
+"""A shuffle null for a clustering: every measure of the registry against shuffles of the layer, with the null that
+fits where the clusters came from."""
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from engine.clustering import cocluster_batch, single_threaded
 from engine.config import check_null
-from engine.metrics import clusterability_batch, ncut_batch
+from engine.measures import BY_NAME, MeasureNull, NullResult, measure_all
 
+__all__ = ["NullResult", "significance", "RECLUSTER", "FIXED_PARTITION"]
+
+RECLUSTER, FIXED_PARTITION = "recluster", "fixed-partition"
 # Shuffled matrices co-clustered at once: a chunk of the null holds about this many floats per matrix copy.
 _CHUNK_ELEMENTS = 1 << 22
 
 
-@dataclass(frozen=True)
-class Significance:
-    """Observed clustering against its shuffle null.
+def significance(weight: np.ndarray, rows, cols, k: int, *, source: str | np.ndarray | None = None,
+                 method: str = "permute", samples: int = 100, seed: int = 0) -> NullResult | None:
+    """Every measure of `weight` (out x in) under the labels (rows, cols) against a null of `samples` shuffles.
 
-    p_value = (r + 1) / (samples + 1), r = null samples at least as clusterable as observed (so 1 / (samples + 1)
-    is the smallest p a null of that size can give); z = (observed - null_mean) / null_std, None when every
-    shuffle scored the same (null_std 0: a z would be infinite or undefined, and JSON has no infinity). null_std
-    is the null sample's standard deviation (ddof 0). ncut is the observed normalised cut (lower = more modular),
-    ncut_p_value = (r + 1) / (samples + 1) with r = null samples whose ncut is at most the observed one.
-    """
-
-    method: str
-    samples: int
-    null_mean: float
-    null_std: float
-    z: float | None
-    p_value: float
-    ncut: float
-    ncut_null_mean: float
-    ncut_p_value: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Significance:
-        values = {f.name: data[f.name] for f in fields(cls)}
-        values["samples"] = int(values["samples"])
-        return cls(**values)
-
-
-def significance(weight: np.ndarray, rows, cols, k: int, *, source: np.ndarray | None = None,
-                 method: str = "permute", samples: int = 100, seed: int = 0) -> Significance | None:
-    """Compare the clusterability and ncut of `weight` (out x in) under the labels (rows, cols) with a shuffle null.
-
-    Each of `samples` shuffles of the layer is re-co-clustered with the same k and algorithm (`cocluster_batch`,
-    seeded by `seed`) and measured the same way. `method` "permute" permutes all entries of the layer; "rows"
-    permutes within each row, so every output unit keeps its weights, only their inputs change. When the clusters
-    were made from another matrix of the same shape (`source`: the gradient importance F), F and W are shuffled by
-    the same permutation, the shuffled F is clustered and the shuffled W measured, as for the observed clusters.
-    Clusterability and ncut are always of the weights. None when `samples` is 0 (the null is off).
+    `source` is what the clusters were made from: None or "weights" (the layer itself), else another source's
+    name or matrix (the gradient importance F). The null follows it, so that under "W has no modularity" p is
+    uniform:
+    - clusters made from W depend on W, so each shuffle is re-co-clustered with the same k and algorithm (seeded by
+      `seed`) and measured the same way ("recluster");
+    - clusters made from anything else do not depend on W, so the partition is held fixed and only W is shuffled
+      ("fixed-partition", a conditional permutation test: does W concentrate in these blocks more than its own
+      entries placed at random would?).
+    `method` "permute" permutes all entries of the layer; "rows" permutes within each row, so every output unit
+    keeps its weights, only their inputs change. None when `samples` is 0 (the null is off).
     """
     check_null(method, samples)
     weight = np.asarray(weight, dtype=np.float64)
     rows, cols = np.asarray(rows), np.asarray(cols)
     if rows.shape != weight.shape[:1] or cols.shape != weight.shape[1:] or (
-            source is not None and np.shape(source) != weight.shape):
+            isinstance(source, np.ndarray) and source.shape != weight.shape):
         raise ValueError(f"labels {rows.shape} x {cols.shape} or source {np.shape(source)} do not fit the layer "
                          f"{weight.shape}")
     if samples == 0:
         return None
+    name = "weights" if source is None else source if isinstance(source, str) else "matrix"
+    test = RECLUSTER if name == "weights" else FIXED_PARTITION
     with single_threaded():  # every sum in the same order on any machine: the same p for the same seed
-        observed = clusterability_batch(weight[None], rows[None], cols[None], k)[0]
-        observed_ncut = ncut_batch(weight[None], rows[None], cols[None], k)[0]
-        null, null_ncut = _null(weight, None if source is None else np.asarray(source, dtype=np.float64), k,
-                                method, samples, seed)
-    null_mean, null_std = float(null.mean()), float(null.std())
-    return Significance(
-        method=method,
-        samples=samples,
-        null_mean=null_mean,
-        null_std=null_std,
-        z=(float(observed) - null_mean) / null_std if null_std > 0 else None,
-        p_value=_p_value(int((null >= observed).sum()), samples),
-        ncut=float(observed_ncut),
-        ncut_null_mean=float(null_ncut.mean()),
-        ncut_p_value=_p_value(int((null_ncut <= observed_ncut).sum()), samples),
-    )
+        observed = measure_all(weight[None], rows[None], cols[None], k)
+        null = _null(weight, (rows, cols) if test == FIXED_PARTITION else None, k, method, samples, seed)
+    return NullResult(method=method, test=test, source=name, samples=samples,
+                      measures={key: _against(key, float(observed[key][0]), values) for key, values in null.items()})
 
 
-def _null(weight: np.ndarray, source: np.ndarray | None, k: int, method: str, samples: int,
-          seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clusterability and ncut (samples,) of the re-co-clustered shuffles, a chunk of shuffles at a time."""
+def _against(name: str, observed: float, null: np.ndarray) -> MeasureNull:
+    """p = (r + 1) / (n + 1), r the shuffles at least as modular: the observation counts as one of the samples."""
+    mean, std = float(null.mean()), float(null.std())
+    r = int(BY_NAME[name].as_modular(null, observed).sum())
+    return MeasureNull(observed=observed, null_mean=mean, null_std=std,
+                       z=(observed - mean) / std if std > 0 else None, p=(r + 1) / (len(null) + 1))
+
+
+def _null(weight: np.ndarray, partition: tuple[np.ndarray, np.ndarray] | None, k: int, method: str, samples: int,
+          seed: int) -> dict[str, np.ndarray]:
+    """Every measure (samples,) of the shuffles, a chunk of shuffles at a time: under `partition` when one is
+    held, else under each shuffle's own co-clustering."""
     rng = np.random.default_rng(seed)
     out, inp = weight.shape
     chunk = max(1, _CHUNK_ELEMENTS // weight.size)
-    clusterabilities, ncuts = np.empty(samples), np.empty(samples)
+    parts: list[dict[str, np.ndarray]] = []
     for start in range(0, samples, chunk):
         n = min(chunk, samples - start)
-        order = _shuffle_orders(weight.shape, method, n, rng)
-        shuffled = weight.ravel()[order].reshape(n, out, inp)
-        clustered = shuffled if source is None else source.ravel()[order].reshape(n, out, inp)
-        result = cocluster_batch(clustered, k, seed)
-        part = slice(start, start + n)
-        clusterabilities[part] = clusterability_batch(shuffled, result.rows, result.cols, k)
-        ncuts[part] = ncut_batch(shuffled, result.rows, result.cols, k)
-    return clusterabilities, ncuts
+        shuffled = weight.ravel()[_shuffle_orders(weight.shape, method, n, rng)].reshape(n, out, inp)
+        if partition is None:
+            result = cocluster_batch(shuffled, k, seed)
+            labels = result.rows, result.cols
+        else:
+            labels = tuple(np.broadcast_to(side, (n, *side.shape)) for side in partition)
+        parts.append(measure_all(shuffled, *labels, k))
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def _shuffle_orders(shape: tuple[int, int], method: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -110,8 +84,3 @@ def _shuffle_orders(shape: tuple[int, int], method: str, n: int, rng: np.random.
         return rng.permuted(np.broadcast_to(np.arange(out * inp), (n, out * inp)), axis=1)
     within = rng.permuted(np.broadcast_to(np.arange(inp), (n, out, inp)), axis=2)
     return (within + np.arange(out)[:, None] * inp).reshape(n, -1)  # row i's entries stay in row i
-
-
-def _p_value(at_least_as_extreme: int, samples: int) -> float:
-    """(r + 1) / (n + 1): the observation counts as one of the samples, so p is never 0."""
-    return (at_least_as_extreme + 1) / (samples + 1)

@@ -38,7 +38,7 @@ class Snapshot:
     control: dict | None = None  # the λ=0 twin's test_accuracy, clusterability, step, params_sha256
     accuracy_cost: float | None = None  # control accuracy minus finetuned accuracy
     ablation: dict | None = None  # per-class accuracy drops of each cluster (engine/ablation.py)
-    significance: dict | None = None  # the clusterability's shuffle null: null_mean, null_std, z, p_value, ncut…
+    significance: dict | None = None  # every measure against its shuffle null: NullResult.to_dict()
     picture: object = None  # engine.picture.BlockPicture of the studied layer by cluster, or None
     allowed: frozenset[str] = field(default_factory=frozenset)
 

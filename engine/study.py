@@ -21,6 +21,7 @@ from engine.config import Config
 from engine.data import load_dataset
 from engine.device import all_cores, configure_threads, resolve_device
 from engine.errors import SessionError, TrainingError
+from engine.measures import upgraded
 from engine.metrics import block_mask
 from engine.picture import BlockPicture, block_picture
 from engine.plan import ABLATE, CLUSTER, CONTROL, FINETUNE, PRETRAIN, SIGNIFICANCE, Job, Jobs
@@ -59,7 +60,7 @@ class Study:
         self.figures = phases.Figures()
         self.control: dict | None = None  # what the λ=0 twin of the last finetune reached
         self.ablation: dict | None = None  # the held clusters' ablation (engine/ablation.py), latest
-        self.significance: dict | None = None  # the latest clusterability's shuffle null (Significance.to_dict())
+        self.significance: dict | None = None  # the latest measures' shuffle null (NullResult.to_dict())
         self._null_step = -1  # the step `significance` was found at
         self.picture_size = (32, 64)  # the block picture's largest size, rows x cols (the UI asks for its own)
         self.plan: list[Job] = []  # the saved plan this study was restored with
@@ -126,14 +127,14 @@ class Study:
         return "done"
 
     def test_null(self, phase: str, hooks: phases.Hooks, trainer: Trainer | None = None) -> dict | None:
-        """Re-co-cluster `null_samples` shuffles of the layer (of `trainer`, the session's by default) and compare
-        its clusterability under the held clusters; recorded, reported, and the latest kept (None if off)."""
+        """Every measure of the held clusters on the layer (of `trainer`, the session's by default) against the null
+        of `null_samples` shuffles that fits their source (engine/significance.py); recorded, reported, and the
+        latest kept as NullResult.to_dict() (None if off)."""
         trainer = trainer or self.trainer
         clusters = self.clusters
-        source = trainer.grad_importance.cpu().numpy() if clusters.source == "gradients" else None
         found = significance(trainer.weight.detach().cpu().numpy(), clusters.row_labels, clusters.col_labels,
-                             clusters.k, source=source, method=self.config.null, samples=self.config.null_samples,
-                             seed=self.config.seed)
+                             clusters.k, source=clusters.source, method=self.config.null,
+                             samples=self.config.null_samples, seed=self.config.seed)
         if found is None:
             return None
         result = found.to_dict()
@@ -239,10 +240,10 @@ class Study:
         if saved.step != self.trainer.step:
             raise SessionError(f"{self.path / 'session.json'} and its checkpoint disagree on the step.")
         self.set_clusters(saved.clusters, _cluster_step(saved.history))
-        self.history = saved.history
-        self.control = saved.control
+        self.history = [_upgraded(entry) for entry in saved.history]  # older sessions' nulls in today's form
+        self.control = _upgraded(saved.control)
         self.ablation = saved.ablation
-        self.significance = saved.significance
+        self.significance = upgraded(saved.significance)
         self.plan = saved.plan
         self.saved_plan = [j.to_dict() for j in saved.plan]
         last = saved.last
@@ -367,6 +368,13 @@ HANDLERS: dict[str, Callable[[Study, Job, phases.Hooks], str]] = {
 def _cluster_step(history: list[dict]) -> int | None:
     """The step of the last clustering in a session's history."""
     return next((entry["step"] for entry in reversed(history) if entry.get("phase") == CLUSTER), None)
+
+
+def _upgraded(entry: dict | None) -> dict | None:
+    """A history entry or control record with its significance in today's form."""
+    if entry is None or entry.get("significance") is None:
+        return entry
+    return {**entry, "significance": upgraded(entry["significance"])}
 
 
 def params_sha256(model: torch.nn.Module) -> str:

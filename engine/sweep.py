@@ -20,6 +20,7 @@ from pathlib import Path
 
 from engine.config import Config, check_int, check_lam, check_source
 from engine.errors import ConfigError, SessionError
+from engine.measures import upgraded
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN, TRAINING
 from engine.session import SESSION_FILE, check_name, now_iso, write_json
 
@@ -178,7 +179,7 @@ def member_figures(data: dict, kind: str) -> dict:
     ablation its session holds."""
     own = next(e for e in reversed(data["history"]) if e.get("phase") == kind)
     return {"test_accuracy": own.get("test_accuracy"), "clusterability": own.get("clusterability"),
-            "significance": own.get("significance"), "ablation": data.get("ablation")}
+            "significance": upgraded(own.get("significance")), "ablation": data.get("ablation")}
 
 
 # ----- the manifest ----------------------------------------------------------------------------------------------

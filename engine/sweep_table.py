@@ -1,8 +1,10 @@
 """A sweep's result table: one row per stage and grid point, means with 95% CIs over seeds, as Markdown, CSV,
 JSON and a terminal chart of accuracy against clusterability.
 
-Rows: "pretrained" (one), "clustered" per (source, k), "finetuned" per (source, k, λ). Significance (shuffle null)
-and ablation figures are read from the members' results where their sessions hold them, "-" where not.
+Rows: "pretrained" (one), "clustered" per (source, k), "finetuned" per (source, k, λ). Every measure of the
+registry (engine/measures.py) has its columns: its mean ± CI, its null's mean, and how many seeds' nulls reject at
+ALPHA out of those whose null could (a null of fewer than 19 shuffles cannot, and is not counted either way).
+Significance and ablation figures are read from the members' results where their sessions hold them, "-" where not.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ import io
 from collections.abc import Iterable
 
 from engine.format import fmt
+from engine.measures import ALPHA, MEASURES, PRIMARY, NullResult, significant
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN
 from engine.stats import Estimate, mean_ci, paired_difference
 from engine.sweep import FINISHED
 
 STAGES = {PRETRAIN: "pretrained", CLUSTER: "clustered", FINETUNE: "finetuned"}
-ALPHA = 0.05  # a seed "beats the null" when its shuffle-null p is below this
+# Per measure: its mean and CI over seeds, its null's mean, the seeds whose null rejects and those whose could.
+MEASURE_KEYS = ("", "_ci", "_null_mean", "_significant", "_tested")
 # The keys of a row, in the CSV's column order.
-COLUMNS = ("stage", "source", "k", "lam", "n", "seeds", "test_accuracy", "test_accuracy_ci", "clusterability",
-           "clusterability_ci", "null_mean", "p_below_alpha", "p_n", "accuracy_cost", "accuracy_cost_ci", "ncut",
+COLUMNS = ("stage", "source", "k", "lam", "n", "seeds", "test_accuracy", "test_accuracy_ci",
+           *(m.name + key for m in MEASURES for key in MEASURE_KEYS), "accuracy_cost", "accuracy_cost_ci",
            "specialisation")
 
 
@@ -43,8 +47,7 @@ def table_rows(members: Iterable[dict]) -> list[dict]:
 def _row(kind: str, source: str | None, k: int | None, lam: float | None, group: list[dict],
          control: list[dict] | None) -> dict:
     accuracy = mean_ci(m["test_accuracy"] for m in group)
-    clusterability = mean_ci(m["clusterability"] for m in group)
-    significant = [m["significance"] for m in group if m.get("significance")]
+    nulls = _nulls(group)
     cost = Estimate(0, None, None)
     if control is not None:
         cost = paired_difference({m["seed"]: m["test_accuracy"] for m in control},
@@ -54,14 +57,35 @@ def _row(kind: str, source: str | None, k: int | None, lam: float | None, group:
         "stage": STAGES[kind], "source": source, "k": k, "lam": lam, "n": len(group),
         "seeds": sorted(m["seed"] for m in group),
         "test_accuracy": accuracy.mean, "test_accuracy_ci": accuracy.ci,
-        "clusterability": clusterability.mean, "clusterability_ci": clusterability.ci,
-        "null_mean": _mean(s.get("null_mean") for s in significant),
-        "p_below_alpha": sum(s["p_value"] < ALPHA for s in significant) / len(significant) if significant else None,
-        "p_n": len(significant),
+        **{key: value for measure in MEASURES for key, value in _measure_cells(measure.name, nulls).items()},
         "accuracy_cost": cost.mean, "accuracy_cost_ci": cost.ci,
-        "ncut": _mean(s.get("ncut") for s in significant),
         "specialisation": _mean(specialisation),
     }
+
+
+def _nulls(members: list[dict]) -> list[tuple[dict, NullResult | None]]:
+    return [(m, NullResult.from_dict(m["significance"]) if m.get("significance") else None) for m in members]
+
+
+def p_share(members: list[dict]) -> str:
+    """'3/5': of the members whose null of the primary measure could reject at ALPHA, those whose null did; '-'
+    when none could (a null too small is no evidence either way)."""
+    cells = _measure_cells(PRIMARY, _nulls(members))
+    return f"{cells[PRIMARY + '_significant']}/{cells[PRIMARY + '_tested']}" if cells[PRIMARY + "_tested"] else "-"
+
+
+def _measure_cells(name: str, nulls: list[tuple[dict, NullResult | None]]) -> dict:
+    """One measure's columns: the member's own figure where it has one (clusterability), else its null's observed
+    value; the null's mean; the seeds whose null rejects at ALPHA, of those whose null could."""
+    mine = [(n.measures[name] if n is not None and name in n.measures else None, n) for _, n in nulls]
+    observed = [m.get(name) if m.get(name) is not None else one.observed if one else None
+                for (m, _), (one, _) in zip(nulls, mine, strict=True)]
+    estimate = mean_ci(observed)
+    tested = [one for one, n in mine if one is not None and n.can_reject]
+    return {name: estimate.mean, f"{name}_ci": estimate.ci,
+            f"{name}_null_mean": _mean(one.null_mean for one, _ in mine if one is not None),
+            f"{name}_significant": sum(significant(one.p) for one in tested) if tested else None,
+            f"{name}_tested": len(tested)}
 
 
 def _mean(values: Iterable[float | None] | None) -> float | None:
@@ -80,20 +104,32 @@ def with_ci(mean: float | None, ci: float | None, digits: int = 4) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """The table for people: means ± 95% CI half-widths over seeds (Student t)."""
-    head = ("stage", "source", "k", "λ", "seeds", "test accuracy", "clusterability", "null mean",
-            f"p < {ALPHA:g}", "cost vs λ=0", "ncut", "specialisation")
+    head = ("stage", "source", "k", "λ", "seeds", "test accuracy",
+            *(title for m in MEASURES for title in (m.title, f"{m.title} null (p ≤ {ALPHA:g})")),
+            "cost vs λ=0", "specialisation")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        share = "-" if r["p_below_alpha"] is None else f"{round(r['p_below_alpha'] * r['p_n'])}/{r['p_n']}"
         control = r["stage"] == "finetuned" and r["lam"] == 0
         cells = (r["stage"], r["source"] or "-", "-" if r["k"] is None else str(r["k"]),
                  "-" if r["lam"] is None else f"{r['lam']:g}", str(r["n"]),
                  with_ci(r["test_accuracy"], r["test_accuracy_ci"]),
-                 with_ci(r["clusterability"], r["clusterability_ci"]), fmt(r["null_mean"]), share,
-                 "control" if control else with_ci(r["accuracy_cost"], r["accuracy_cost_ci"]), fmt(r["ncut"]),
+                 *(cell for m in MEASURES for cell in (with_ci(r[m.name], r[m.name + "_ci"], m.digits),
+                                                       _null_cell(r, m.name, m.digits))),
+                 "control" if control else with_ci(r["accuracy_cost"], r["accuracy_cost_ci"]),
                  fmt(r["specialisation"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _null_cell(row: dict, name: str, digits: int) -> str:
+    """'0.5828 (5/5)': the null's mean and the seeds that reject of those tested; a null too small to reject
+    says so instead of counting."""
+    mean = row[name + "_null_mean"]
+    if mean is None:
+        return "-"
+    if not row[name + "_tested"]:
+        return f"{fmt(mean, digits)} (too few shuffles)"
+    return f"{fmt(mean, digits)} ({row[name + '_significant']}/{row[name + '_tested']})"
 
 
 def to_csv(rows: list[dict]) -> str:

@@ -1,4 +1,5 @@
-"""Clusterability, chance and ncut: hand-computed values, random matrices near chance, an exact gradient."""
+"""Clusterability, chance, ncut and Newman's Q: hand-computed values, random matrices near chance, an exact
+gradient, and the registry's declarations."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import pytest
 import torch
 
 from engine.clustering import cocluster
-from engine.metrics import (
-    block_mask,
-    chance_level,
-    cluster_shares,
-    clusterability,
-    clusterability_batch,
-    ncut,
-    ncut_batch,
-)
+from engine.measures import BY_NAME, MEASURES, clusterability_batch, ncut_batch, newman_q_batch
+from engine.metrics import block_mask, chance_level, cluster_shares, clusterability
+
+
+def one(batch, weight, rows, cols, k: int) -> float:
+    """A batched measure of a single matrix."""
+    return float(batch(np.asarray(weight, dtype=float)[None], np.asarray(rows)[None], np.asarray(cols)[None], k)[0])
+
+
+def ncut(weight, rows, cols, k: int) -> float:
+    return one(ncut_batch, weight, rows, cols, k)
 
 
 def test_hand_computed_clusterability_and_chance():
@@ -100,3 +103,42 @@ def test_batched_measures_equal_the_single_ones():
             expected += (vol - 2 * a[np.ix_(r, k_)].sum()) / vol
         assert ncuts[i] == pytest.approx(expected, rel=1e-12)
     assert clusterability_batch(np.zeros((1, 2, 2)), np.zeros((1, 2), int), np.zeros((1, 2), int), 1)[0] == 0.0
+
+
+def test_hand_computed_newman_q():
+    # |W| = [[1, 2], [3, 4]], rows and columns in blocks {r0, c0} and {r1, c1}: m = 10, row degrees 3 and 7,
+    # column degrees 4 and 6, inside 1 + 4. Q = 5/10 - (3*4 + 7*6)/100 = 0.5 - 0.54
+    weight = np.array([[1.0, -2.0], [3.0, 4.0]])
+    assert one(newman_q_batch, weight, [0, 1], [0, 1], 2) == pytest.approx(-0.04)
+    # the other way round: inside 2 + 3 = 5 again, degrees pair as 3*6 + 7*4 = 46: Q = 0.5 - 0.46
+    assert one(newman_q_batch, weight, [0, 1], [1, 0], 2) == pytest.approx(0.04)
+    # one block holding everything: nothing is better than the degree-preserving null
+    assert one(newman_q_batch, weight, [0, 0], [0, 0], 1) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_newman_q_of_perfect_blocks_is_one_minus_one_over_k(k):
+    weight = np.kron(np.eye(k), np.ones((5, 3)))
+    rows, cols = np.repeat(np.arange(k), 5), np.repeat(np.arange(k), 3)
+    assert one(newman_q_batch, weight, rows, cols, k) == pytest.approx(1 - 1 / k)
+    assert one(newman_q_batch, np.zeros((4, 4)), [0, 0, 1, 1], [0, 1, 0, 1], 2) == 0.0
+
+
+def test_newman_q_of_a_random_matrix_is_near_zero():
+    rng = np.random.default_rng(7)
+    weights = rng.standard_normal((50, 128, 128))
+    rows, cols = rng.integers(0, 4, (50, 128)), rng.integers(0, 4, (50, 128))
+    q = newman_q_batch(weights, rows, cols, 4)
+    assert abs(q.mean()) < 0.002 and q.std() < 0.01, (q.mean(), q.std())
+    # even the co-clustering of a random matrix finds only a little: far from a planted block's 1 - 1/k
+    found = cocluster(weights[0], 2, seed=0)
+    assert 0 < one(newman_q_batch, weights[0], found.rows, found.cols, 2) < 0.1
+
+
+def test_the_registry_declares_each_measure_once_with_its_direction():
+    assert [m.name for m in MEASURES] == ["clusterability", "ncut", "newman_q"]
+    assert BY_NAME["clusterability"].higher_is_modular and BY_NAME["newman_q"].higher_is_modular
+    assert not BY_NAME["ncut"].higher_is_modular  # lower ncut is more modular
+    null = np.array([0.1, 0.5, 0.9])
+    assert BY_NAME["newman_q"].as_modular(null, 0.5).tolist() == [False, True, True]
+    assert BY_NAME["ncut"].as_modular(null, 0.5).tolist() == [True, True, False]

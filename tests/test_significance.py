@@ -1,4 +1,5 @@
-"""The shuffle null: planted blocks are significant, random matrices are not, the same seed gives the same p."""
+"""The shuffle null: planted blocks are significant, random matrices are not, the null of each source is calibrated,
+the same seed gives the same p, small nulls say they cannot reject, old sessions' nulls still read."""
 
 from __future__ import annotations
 
@@ -7,20 +8,24 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy.stats import binom
 from threadpoolctl import threadpool_limits
 
 from engine import significance as sig
-from engine.clustering import cocluster
+from engine.clustering import cocluster, cocluster_batch
 from engine.config import Config
 from engine.data import load_dataset
 from engine.errors import ConfigError
-from engine.metrics import clusterability_batch
-from engine.significance import Significance, significance
+from engine.format import null_text, p_lines
+from engine.measures import ALPHA, MEASURES, NullResult, clusterability_batch, shuffles_needed, significant, upgraded
+from engine.metrics import chance_level
+from engine.significance import significance
 from engine.trainer import Trainer
 from tests.conftest import MNIST_DIR, needs_mnist
 from tests.test_clustering import planted
 
-KEYS = ["method", "samples", "null_mean", "null_std", "z", "p_value", "ncut", "ncut_null_mean", "ncut_p_value"]
+KEYS = ["method", "test", "source", "samples", "p_floor", "measures"]
+MEASURE_KEYS = ["observed", "null_mean", "null_std", "z", "p"]
 
 
 def clustered(matrix: np.ndarray, k: int, seed: int = 0):
@@ -29,14 +34,18 @@ def clustered(matrix: np.ndarray, k: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("method", ["permute", "rows"])
-def test_planted_blocks_beat_every_shuffle(method):
+def test_planted_blocks_beat_every_shuffle_on_every_measure(method):
     matrix, _, _ = planted((40, 24), (30, 34), noise=0.05, seed=1)
     rows, cols = clustered(matrix, 2)
     result = significance(matrix, rows, cols, 2, method=method, samples=50, seed=0)
-    assert clusterability_batch(matrix[None], rows[None], cols[None], 2)[0] > 0.99
-    assert result.p_value == pytest.approx(1 / 51) and result.ncut_p_value == pytest.approx(1 / 51)
-    assert result.null_mean < 0.7 and result.z > 20
-    assert result.ncut < 0.1 < 0.5 < result.ncut_null_mean
+    assert result.test == "recluster" and result.source == "weights"
+    assert list(result.measures) == [m.name for m in MEASURES]
+    assert all(one.p == pytest.approx(1 / 51) for one in result.measures.values())
+    assert result.p_value == result.measures["clusterability"].p  # what outside callers read
+    c, ncut, q = (result.measures[name] for name in ("clusterability", "ncut", "newman_q"))
+    assert c.observed > 0.99 and c.null_mean < 0.7 and c.z > 20
+    assert ncut.observed < 0.1 < 0.5 < ncut.null_mean and ncut.z < -20  # lower ncut is more modular
+    assert q.observed > 0.45 > 0.1 > q.null_mean
 
 
 def test_random_matrices_give_spread_p_values():
@@ -66,21 +75,60 @@ def test_same_seed_same_null_on_1_and_2_threads_and_the_seed_matters():
         torch.set_num_threads(before)
     a = results[0]
     assert results[1] == a
-    assert significance(matrix, rows, cols, 3, samples=20, seed=8).null_mean != a.null_mean
+    other = significance(matrix, rows, cols, 3, samples=20, seed=8)
+    assert other.measures["newman_q"].null_mean != a.measures["newman_q"].null_mean
 
 
-def test_a_separate_source_is_shuffled_with_the_weights():
-    rng = np.random.default_rng(4)
-    weight = rng.standard_normal((20, 16))
-    rows, cols = clustered(weight, 2)
-    # A source equal to the weights must give exactly the weights' null: the same permutation hits both.
-    assert significance(weight, rows, cols, 2, source=weight.copy(), samples=15) == significance(
-        weight, rows, cols, 2, samples=15)
-    # Blocks planted in the source only: the weights, measured under the source's clusters, are not modular.
-    source, _, _ = planted((10, 10), (8, 8), seed=3)
+def test_clusters_from_another_source_hold_the_partition_and_shuffle_only_w():
+    """Gradient clusters do not depend on W: the null keeps them and shuffles W, so its clusterability averages
+    the partition's uniform-mass chance, and W's own blocks are found only where they line up with the partition."""
+    source, _, _ = planted((6, 18), (5, 15), noise=0.05, seed=3)  # unequal blocks, as gradient clusters often are
     rows, cols = clustered(source, 2)
-    result = significance(weight, rows, cols, 2, source=source, samples=30)
-    assert result.p_value > 0.05
+    weight = np.random.default_rng(4).standard_normal((24, 20))
+    result = significance(weight, rows, cols, 2, source="gradients", samples=400, seed=0)
+    assert result.test == "fixed-partition" and result.source == "gradients"
+    assert result.measures["clusterability"].null_mean == pytest.approx(chance_level(rows, cols, 2), abs=0.01)
+    assert result.measures["newman_q"].null_mean == pytest.approx(0.0, abs=0.01)
+    aligned = np.where(rows[:, None] == cols[None, :], 3.0, 0.3) * weight  # W modular along the partition
+    found = significance(aligned, rows, cols, 2, source=source, samples=50)  # a matrix works as the source too
+    assert found.test == "fixed-partition" and all(one.p == pytest.approx(1 / 51) for one in found.measures.values())
+
+
+def false_positive_rate(trials: int, samples: int, source: str, seed: int) -> float:
+    """Share of `trials` layers with NO modularity (iid |N| weights) whose default null rejects at ALPHA. For
+    the weights source the clusters are W's own; for gradients, those of a foreign source with planted unequal
+    blocks, unrelated to W (the defect of the old joint null: 65.5% on this kind of layer)."""
+    rng = np.random.default_rng(seed)
+    weights = np.abs(rng.standard_normal((trials, 24, 20)))
+    if source == "weights":
+        labels = cocluster_batch(weights, 2, 0)
+    else:
+        labels = cocluster_batch(np.stack([planted((6, 18), (5, 15), noise=0.3, seed=seed + t)[0]
+                                           for t in range(trials)]), 2, 0)
+    rejected = [significant(significance(weights[t], labels.rows[t], labels.cols[t], 2, source=source,
+                                         samples=samples, seed=seed + t).p_value) for t in range(trials)]
+    return float(np.mean(rejected))
+
+
+@pytest.mark.parametrize("source", ["weights", "gradients"])
+def test_the_default_null_of_each_source_is_calibrated(source):
+    """On layers with no modularity p <= 0.05 happens in 5% of trials, within the binomial 95% band of 400."""
+    trials = 400
+    low, high = binom.interval(0.95, trials, ALPHA)
+    rate = false_positive_rate(trials, samples=19, source=source, seed=11)
+    assert low / trials <= rate <= high / trials, (source, rate, low / trials, high / trials)
+
+
+def test_p_floor_says_when_a_null_is_too_small_to_reject():
+    matrix = np.random.default_rng(6).standard_normal((12, 12))
+    rows, cols = clustered(matrix, 2)
+    small = significance(matrix, rows, cols, 2, samples=10)
+    assert small.p_floor == pytest.approx(1 / 11) and not small.can_reject
+    assert small.to_dict()["p_floor"] == pytest.approx(1 / 11)
+    note = "10 shuffles cannot show p ≤ 0.05; use ≥ 19"
+    assert note in null_text(small.to_dict()) and note in p_lines(small.to_dict())
+    assert shuffles_needed() == 19 and significance(matrix, rows, cols, 2, samples=19).can_reject
+    assert "cannot" not in null_text(significance(matrix, rows, cols, 2, samples=19).to_dict())
 
 
 def test_shuffles_permute_all_entries_or_within_rows():
@@ -101,8 +149,9 @@ def test_a_null_without_spread_has_no_z():
     # One shuffle has no spread: z would be infinite, so it is None, and the dict stays valid JSON.
     matrix = np.random.default_rng(3).standard_normal((12, 12))
     result = significance(matrix, *clustered(matrix, 2), 2, samples=1)
-    assert result.null_std == 0.0 and result.z is None and result.p_value in (0.5, 1.0)
-    assert json.loads(json.dumps(result.to_dict()))["z"] is None
+    one = result.measures["clusterability"]
+    assert one.null_std == 0.0 and one.z is None and one.p in (0.5, 1.0)
+    assert json.loads(json.dumps(result.to_dict()))["measures"]["clusterability"]["z"] is None
 
 
 def test_dict_round_trip_has_exactly_the_documented_keys():
@@ -110,9 +159,21 @@ def test_dict_round_trip_has_exactly_the_documented_keys():
     matrix = rng.standard_normal((16, 16))
     result = significance(matrix, *clustered(matrix, 2), 2, samples=5)
     data = json.loads(json.dumps(result.to_dict()))
-    assert list(data) == KEYS
-    assert Significance.from_dict(data) == result
-    assert data["method"] == "permute" and data["samples"] == 5
+    assert list(data) == KEYS and list(data["measures"]) == ["clusterability", "ncut", "newman_q"]
+    assert all(list(one) == MEASURE_KEYS for one in data["measures"].values())
+    assert NullResult.from_dict(data) == result
+    assert data["method"] == "permute" and data["samples"] == 5 and data["p_floor"] == pytest.approx(1 / 6)
+
+
+def test_a_significance_saved_before_the_registry_reads_as_today():
+    old = {"method": "permute", "samples": 100, "null_mean": 0.55, "null_std": 0.01, "z": 2.0, "p_value": 0.03,
+           "ncut": 0.9, "ncut_null_mean": 0.93, "ncut_p_value": 0.2}
+    found = NullResult.from_dict(old)
+    assert found.test == "legacy" and found.p_value == 0.03 and found.samples == 100
+    assert found.measures["clusterability"].observed == pytest.approx(0.57)  # null mean + z * std
+    assert found.measures["ncut"].observed == 0.9 and found.measures["ncut"].p == 0.2
+    assert upgraded(old) == found.to_dict() and upgraded(upgraded(old)) == upgraded(old)
+    assert "vs null 0.5500 ± 0.0100 (z 2.00 of 100 shuffles, p 0.03)" in null_text(old)
 
 
 def test_off_and_bad_settings():
@@ -165,5 +226,5 @@ def test_mnist_null_agrees_with_an_independent_implementation():
         reference.append(clusterability_batch(shuffled[None], ref_rows[None], ref_cols[None], 2)[0])
     observed = clusterability_batch(weight[None], rows[None], cols[None], 2)[0]
     reference_p = (np.sum(np.array(reference) >= observed) + 1) / 41
-    assert ours.null_mean == pytest.approx(np.mean(reference), abs=0.01)
+    assert ours.measures["clusterability"].null_mean == pytest.approx(np.mean(reference), abs=0.01)
     assert (ours.p_value < 0.05) == (reference_p < 0.05)

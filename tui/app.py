@@ -16,7 +16,7 @@ from textual.widgets import Footer, Header, TabbedContent, TabPane
 from engine import events as ev
 from engine.config import Config
 from engine.errors import ConfigError
-from engine.format import null_text
+from engine.format import null_band, null_text
 from engine.session import new_name, session_path
 from engine.snapshot import Snapshot
 from engine.sweep import is_sweep
@@ -240,7 +240,7 @@ class ClusterlabApp(App[int]):
                                clusterability=snap.clusterability, chance=snap.clusterability_chance,
                                step=snap.cluster_step, significance=snap.significance)
             if snap.significance is not None:
-                self.live.p_value = snap.significance["p_value"]
+                self.live.significance = snap.significance
         self.refresh_bindings()
 
     def _refresh(self) -> None:
@@ -292,7 +292,7 @@ class ClusterlabApp(App[int]):
         if not self._current(message):
             return
         event = message.event
-        self.live.clusterability, self.live.p_value = event.clusterability, None
+        self.live.clusterability, self.live.significance = event.clusterability, None
         self.clusters.show(k=event.k, source=event.source, row_sizes=event.row_sizes, col_sizes=event.col_sizes,
                            shares=event.shares, clusterability=event.clusterability, chance=event.chance,
                            step=event.step)
@@ -328,8 +328,8 @@ class ClusterlabApp(App[int]):
             return
         event = message.event
         found = event.significance
-        self.live.p_value = found["p_value"]
-        self.charts.data.add_null(found["null_mean"], found["null_std"])
+        self.live.significance = found
+        self.charts.data.add_null(*null_band(found))
         self.log_pane.add(f"{event.phase} step {event.step}: clusterability {event.clusterability:.4f} "
                           f"{null_text(found)}")
         self._shares_due = True  # the table's summary takes the snapshot's significance on the timer

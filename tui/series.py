@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.format import null_band
+
 SERIES_CAP = 1000  # points kept per series; older history is merged pairwise, never dropped
 BOUNDARY_CAP = 64  # phase boundaries kept per chart (the most recent ones)
 CHARTS = ("loss", "accuracy", "clusterability")
@@ -134,6 +136,6 @@ class ChartData:
             elif kind == "clusters":
                 self.add_clusters(record["step"], record["clusterability"], record["chance"])
             elif kind == "significance":
-                self.add_null(record["null_mean"], record["null_std"])
+                self.add_null(*null_band(record))
             elif kind == "phase" and record.get("phase") in ("pretrain", "finetune"):
                 self.add_boundary(record["step"], record["phase"])

@@ -21,7 +21,7 @@ from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from engine.errors import SessionError
-from engine.format import fmt
+from engine.format import fmt, p_cell
 from engine.sweep import FAILED, FINISHED, UNFINISHED
 from engine.sweep_table import STAGES, markdown, pareto_chart
 from tui.sweep_data import SweepState, SweepWatcher, ago
@@ -51,10 +51,8 @@ def member_cells(member: dict) -> tuple[str, ...]:
     status = member["status"]
     if status == UNFINISHED and member["total"]:
         status = f"{UNFINISHED} {member['done']}/{member['total']}"
-    significance = member["significance"] or {}
-    p = significance.get("p_value")
     return (member["name"], status, "-" if member["step"] is None else f"{member['step']:,}",
-            fmt(member["test_accuracy"]), fmt(member["clusterability"]), "-" if p is None else f"{p:.3f}")
+            fmt(member["test_accuracy"]), fmt(member["clusterability"]), p_cell(member["significance"]))
 
 
 def member_of(row: dict, member: dict) -> bool:

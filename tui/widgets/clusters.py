@@ -1,4 +1,4 @@
-"""The cluster table: one keyed row per cluster, and the clusterability against its shuffle null."""
+"""The cluster table: one keyed row per cluster, and every measure of the clustering against its shuffle null."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from engine.format import null_text
+from engine.format import measure_lines
 
 COLUMNS = (("cluster", "cluster"), ("rows", "row size"), ("cols", "col size"), ("share", "share of mass"))
 
@@ -62,15 +62,14 @@ class ClusterTable(Vertical):
 
 def summary(k: int, source: str, clusterability: float | None, chance: float | None, step: int | None,
             significance: dict | None = None) -> str:
-    """'k=2 on weights at step 938: clusterability 0.5481 vs null 0.5524 ± 0.0078 (z -0.55, p 0.762; 100
-    shuffles); uniform-mass chance 0.4993'. Until the null is in (or with --null-samples 0) only the chance."""
+    """'k=2 on weights at step 938: clusterability 0.5481; uniform-mass chance 0.4993', then each measure at the
+    latest null against it on a line of its own ('clusterability 0.5481 vs null 0.5524 ± 0.0078 (z -0.55 of 100
+    shuffles, p 0.762)', ncut, Newman Q); until the null is in (or with --null-samples 0) the first line only."""
     where = f" at step {step}" if step is not None else ""
     text = f"k={k} on {source}{where}"
     if clusterability is None:
         return text
     text += f": clusterability {clusterability:.4f}"
-    if significance is not None:
-        text += f" {null_text(significance)}"
     if chance is not None:
         text += f"; uniform-mass chance {chance:.4f}"
-    return text
+    return "\n".join([text, *(measure_lines(significance) if significance is not None else ())])

@@ -12,7 +12,7 @@ from textual.widgets import Input, Label, Select, Static
 
 from engine.config import SOURCES, Config
 from engine.errors import ConfigError
-from engine.format import fmt
+from engine.format import fmt, p_lines
 from engine.options import BY_NAME, Option
 
 # (Config field, label): the settings the keys t, c and f use, each checked as its CLI flag is.
@@ -37,7 +37,7 @@ class Live:
     loss: float | None = None
     accuracy: float | None = None
     clusterability: float | None = None
-    p_value: float | None = None
+    significance: dict | None = None  # the latest clusterability's null (NullResult.to_dict())
     job_step: int = 0
     job_total: int = 0
 
@@ -66,6 +66,7 @@ class ControlPane(Vertical):
         super().__init__(**kwargs)
         self.config = Config()  # the open session's: its defaults fill empty fields, its layer bounds k
         self._field_error: str | None = None  # the field whose error the message line shows (not news)
+        self._status_lines = 5
 
     def compose(self) -> ComposeResult:
         yield Static("no session", id="session-info")
@@ -99,16 +100,19 @@ class ControlPane(Vertical):
         running = live.state in ("training", "finetuning")
         rate = f"  {live.steps_per_s:,.0f} steps/s" if running and live.steps_per_s is not None else ""
         job = f"job {live.job_step:,}/{live.job_total:,}" if live.job_total and live.state != "idle" else "job -"
-        p = f" p={live.p_value:.3f}" if live.p_value is not None else ""
+        p, *floor = p_lines(live.significance)
         lines = [
             f"[b]{live.state}[/b]  {live.phase}",
             f"step {live.step:,}  epoch {live.epoch}",
             job,
             f"loss {fmt(live.loss)}{rate}",
-            f"acc {fmt(live.accuracy)}  clust {fmt(live.clusterability)}{p}",
+            f"acc {fmt(live.accuracy)}  clust {fmt(live.clusterability)}{' ' + p if p else ''}",
+            *floor,
         ]
-        # Always five lines: no layout pass needed, which keeps 4 updates a second cheap.
-        self.query_one("#status", Static).update("\n".join(lines), layout=False)
+        # Five lines, a sixth only while a null too small to reject is shown: a layout pass only when that changes,
+        # which keeps 4 updates a second cheap.
+        self.query_one("#status", Static).update("\n".join(lines), layout=len(lines) != self._status_lines)
+        self._status_lines = len(lines)
 
     def show_message(self, text: str, error: bool = False) -> None:
         message = self.query_one("#message", Static)
