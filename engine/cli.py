@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from engine import calibrate
 from engine import events as ev
 from engine.config import Config, check_int
 from engine.errors import ClusterlabError
@@ -84,6 +85,7 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
                        help="also time the whole default study on MNIST as `clusterlab run` (about half a minute)")
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     add_sweep_parsers(commands)
+    calibrate.add_parser(commands)
     return parser
 
 
@@ -346,7 +348,8 @@ def _sweep(name: str, given: dict, grid: dict, args: argparse.Namespace,
 
 
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "sessions": cmd_sessions, "bench": cmd_bench,
-            "ablate": cmd_ablate, "export": cmd_export, "sweep": cmd_sweep, "reproduce": cmd_reproduce}
+            "ablate": cmd_ablate, "export": cmd_export, "sweep": cmd_sweep, "reproduce": cmd_reproduce,
+            "calibrate": calibrate.command}
 
 
 def _drive(open_engine: Callable[[], object], name: str, as_json: bool, start: Callable[[object], None],
