@@ -1,4 +1,5 @@
-"""How figures and session rows are written for people: one number format and one sessions-table layout."""
+"""How figures and session rows are written for people: one number format, every measure against its null (with
+the p floor where a null is too small), and one sessions-table layout. The UI shows these strings as they are."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def measure_lines(significance: dict) -> list[str]:
 
 
 def measure_text(found: NullResult, measure: Measure) -> str:
+    """'ncut 0.9370 vs null 0.9360 ± 0.0033 (z 0.30 of 100 shuffles, p 0.465)'."""
     return f"{measure.title} {measure.text(found.measures[measure.name].observed)} {_against(found, measure)}"
 
 

@@ -181,6 +181,15 @@ def _legacy(data: dict) -> NullResult:
                       measures=measures)
 
 
+def readable(data: object) -> bool:
+    """Whether `data` is a significance dict, today's or an earlier session's (what session validation asks)."""
+    try:
+        NullResult.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
 def upgraded(data: dict | None) -> dict | None:
     """A saved significance dict in today's form (old sessions still open)."""
     return None if data is None else NullResult.from_dict(data).to_dict()

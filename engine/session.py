@@ -29,7 +29,7 @@ from typing import AnyStr, NoReturn
 from engine.clustering import Clusters
 from engine.config import SOURCES, Config, check_lam, finite_number, whole_number
 from engine.errors import ConfigError, SessionError
-from engine.measures import upgraded
+from engine.measures import readable, upgraded
 from engine.plan import JOB_KINDS, Job
 
 FORMAT_VERSION = 1
@@ -242,6 +242,8 @@ COUNT: Check = ("a whole number of 0 or more", lambda v: whole_number(v) and v >
 FLAG: Check = ("true or false", lambda v: isinstance(v, bool))
 LIST: Check = ("a list", lambda v: isinstance(v, list))
 OBJECT: Check = ("an object", lambda v: isinstance(v, dict))
+NULL: Check = ("a shuffle null's figures (engine.measures.NullResult)", readable)
+NULL_OR_NONE: Check = (f"{NULL[0]} or null", lambda v: v is None or readable(v))
 OBJECT_OR_NULL: Check = ("null or an object", lambda v: v is None or isinstance(v, dict))
 NUMBER: Check = ("a finite number", finite_number)
 NUMBER_OR_NULL: Check = ("null or a finite number", lambda v: v is None or finite_number(v))
@@ -256,12 +258,12 @@ TOP_FIELDS: Spec = {
     "name": (TEXT, False), "saved_at": (TEXT, False), "config": (OBJECT, True), "phase": (TEXT, False),
     "step": (COUNT, True), "epoch": (COUNT, False), "checkpoint": (TEXT, True), "plan": (LIST, True),
     "history": (LIST, True), "last": (OBJECT, False), "device": (TEXT, False), "versions": (OBJECT, False),
-    "control": (OBJECT_OR_NULL, False), "ablation": (OBJECT_OR_NULL, False), "significance": (OBJECT_OR_NULL, False),
+    "control": (OBJECT_OR_NULL, False), "ablation": (OBJECT_OR_NULL, False), "significance": (NULL_OR_NONE, False),
 }
 HISTORY_FIELDS: Spec = {
     "phase": (TEXT, True), "step": (COUNT, True), "steps": (COUNT, True), "test_accuracy": (SHARE_OR_NULL, True),
     "clusterability": (SHARE_OR_NULL, True), "lam": (LAM, False), "stopped": (FLAG, False),
-    "significance": (OBJECT, False),
+    "significance": (NULL, False),
 }
 # The fields that the readers of each type of metrics record use (the UI rebuilds its charts from them), on top of
 # a text "type" and a whole "step" that every record has. Records of other types need only those two.

@@ -77,13 +77,17 @@ def p_share(members: list[dict]) -> str:
 def _measure_cells(name: str, nulls: list[tuple[dict, NullResult | None]]) -> dict:
     """One measure's columns: the member's own figure where it has one (clusterability), else its null's observed
     value; the null's mean; the seeds whose null rejects at ALPHA, of those whose null could."""
-    mine = [(n.measures[name] if n is not None and name in n.measures else None, n) for _, n in nulls]
-    observed = [m.get(name) if m.get(name) is not None else one.observed if one else None
-                for (m, _), (one, _) in zip(nulls, mine, strict=True)]
+    observed, null_means, tested = [], [], []
+    for member, null in nulls:
+        one = null.measures.get(name) if null is not None else None
+        own = member.get(name)
+        observed.append(own if own is not None else one.observed if one is not None else None)
+        if one is not None:
+            null_means.append(one.null_mean)
+            if null.can_reject:
+                tested.append(one)
     estimate = mean_ci(observed)
-    tested = [one for one, n in mine if one is not None and n.can_reject]
-    return {name: estimate.mean, f"{name}_ci": estimate.ci,
-            f"{name}_null_mean": _mean(one.null_mean for one, _ in mine if one is not None),
+    return {name: estimate.mean, f"{name}_ci": estimate.ci, f"{name}_null_mean": _mean(null_means),
             f"{name}_significant": sum(significant(one.p) for one in tested) if tested else None,
             f"{name}_tested": len(tested)}
 

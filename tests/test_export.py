@@ -16,6 +16,7 @@ import torch
 from engine import Engine, SessionError
 from engine.data import load_dataset
 from engine.export import ablate_session, export_session
+from engine.measures import MEASURES, MeasureNull, NullResult
 from engine.model import build_mlp
 from engine.session import METRICS_FILE, SESSION_FILE, load_checkpoint, read_metrics
 from tests.conftest import small_config
@@ -36,10 +37,10 @@ def session(tmp_path_factory) -> Path:
     engine.close()
     ablation = ablate_session(path, null_samples=20).to_dict()  # before the log grows past the save's count
     records = read_metrics(path / METRICS_FILE)
+    null = NullResult("permute", "recluster", "weights", 20, {m.name: MeasureNull(0.5, 0.55, 0.01, 3.0, 1 / 21)
+                                                              for m in MEASURES}).to_dict()
     extra = [{"type": "significance", "step": r["step"], "phase": "finetune" if i else "cluster",
-              "clusterability": r["clusterability"], "method": "permute", "samples": 20, "null_mean": 0.55,
-              "null_std": 0.01, "z": 3.0, "p_value": 1 / 21, "ncut": 0.5, "ncut_null_mean": 0.9,
-              "ncut_p_value": 1 / 21}
+              "clusterability": r["clusterability"], **null}
              for i, r in enumerate(r for r in records if r["type"] == "clusters" or r.get("phase") == "finetune"
                                    and r["type"] == "eval")]
     with open(path / METRICS_FILE, "a", encoding="utf-8") as f:
@@ -47,6 +48,7 @@ def session(tmp_path_factory) -> Path:
     data = json.loads((path / SESSION_FILE).read_text())
     data["metrics_records"] += len(extra)
     data["ablation"] = ablation
+    data["significance"] = null
     (path / SESSION_FILE).write_text(json.dumps(data))
     return path
 
@@ -96,7 +98,13 @@ def test_metrics_csv_holds_every_logged_record(session, exported):
     with open(exported[0] / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(logged)
-    assert {"type", "step", "loss", "test_accuracy", "clusterability", "null_mean", "row_sizes"} <= set(rows[0])
+    assert {"type", "step", "loss", "test_accuracy", "clusterability", "row_sizes"} <= set(rows[0])
+    # a null's measures are columns of their own, every measure of the registry with its null and p
+    assert {f"{m.name}_{stat}" for m in MEASURES for stat in ("observed", "null_mean", "null_std", "z", "p")} <= set(
+        rows[0])
+    nulls = [row for row in rows if row["type"] == "significance"]
+    assert nulls and all(0 < float(row["newman_q_p"]) <= 1 for row in nulls)
+    assert float(nulls[-1]["newman_q_p"]) == pytest.approx(1 / 21)  # the record appended above
     for row, record in zip(rows, logged, strict=True):
         assert row["type"] == record["type"] and int(row["step"]) == record["step"]
         if "row_sizes" in record:
@@ -106,7 +114,8 @@ def test_metrics_csv_holds_every_logged_record(session, exported):
 def test_clusters_json_and_ablation_csv_carry_the_sessions_numbers(session, exported):
     out = exported[0]
     data = json.loads((session / SESSION_FILE).read_text())
-    assert json.loads((out / "clusters.json").read_text()) == {"layer": "fc2", **data["clusters"]}
+    assert json.loads((out / "clusters.json").read_text()) == {"layer": "fc2", **data["clusters"],
+                                                               "significance": data["significance"]}
     ablation = data["ablation"]
     with open(out / "ablation.csv", newline="") as f:
         rows = list(csv.DictReader(f))
