@@ -105,9 +105,10 @@ def cocluster(matrix: np.ndarray, k: int, seed: int = 0) -> Coclustering:
 def cocluster_batch(matrices: np.ndarray, k: int, seed: int = 0, *, vectors: int | None = None) -> Coclustering:
     """Co-cluster each |matrix| of a batch (n, r, c) into k blocks with labels shared between rows and columns.
 
-    Dhillon's method: A_n = D_r^-1/2 A D_c^-1/2, its singular vectors 2..1+`vectors`, scaled back by D^-1/2, embed
-    rows and columns in one space, and ONE k-means over the stacked embeddings labels both, so row cluster i and
-    column cluster i are the same block i. The spectrum is exact (top eigenpairs of the smaller Gram matrix A_n A_n^T
+    Dhillon's method on A = |matrix| clipped at its CLIP_QUANTILE: A_n = D_r^-1/2 A D_c^-1/2, its singular vectors
+    2..1+`vectors`, scaled back by D^-1/2, embed rows and columns in one space, and ONE k-means over the stacked
+    embeddings labels both, so row cluster i and column cluster i are the same block i; `_refine` then moves units
+    to their densest block. The spectrum is exact (top eigenpairs of the smaller Gram matrix A_n A_n^T
     or A_n^T A_n, LAPACK, float64) up to EXACT_MAX units a side. All-zero rows and columns (D^-1/2 infinite) are left
     out of the spectral step and k-means, then spread over the clusters, smallest first, changing no block's mass.
     No block is ever empty: a cluster k-means leaves without rows (or columns) gets the one whose move costs least.
