@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -12,6 +12,34 @@ import torch
 _CHUNK_BYTES = 128 * 2**20
 # Null specialisations this close below the observed one count as "at least as specialised" (float ties).
 _TIE = 1e-12
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One lesion statistic of each cluster against `samples` random unit sets of the cluster's size (Hod et al.
+    2021): `percentile` = % of random sets below the cluster, p = (r + 1) / (samples + 1) with r the sets at least
+    as high, and `fisher_p` the clusters' p combined by Fisher's method (-2 sum log p ~ chi2 with 2k dof; the
+    clusters' random sets are drawn independently). None where the null is off."""
+
+    value: tuple[float, ...]
+    percentile: tuple[float | None, ...]
+    p_value: tuple[float | None, ...]
+    null_mean: tuple[float | None, ...]
+    fisher_p: float | None
+
+
+def against_null(observed: torch.Tensor, null: torch.Tensor) -> Lesion:
+    """Each cluster's value (k,) against its random sets (k, samples)."""
+    k, samples = null.shape
+    if not samples:
+        return Lesion(tuple(observed.tolist()), (None,) * k, (None,) * k, (None,) * k, None)
+    from scipy.stats import combine_pvalues
+
+    r = (null >= observed[:, None] - _TIE).sum(1)
+    p = (r + 1).double() / (samples + 1)
+    below = (null < observed[:, None] - _TIE).double().mean(1) * 100
+    return Lesion(tuple(observed.tolist()), tuple(below.tolist()), tuple(p.tolist()), tuple(null.mean(1).tolist()),
+                  float(combine_pvalues(p.numpy(), method="fisher").pvalue))
 
 
 @dataclass(frozen=True)
@@ -34,11 +62,13 @@ class Ablation:
     null_mean: tuple[float | None, ...]
     null_std: tuple[float | None, ...]
     null_drop_mean: tuple[tuple[float, ...], ...] | None
+    lesion: dict[str, Lesion]
 
     def to_dict(self) -> dict:
         """The JSON form. `null` holds, per cluster: `sizes` (units in each random set = |R_i|), `mean` and `std`
         of the random sets' specialisations, and `drop_mean` (k x classes: their mean per-class drop, what
-        silencing that many random units costs each class); plus `samples` and the `seed` that drew them."""
+        silencing that many random units costs each class); plus `samples` and the `seed` that drew them. `lesion`
+        holds each cluster's importance, selectivity and specialisation against the same random sets (`Lesion`)."""
         return {
             "units": self.units,
             "classes": list(self.classes),
@@ -54,30 +84,43 @@ class Ablation:
                 "std": list(self.null_std),
                 "drop_mean": None if self.null_drop_mean is None else [list(r) for r in self.null_drop_mean],
             },
+            "lesion": {name: {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(stat).items()}
+                       for name, stat in self.lesion.items()},
         }
 
 
-def specialisation(drops: torch.Tensor, baseline: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def specialisation(lost: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """How much the class decides whether an image is lost: U = 1 - H(lost | class) / H(lost), per row.
 
-    drops is (..., C), per-class accuracy drops; baseline (C,) the intact accuracies; counts (C,) the test images
-    per class. Among the images the intact network gets right (class c holds a share pi_c of them), silencing
-    loses f_c = clamp(drop_c / baseline_c, 0, 1) of class c's (a net rise in accuracy counts as no loss).
-    H(lost) = h(sum_c pi_c f_c) and H(lost | class) = sum_c pi_c h(f_c), h the binary entropy: U is the
-    uncertainty coefficient of "lost" given the class, the share of the loss's entropy that the class explains.
-    1: whole classes are lost and the others untouched (a cluster that carries classes 0-4 outright, or one
-    class); 0: every class loses the same share, or nothing (or everything) is lost. It does not say how many
-    classes a cluster carries: the drop row does. A few images lost by chance give a small positive U, which is
-    why each cluster's U is compared with random unit sets of its size.
+    Over the test images the intact network gets right (`right`, (C,): how many of each class), an image is lost
+    when the silenced network gets it wrong (`lost`, (..., C): how many of each class). With pi_c = right_c / sum
+    right and f_c = lost_c / right_c, H(lost) = h(sum_c pi_c f_c) and H(lost | class) = sum_c pi_c h(f_c), h the
+    binary entropy: U is the uncertainty coefficient of "lost" given the class, the share of the loss's entropy
+    that the class explains. Images the silencing newly gets right play no part. 1: whole classes are lost and the
+    others untouched (a cluster that carries classes 0-4 outright, or one class); 0: every class loses the same
+    share, or nothing (or everything) is lost. It does not say how many classes a cluster carries: the drop row
+    does. A few images lost by chance give a small positive U, which is why each cluster's U is compared with
+    random unit sets of its size.
     """
-    tiny = torch.finfo(drops.dtype).tiny
-    pi = (baseline * counts).to(drops.dtype)
-    pi = pi / pi.sum().clamp_min(tiny)
-    lost = torch.where(baseline > 0, drops.clamp_min(0) / baseline.clamp_min(tiny), 0.0).clamp(0, 1)
-    h_lost = _binary_entropy((lost * pi).sum(-1))
-    h_given_class = (_binary_entropy(lost) * pi).sum(-1)
+    lost, right = lost.double(), right.double()
+    tiny = torch.finfo(lost.dtype).tiny
+    pi = right / right.sum().clamp_min(tiny)
+    share = torch.where(right > 0, lost / right.clamp_min(tiny), 0.0)
+    h_lost = _binary_entropy((share * pi).sum(-1))
+    h_given_class = (_binary_entropy(share) * pi).sum(-1)
     # U is in [0, 1] by the concavity of h; the clamp only removes rounding
     return torch.where(h_lost > 0, 1 - h_given_class / h_lost.clamp_min(tiny), 0.0).clamp(0, 1)
+
+
+def selectivity(drops: torch.Tensor) -> torch.Tensor:
+    """Class selectivity of a lesion (Morcos et al. 2018's index on per-class accuracy drops, as Hod et al. 2021 use
+    it), per row of drops (..., C): (d_max - mean of the other d) / (d_max + mean of the other d), d = drops
+    clamped at 0 (a rise is no damage). 1: one class loses and no other; 0: every class loses alike, or none."""
+    d = drops.clamp_min(0)
+    top = d.max(-1).values
+    rest = (d.sum(-1) - top) / max(d.shape[-1] - 1, 1)
+    total = top + rest
+    return torch.where(total > 0, (top - rest) / total.clamp_min(torch.finfo(d.dtype).tiny), 0.0)
 
 
 def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -94,11 +137,14 @@ def ablate(weights: Sequence[torch.Tensor], studied: int, row_labels: Sequence[i
     the studied layer's output units in R_i (row_labels == i): their outputs are set to zero, which, with no bias,
     is the same as zeroing those rows of the layer's weight. Classes are 0..n_classes-1 less any without a test
     image. Specialisation is defined at `specialisation`; p_i = (r + 1) / (n + 1), r being the random sets whose
-    specialisation is at least cluster i's (n = null_samples; 0 turns the null off). Same seed, same numbers.
+    specialisation is at least cluster i's (n = null_samples, the session's --null-samples; 0 turns the null
+    off). Same seed, same numbers.
 
     Every ablation is a 0/1 mask over the studied layer's outputs. Zeroing output j of layer L is zeroing column j
     of layer L+1, so the layers below L+1 run once, and the 1 + k + k*n masked networks run as batched matrix
-    products from there, in chunks that keep each activation tensor under _CHUNK_BYTES.
+    products from there, in chunks that keep each activation tensor under _CHUNK_BYTES. Besides the
+    specialisation, each cluster's importance (the drop in overall test accuracy) and selectivity (`selectivity`)
+    are compared with the same random sets (`Ablation.lesion`).
     """
     rows = torch.as_tensor(np.asarray(row_labels, dtype=np.int64))
     n_out = weights[studied - 1].shape[0]
@@ -118,13 +164,19 @@ def ablate(weights: Sequence[torch.Tensor], studied: int, row_labels: Sequence[i
     counts = onehot.sum(0).double().cpu()
     accuracy = (correct @ onehot).double().cpu() / counts  # (masks, classes)
     drops = accuracy[:1] - accuracy[1:]
-    spec = specialisation(drops, accuracy[0], counts)
+    lost = ((1 - correct[1:]) * correct[:1]) @ onehot  # (ablations, classes): right when intact, wrong silenced
+    stats = {
+        "importance": (correct[0].sum() - correct[1:].sum(1)).double().cpu() / test_y.numel(),
+        "selectivity": selectivity(drops),
+        "specialisation": specialisation(lost.cpu(), (correct[0] @ onehot).cpu()),
+    }
+    lesion = {name: against_null(v[:k], v[k:].reshape(k, null_samples)) for name, v in stats.items()}
+    spec = stats["specialisation"]
     observed, null = spec[:k], spec[k:].reshape(k, null_samples)
     null_drops = drops[k:].reshape(k, null_samples, drops.shape[1])
 
     if null_samples:
-        r = (null >= observed[:, None] - _TIE).sum(1)
-        p_value = tuple(((r + 1).double() / (null_samples + 1)).tolist())
+        p_value = lesion["specialisation"].p_value
         null_mean, null_std = tuple(null.mean(1).tolist()), tuple(null.std(1, correction=0).tolist())
         null_drop_mean = _rows(null_drops.mean(1))
     else:
@@ -144,6 +196,7 @@ def ablate(weights: Sequence[torch.Tensor], studied: int, row_labels: Sequence[i
         null_mean=null_mean,
         null_std=null_std,
         null_drop_mean=null_drop_mean,
+        lesion=lesion,
     )
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from engine import calibrate
 from engine import events as ev
 from engine.cli_host import COMMANDS as HOST_COMMANDS
 from engine.cli_host import add_host_parsers, attach_target, not_hosted, run_detached
@@ -104,6 +105,7 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     add_sweep_parsers(commands)
     add_host_parsers(commands)
+    calibrate.add_parser(commands)
     return parser
 
 
@@ -255,7 +257,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 COMMANDS = {**HOST_COMMANDS, "run": cmd_run, "resume": cmd_resume, "sessions": cmd_sessions, "bench": cmd_bench,
-            "ablate": cmd_ablate, "export": cmd_export, "sweep": cmd_sweep, "reproduce": cmd_reproduce}
+            "ablate": cmd_ablate, "export": cmd_export, "sweep": cmd_sweep, "reproduce": cmd_reproduce,
+            "calibrate": calibrate.command}
 
 
 def _drive(open_engine: Callable[[], object], name: str, as_json: bool, start: Callable[[object], None],

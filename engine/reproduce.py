@@ -49,7 +49,7 @@ class Comparison:
     reference: float | None
     estimate: Estimate
     interval: tuple[float, float] | None  # where one seed's value falls (95%)
-    p_share: str  # "a/n": of n seeds whose shuffle null could reject, a did (p <= ALPHA); "-" when none could
+    p_share: str  # "a/n (Holm h)": of n seeds whose null could reject, a did (p <= ALPHA), h after Holm over the n
     verdict: str
 
     def to_dict(self) -> dict:

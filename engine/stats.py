@@ -57,3 +57,30 @@ def paired_difference(control: Mapping[int, float], treated: Mapping[int, float]
     """Mean ± CI of control − treated over the keys (seeds) present in both with a value: a paired comparison."""
     seeds = sorted(s for s in control.keys() & treated.keys() if control[s] is not None and treated[s] is not None)
     return mean_ci((control[s] - treated[s] for s in seeds), level)
+
+
+@dataclass(frozen=True)
+class Adjusted:
+    """Holm-adjusted p-values of a family of tests, in the order given; `family` names what was adjusted together."""
+
+    family: str
+    p_values: tuple[float | None, ...]
+    p_adjusted: tuple[float | None, ...]
+
+
+def holm(p_values: Iterable[float | None], family: str) -> Adjusted:
+    """Holm's step-down adjustment (1979), controlling the family-wise error rate at any level without assuming the
+    tests independent: sorted p_(1) <= ... <= p_(m), p~_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)).
+
+    None (a test not run) is left out of the family and stays None; ties keep their order (the max makes their
+    adjusted values equal anyway).
+    """
+    given = tuple(p_values)
+    present = [i for i, p in enumerate(given) if p is not None]
+    m = len(present)
+    adjusted: list[float | None] = [None] * len(given)
+    running = 0.0
+    for rank, i in enumerate(sorted(present, key=lambda j: given[j])):
+        running = max(running, min(1.0, (m - rank) * float(given[i])))
+        adjusted[i] = running
+    return Adjusted(family, given, tuple(adjusted))

@@ -155,7 +155,8 @@ class Study:
         weights = [w.detach() for w in self.trainer.model.state_dict().values()]  # fc1..fcN, bias-free
         with all_cores(self.device):
             result = ablate(weights, self.config.studied_layer, self.clusters.row_labels, self.clusters.k,
-                            self.data.test_x, self.data.test_y, self.data.n_classes, seed=self.config.seed)
+                            self.data.test_x, self.data.test_y, self.data.n_classes,
+                            null_samples=self.config.null_samples, seed=self.config.seed)
         self.ablation = result.to_dict()
         hooks.record({"type": "ablation", "step": self.trainer.step, **self.ablation})
         hooks.emit(ev.Ablated(self.trainer.step, self.ablation))

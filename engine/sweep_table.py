@@ -19,12 +19,14 @@ from engine.axes import AXES, Axis, cell, group_key
 from engine.format import fmt
 from engine.measures import ALPHA, MEASURES, PRIMARY, NullResult, significant
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN
-from engine.stats import Estimate, mean_ci, paired_difference
+from engine.stats import Estimate, holm, mean_ci, paired_difference
 from engine.sweep import FINISHED
 
 STAGES = {PRETRAIN: "pretrained", CLUSTER: "clustered", FINETUNE: "finetuned"}
-# Per measure: its mean and CI over seeds, its null's mean, the seeds whose null rejects and those whose could.
-MEASURE_KEYS = ("", "_ci", "_null_mean", "_significant", "_tested")
+# Per measure: its mean and CI over seeds, its null's mean, the seeds whose null rejects, those that still reject
+# after Holm's adjustment over the row's seeds (the family: HOLM_FAMILY), and those whose null could.
+MEASURE_KEYS = ("", "_ci", "_null_mean", "_significant", "_significant_holm", "_tested")
+HOLM_FAMILY = "the row's seeds whose null of the measure could reject, adjusted together (Holm)"
 # The keys of a row after its stage and its axes (table_axes), in the CSV's column order.
 COLUMNS = ("n", "seeds", "test_accuracy", "test_accuracy_ci",
            *(m.name + key for m in MEASURES for key in MEASURE_KEYS), "accuracy_cost", "accuracy_cost_ci",
@@ -78,15 +80,20 @@ def _nulls(members: list[dict]) -> list[tuple[dict, NullResult | None]]:
 
 
 def p_share(members: list[dict]) -> str:
-    """'3/5': of the members whose null of the primary measure could reject at ALPHA, those whose null did; '-'
-    when none could (a null too small is no evidence either way)."""
+    """'3/5 (Holm 2)': of the members whose null of the primary measure could reject at ALPHA, those whose null
+    did, and those that still do once their p-values are adjusted together (Holm); '-' when none could (a null too
+    small is no evidence either way)."""
     cells = _measure_cells(PRIMARY, _nulls(members))
-    return f"{cells[PRIMARY + '_significant']}/{cells[PRIMARY + '_tested']}" if cells[PRIMARY + "_tested"] else "-"
+    if not cells[PRIMARY + "_tested"]:
+        return "-"
+    return (f"{cells[PRIMARY + '_significant']}/{cells[PRIMARY + '_tested']} "
+            f"(Holm {cells[PRIMARY + '_significant_holm']})")
 
 
 def _measure_cells(name: str, nulls: list[tuple[dict, NullResult | None]]) -> dict:
     """One measure's columns: the member's own figure where it has one (clusterability), else its null's observed
-    value; the null's mean; the seeds whose null rejects at ALPHA, of those whose null could."""
+    value; the null's mean; the seeds whose null rejects at ALPHA, of those whose null could, before and after
+    Holm's adjustment over those seeds (HOLM_FAMILY)."""
     observed, null_means, tested = [], [], []
     for member, null in nulls:
         one = null.measures.get(name) if null is not None else None
@@ -97,8 +104,10 @@ def _measure_cells(name: str, nulls: list[tuple[dict, NullResult | None]]) -> di
             if null.can_reject:
                 tested.append(one)
     estimate = mean_ci(observed)
+    adjusted = holm([one.p for one in tested], HOLM_FAMILY).p_adjusted
     return {name: estimate.mean, f"{name}_ci": estimate.ci, f"{name}_null_mean": _mean(null_means),
             f"{name}_significant": sum(significant(one.p) for one in tested) if tested else None,
+            f"{name}_significant_holm": sum(significant(p) for p in adjusted) if tested else None,
             f"{name}_tested": len(tested)}
 
 
@@ -143,14 +152,15 @@ def table_cells(rows: list[dict]) -> tuple[tuple[str, ...], list[tuple[str, ...]
 
 
 def _null_cell(row: dict, name: str, digits: int) -> str:
-    """'0.5828 (5/5)': the null's mean and the seeds that reject of those tested; a null too small to reject
-    says so instead of counting."""
+    """'0.5828 (5/5, Holm 5)': the null's mean, the seeds that reject of those tested, and those that still
+    reject after Holm's adjustment over them; a null too small to reject says so instead of counting."""
     mean = row[name + "_null_mean"]
     if mean is None:
         return "-"
     if not row[name + "_tested"]:
         return f"{fmt(mean, digits)} (too few shuffles)"
-    return f"{fmt(mean, digits)} ({row[name + '_significant']}/{row[name + '_tested']})"
+    return (f"{fmt(mean, digits)} ({row[name + '_significant']}/{row[name + '_tested']}, "
+            f"Holm {row[name + '_significant_holm']})")
 
 
 def to_csv(rows: list[dict]) -> str:

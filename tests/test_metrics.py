@@ -48,8 +48,9 @@ def test_random_matrix_is_near_chance(k):
     rows, cols = result.rows, result.cols
     c = clusterability(torch.as_tensor(matrix), block_mask(rows, cols)).item()
     chance = chance_level(rows, cols, k)
-    # Co-clustering finds only the small excess that any random matrix has, far from a planted block's ~1.
-    assert chance - 0.02 < c < chance + 0.1, (c, chance)
+    # Co-clustering finds only the small excess that any random matrix has, far from a planted block's ~1 (the
+    # density refinement, which fits blocks more closely, finds 0.106 at k=4: what the re-clustered null is for).
+    assert chance - 0.02 < c < chance + 0.12, (c, chance)
 
 
 def test_gradient_matches_analytic_form_and_finite_differences():

@@ -306,7 +306,8 @@ def test_a_null_too_small_to_reject_is_no_evidence_in_the_sweep_table_or_reprodu
     mixed = [*small, member(3, 19, 1 / 20), member(4, 100, 0.5)]  # only the two that could reject are counted
     row = table_rows(mixed)[0]
     assert row["clusterability_significant"] == 1 and row["clusterability_tested"] == 2
-    assert "0.5500 (1/2)" in markdown([row]) and p_share(mixed) == "1/2"
+    # Holm over the two: 2 x 0.05 = 0.1, then max(0.1, 0.5): neither survives
+    assert "0.5500 (1/2, Holm 0)" in markdown([row]) and p_share(mixed) == "1/2 (Holm 0)"
 
 
 def test_the_cluster_table_shows_every_measure_against_its_null_and_a_small_null_says_so():

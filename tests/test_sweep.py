@@ -93,7 +93,7 @@ def test_significance_and_ablation_figures_are_read_where_present():
     assert clustered["specialisation"] == pytest.approx(0.3)  # the one member with an ablation
     assert pretrained["clusterability_null_mean"] is None and pretrained["clusterability_tested"] == 0
     text = markdown(table_rows(members))
-    assert "| 0.5600 (1/2) |" in text
+    assert "| 0.5600 (1/2, Holm 1) |" in text  # Holm over 0.01 and 0.2: 0.02 and 0.2
     assert text.splitlines()[-1].count("| - ") >= 5  # the pretrained row: no clusters, no null, no cost
     csv_lines = to_csv(table_rows(members)).splitlines()
     assert csv_lines[0].startswith("stage,source,k,lam,n,seeds,test_accuracy")
