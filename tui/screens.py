@@ -1,4 +1,4 @@
-"""Modal screens: help, quit confirmation, the session list to open, and the new-session form."""
+"""Modal screens: help, a question with a few answers, the session list to open, the new-session form."""
 
 from __future__ import annotations
 
@@ -35,30 +35,34 @@ class HelpScreen(ModalScreen[None]):
             yield Static("escape, enter, q, ? or F1 closes this.", classes="dialog-hint")
 
 
-class ConfirmScreen(ModalScreen[bool]):
-    """A yes/no question; y/enter confirm, n/escape cancel."""
+class ChoiceScreen(ModalScreen[str | None]):
+    """A question with a few answers, each a key and a button; escape answers None (nothing is done)."""
 
-    BINDINGS = [
-        Binding("y", "answer(True)", "Yes", id="confirm.yes"),
-        Binding("n,escape", "answer(False)", "No", id="confirm.no"),
-    ]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="choice.cancel")]
 
-    def __init__(self, question: str) -> None:
+    def __init__(self, question: str, choices: list[tuple[str, str, str]]) -> None:
+        """`choices`: (key, label, answer) each, in the order shown."""
         super().__init__()
         self.question = question
+        self.choices = choices
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog dialog-small"):
             yield Static(self.question, id="question")
             with Horizontal(classes="buttons"):
-                yield Button("Yes (y)", id="yes", variant="warning", compact=True)
-                yield Button("No (n)", id="no", compact=True)
+                for key, label, answer in self.choices:
+                    yield Button(f"{label} ({key})", id=f"choice-{answer}", compact=True)
+                yield Button("Cancel (esc)", id="choice-cancel", compact=True)
 
-    def action_answer(self, answer: bool) -> None:
-        self.dismiss(answer)
+    def on_key(self, event) -> None:
+        answer = next((answer for key, _, answer in self.choices if key == event.key), None)
+        if answer is not None:
+            event.stop()
+            self.dismiss(answer)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "yes")
+        answer = str(event.button.id).removeprefix("choice-")
+        self.dismiss(None if answer == "cancel" else answer)
 
 
 class OpenScreen(ModalScreen[str | None]):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine import events as ev
+
 SERIES_CAP = 1000  # points kept per series; older history is merged pairwise, never dropped
 BOUNDARY_CAP = 64  # phase boundaries kept per chart (the most recent ones)
 CHARTS = ("loss", "accuracy", "clusterability")
@@ -122,6 +124,20 @@ class ChartData:
             self.versions[chart] += 1
             for runs in getattr(self, chart).values():
                 runs.break_line()
+
+    def apply(self, event: ev.Event) -> None:
+        """Add what a live engine event brings to the charts (the same points `load` reads from the log)."""
+        match event:
+            case ev.Progress():
+                self.add_loss(event.phase, event.step, event.loss)
+            case ev.Evaluated():
+                self.add_eval(event.phase, event.step, event.test_accuracy, event.clusterability)
+            case ev.ClustersFound():
+                self.add_clusters(event.step, event.clusterability, event.chance)
+            case ev.SignificanceFound():
+                self.add_null(event.significance["null_mean"], event.significance["null_std"])
+            case ev.PhaseFinished() if event.phase in ("pretrain", "finetune"):
+                self.add_boundary(event.step, event.phase)
 
     def load(self, records: list[dict]) -> None:
         """Rebuild from `Engine.metrics_history()` records (train, eval, clusters, phase)."""
