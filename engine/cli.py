@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine import events as ev
+from engine.cli_host import COMMANDS as HOST_COMMANDS
+from engine.cli_host import add_host_parsers, attach_target, run_detached
+from engine.cli_sweep import add_sweep_parsers, cmd_reproduce, cmd_sweep
 from engine.config import Config, check_int
-from engine.errors import ClusterlabError
+from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ClusterlabError
 from engine.format import SESSION_COLUMNS, fmt, null_text, session_cells
 from engine.options import OPTIONS, config_from_texts, metavar
 from engine.session import check_name, list_sessions, new_name, session_path
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-UiRunner = Callable[[str | None, Config], int]  # opens the terminal UI on a session name (or a new one)
+# Opens the terminal UI on a session name (or a new one) with these settings; with None, attaches to NAME's host.
+UiRunner = Callable[[str | None, Config | None], int]
 
 
 class UsageError(ClusterlabError):
@@ -28,6 +32,10 @@ class UsageError(ClusterlabError):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --step must not silently mean --steps
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line and exit code 2, like every other bad input
         raise UsageError(f"{message} (see {self.prog} --help)")
 
@@ -45,12 +53,20 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
                                   description="Open the terminal UI on a session (created if it does not exist).")
         tui.add_argument("--session", metavar="NAME", help="session to open, or to create with the flags given")
         add_config_flags(tui)
+        attach = commands.add_parser("attach", help="attach the terminal UI to a running session host",
+                                     description="Attach the terminal UI to the host of a running session (without "
+                                     "NAME: the only one running). 'd' detaches again; the run goes on.")
+        attach.add_argument("name", metavar="NAME", nargs="?", help="session name (see 'clusterlab ps')")
     run = commands.add_parser("run", help="pretrain, cluster and finetune headless, in a new session",
                               description="Run the whole plan headless: pretrain, co-cluster, finetune. "
                               "The session is saved as it goes; Ctrl-C stops it resumably.")
     run.add_argument("--session", metavar="NAME", help="name of the new session (default: dataset and time)")
     add_config_flags(run)
     run.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
+    run.add_argument("--detach", action="store_true", help="run in a background host and return at once, printing "
+                     "the session's name (follow it with tail, attach, remote, stop)")
+    run.add_argument("--idle-exit", type=float, default=60.0, metavar="SECONDS",
+                     help="with --detach: the host ends this long after its plan is done with no client attached")
     resume = commands.add_parser("resume", help="continue a saved session",
                                  description="Continue a session's unfinished plan, or train N more "
                                  "epochs/steps of its current phase (then re-cluster after more pretraining).")
@@ -84,6 +100,7 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
                        help="also time the whole default study on MNIST as `clusterlab run` (about half a minute)")
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     add_sweep_parsers(commands)
+    add_host_parsers(commands)
     return parser
 
 
@@ -107,6 +124,7 @@ def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None) -> int:
     parser = build_parser(with_ui=ui is not None)
     # SIGTERM (a scheduler, `kill`, `timeout`) is handled like Ctrl-C: stop at a step boundary and save.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_hup = signal.getsignal(signal.SIGHUP)
     try:
         if ui is not None and (not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help"))):
             argv = ["tui", *argv]  # `clusterlab --dataset ...` means `clusterlab tui --dataset ...`
@@ -117,6 +135,9 @@ def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None) -> int:
         if args.command == "tui":
             config = config_from_args(args)
             return ui(check_name(args.session) if args.session else None, config)
+        if args.command == "attach":  # to a running host only: no settings, so nothing is created
+            return ui(attach_target(args.name), None)
+        signal.signal(signal.SIGHUP, _raise_interrupt)  # a lost terminal saves and stops a foreground run too
         return COMMANDS[args.command](args)
     except ClusterlabError as exc:
         print(f"clusterlab: error: {exc}", file=sys.stderr)
@@ -124,9 +145,13 @@ def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None) -> int:
     except KeyboardInterrupt:  # before any work started (loading data, say): nothing to save
         print("clusterlab: interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of our output (head, a closed pipe) has gone: nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     finally:
         if signal.getsignal(signal.SIGTERM) is _raise_interrupt:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGHUP, previous_hup)
         # else a stop is under way: further signals keep being answered with "still saving" until the process
         # exits, since restoring the default would let a late one kill it after the save
 
@@ -134,6 +159,10 @@ def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # every flag is checked before torch is even imported
     path = session_path(check_name(args.session) if args.session else new_name(config.dataset))
+    if args.detach:
+        if not 0 <= args.idle_exit < float("inf"):
+            raise UsageError(f"--idle-exit must be a number of seconds of at least 0, not {args.idle_exit}.")
+        return run_detached(path.name, config, args.idle_exit)
     from engine.engine import Engine
 
     return _drive(lambda: Engine.create(path, config), path.name, args.json, lambda engine: engine.plan_default())
@@ -222,130 +251,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     return run_bench(args)
 
-# ----- sweep and reproduce (engine/sweep*.py, engine/member.py, engine/reproduce.py) -----------------------------
-
-
-def add_sweep_parsers(commands) -> None:
-    from engine.reproduce import DEFAULT_SEEDS, EPOCHS, FINETUNE_EPOCHS
-    from engine.sweep import GRID_OPTIONS
-
-    sweep = commands.add_parser(
-        "sweep", help="a grid of seeds, k and λ as sessions, ending in a table with 95%% CIs",
-        description="Per seed pretrain once; per (seed, source, k) cluster a copy; per λ finetune a copy of that "
-        "(λ=0, the control, always included). Every member is a session named NAME.s1, NAME.s1.weights.k2, "
-        "NAME.s1.weights.k2.lam3, ...; the table goes to the sweep's folder NAME/. Rerun the same command, or "
-        "'clusterlab sweep NAME' alone, to continue: only unfinished members run.")
-    sweep.add_argument("name", metavar="NAME", help="sweep name")
-    sweep.add_argument("--seeds", metavar="N|S,S", help="N seeds (1 to N), or a comma-separated list of seeds")
-    sweep.add_argument("--k", dest="grid_k", metavar="K,K", help="numbers of clusters (default 2)")
-    sweep.add_argument("--lam", dest="grid_lam", metavar="X,X", help="finetuning λs; 0 is always added (default 3)")
-    sweep.add_argument("--cluster-on", dest="grid_sources", metavar="SOURCES",
-                       help="weights and/or gradients, comma-separated (default weights)")
-    sweep.add_argument("--json", action="store_true", help="print the members and the table as one JSON object")
-    _add_executor_flags(sweep)
-    group = sweep.add_argument_group("experiment settings (shared by every member)")
-    for option in OPTIONS:
-        if option.name not in GRID_OPTIONS:
-            group.add_argument(option.flag, dest=option.name, default=None, metavar=metavar(option), help=option.help)
-    reproduce = commands.add_parser(
-        "reproduce", help="the reference study over seeds, beside the figures it printed",
-        description=f"MNIST, {EPOCHS} pretraining epochs, k=2 on weights and on gradients, λ 0 and 3 for "
-        f"{FINETUNE_EPOCHS} finetuning epochs, as the sweep 'reproduce'; ends with each figure the reference printed "
-        "beside clusterlab's mean ± 95%% CI and whether it holds up.")
-    reproduce.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
-                           help=f"number of seeds (default {DEFAULT_SEEDS})")
-    reproduce.add_argument("--data-dir", help="folder with MNIST's IDX files")
-    reproduce.add_argument("--device", help="compute device: auto, cpu or cuda (default auto)")
-    reproduce.add_argument("--epochs", type=int, default=EPOCHS,
-                           help=f"pretraining epochs: other than {EPOCHS} only for a smoke run")
-    reproduce.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS,
-                           help=f"finetuning epochs: other than {FINETUNE_EPOCHS} only for a smoke run")
-    reproduce.add_argument("--json", action="store_true", help="print the sweep and the comparison as one JSON object")
-    _add_executor_flags(reproduce)
-
-
-def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--executor", default="inprocess", metavar="inprocess|batched|ray",
-                        help="how members run: one after another here (default); members of the same shapes and "
-                        "data trained as one stacked model (batched); or as tasks on a Ray cluster (ray)")
-    parser.add_argument("--ray-address", metavar="ADDRESS",
-                        help="the Ray cluster to join for --executor ray ('auto' or HOST:PORT); default: a local Ray")
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from engine.sweep import parse_list, parse_seeds
-
-    grid = {}
-    if args.seeds is not None:
-        grid["seeds"] = parse_seeds(args.seeds)
-    for key, flag, text, kind in (("ks", "--k", args.grid_k, int), ("lams", "--lam", args.grid_lam, float),
-                                  ("sources", "--cluster-on", args.grid_sources, str)):
-        if text is not None:
-            grid[key] = parse_list(flag, text, kind)
-    given = {}
-    for option in OPTIONS:
-        text = getattr(args, option.name, None)
-        value = option.parse(text) if text is not None else None
-        if value is not None:
-            given[option.name] = value
-    return _sweep(check_name(args.name), given, grid, args)
-
-
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    from engine import reproduce as ref
-
-    check_int("--seeds", args.seeds, 1)
-    check_int("--epochs", args.epochs, 0)
-    check_int("--finetune-epochs", args.finetune_epochs, 0)
-    name, given, grid = ref.preset(args.seeds, args.epochs, args.finetune_epochs, args.data_dir, args.device)
-
-    def comparison(result) -> tuple[dict, str]:
-        rows = ref.compare(result.members)
-        note = "" if ref.is_reference_run(args.epochs, args.finetune_epochs) else (
-            f"\nA smoke run ({args.epochs} + {args.finetune_epochs} epochs, not the reference's {ref.EPOCHS} + "
-            f"{ref.FINETUNE_EPOCHS}): the verdicts do not apply.")
-        return {"reference": [r.to_dict() for r in rows]}, ref.comparison_markdown(rows) + note
-
-    return _sweep(name, given, grid, args, comparison)
-
-
-def _sweep(name: str, given: dict, grid: dict, args: argparse.Namespace,
-           extra: Callable[[object], tuple[dict, str]] | None = None) -> int:
-    """Run a sweep with progress on stderr, on the executor `args` names; SIGINT/SIGTERM stop it resumably. Prints
-    the table (and `extra`'s)."""
-    import threading
-
-    from engine.sweep_run import SweepDisplay, make_executor, run_sweep, stop_on_signals
-    from engine.sweep_table import markdown, pareto_chart
-
-    stop = threading.Event()
-    display = SweepDisplay(name)
-    executor = make_executor(args.executor, stop, args.ray_address, display.note)
-    with stop_on_signals(stop):
-        result = run_sweep(name, given, grid, executor=executor, display=display)
-    more, text = extra(result) if extra else ({}, "")
-    if args.json:
-        print(json.dumps({**result.to_dict(), **more}, indent=2))
-    else:
-        print(markdown(result.table))
-        print(f"\nWritten to {result.directory / 'table.csv'} and table.json.")
-        chart = pareto_chart(result.table)
-        if chart:
-            print(chart)
-        if text:
-            print("\n" + text)
-    if result.stopped:
-        print(f"clusterlab: sweep stopped; continue it with 'clusterlab sweep {name}'.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if result.failures:
-        print(f"clusterlab: {len(result.failures)} member(s) failed; see above. Rerunning the sweep retries them.",
-              file=sys.stderr)
-        return EXIT_FAILED
-    return 0
-
-
-
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "sessions": cmd_sessions, "bench": cmd_bench,
+COMMANDS = {**HOST_COMMANDS, "run": cmd_run, "resume": cmd_resume, "sessions": cmd_sessions, "bench": cmd_bench,
             "ablate": cmd_ablate, "export": cmd_export, "sweep": cmd_sweep, "reproduce": cmd_reproduce}
 
 
@@ -453,8 +359,8 @@ def _ignore_further_interrupts() -> None:
     def still_saving(signum, frame) -> None:
         print("clusterlab: still saving; the session will be complete in a moment.", file=sys.stderr, flush=True)
 
-    signal.signal(signal.SIGINT, still_saving)
-    signal.signal(signal.SIGTERM, still_saving)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, still_saving)
 
 
 if __name__ == "__main__":

@@ -19,3 +19,7 @@ class SessionError(ClusterlabError):
 
 class TrainingError(ClusterlabError):
     """A job could not go on (the loss became NaN or infinite, a command made no sense)."""
+
+
+# The command line's exit codes: a failed job, bad input (always with one sentence), an interrupted run.
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130

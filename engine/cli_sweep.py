@@ -1,0 +1,132 @@
+"""The `sweep` and `reproduce` commands: their parsers and handlers (the work is in engine/sweep*.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from engine.config import check_int
+from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED
+from engine.options import OPTIONS, metavar
+from engine.session import check_name
+
+
+def add_sweep_parsers(commands) -> None:
+    from engine.reproduce import DEFAULT_SEEDS, EPOCHS, FINETUNE_EPOCHS
+    from engine.sweep import GRID_OPTIONS
+
+    sweep = commands.add_parser(
+        "sweep", help="a grid of seeds, k and λ as sessions, ending in a table with 95%% CIs",
+        description="Per seed pretrain once; per (seed, source, k) cluster a copy; per λ finetune a copy of that "
+        "(λ=0, the control, always included). Every member is a session named NAME.s1, NAME.s1.weights.k2, "
+        "NAME.s1.weights.k2.lam3, ...; the table goes to the sweep's folder NAME/. Rerun the same command, or "
+        "'clusterlab sweep NAME' alone, to continue: only unfinished members run.")
+    sweep.add_argument("name", metavar="NAME", help="sweep name")
+    sweep.add_argument("--seeds", metavar="N|S,S", help="N seeds (1 to N), or a comma-separated list of seeds")
+    sweep.add_argument("--k", dest="grid_k", metavar="K,K", help="numbers of clusters (default 2)")
+    sweep.add_argument("--lam", dest="grid_lam", metavar="X,X", help="finetuning λs; 0 is always added (default 3)")
+    sweep.add_argument("--cluster-on", dest="grid_sources", metavar="SOURCES",
+                       help="weights and/or gradients, comma-separated (default weights)")
+    sweep.add_argument("--json", action="store_true", help="print the members and the table as one JSON object")
+    _add_executor_flags(sweep)
+    group = sweep.add_argument_group("experiment settings (shared by every member)")
+    for option in OPTIONS:
+        if option.name not in GRID_OPTIONS:
+            group.add_argument(option.flag, dest=option.name, default=None, metavar=metavar(option), help=option.help)
+    reproduce = commands.add_parser(
+        "reproduce", help="the reference study over seeds, beside the figures it printed",
+        description=f"MNIST, {EPOCHS} pretraining epochs, k=2 on weights and on gradients, λ 0 and 3 for "
+        f"{FINETUNE_EPOCHS} finetuning epochs, as the sweep 'reproduce'; ends with each figure the reference printed "
+        "beside clusterlab's mean ± 95%% CI and whether it holds up.")
+    reproduce.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
+                           help=f"number of seeds (default {DEFAULT_SEEDS})")
+    reproduce.add_argument("--data-dir", help="folder with MNIST's IDX files")
+    reproduce.add_argument("--device", help="compute device: auto, cpu or cuda (default auto)")
+    reproduce.add_argument("--epochs", type=int, default=EPOCHS,
+                           help=f"pretraining epochs: other than {EPOCHS} only for a smoke run")
+    reproduce.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS,
+                           help=f"finetuning epochs: other than {FINETUNE_EPOCHS} only for a smoke run")
+    reproduce.add_argument("--json", action="store_true", help="print the sweep and the comparison as one JSON object")
+    _add_executor_flags(reproduce)
+
+
+def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", default="inprocess", metavar="inprocess|batched|ray",
+                        help="how members run: one after another here (default); members of the same shapes and "
+                        "data trained as one stacked model (batched); or as tasks on a Ray cluster (ray)")
+    parser.add_argument("--ray-address", metavar="ADDRESS",
+                        help="the Ray cluster to join for --executor ray ('auto' or HOST:PORT); default: a local Ray")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from engine.sweep import parse_list, parse_seeds
+
+    grid = {}
+    if args.seeds is not None:
+        grid["seeds"] = parse_seeds(args.seeds)
+    for key, flag, text, kind in (("ks", "--k", args.grid_k, int), ("lams", "--lam", args.grid_lam, float),
+                                  ("sources", "--cluster-on", args.grid_sources, str)):
+        if text is not None:
+            grid[key] = parse_list(flag, text, kind)
+    given = {}
+    for option in OPTIONS:
+        text = getattr(args, option.name, None)
+        value = option.parse(text) if text is not None else None
+        if value is not None:
+            given[option.name] = value
+    return _sweep(check_name(args.name), given, grid, args)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from engine import reproduce as ref
+
+    check_int("--seeds", args.seeds, 1)
+    check_int("--epochs", args.epochs, 0)
+    check_int("--finetune-epochs", args.finetune_epochs, 0)
+    name, given, grid = ref.preset(args.seeds, args.epochs, args.finetune_epochs, args.data_dir, args.device)
+
+    def comparison(result) -> tuple[dict, str]:
+        rows = ref.compare(result.members)
+        note = "" if ref.is_reference_run(args.epochs, args.finetune_epochs) else (
+            f"\nA smoke run ({args.epochs} + {args.finetune_epochs} epochs, not the reference's {ref.EPOCHS} + "
+            f"{ref.FINETUNE_EPOCHS}): the verdicts do not apply.")
+        return {"reference": [r.to_dict() for r in rows]}, ref.comparison_markdown(rows) + note
+
+    return _sweep(name, given, grid, args, comparison)
+
+
+def _sweep(name: str, given: dict, grid: dict, args: argparse.Namespace,
+           extra: Callable[[object], tuple[dict, str]] | None = None) -> int:
+    """Run a sweep with progress on stderr, on the executor `args` names; SIGINT/SIGTERM stop it resumably. Prints
+    the table (and `extra`'s)."""
+    import threading
+
+    from engine.sweep_run import SweepDisplay, make_executor, run_sweep, stop_on_signals
+    from engine.sweep_table import markdown, pareto_chart
+
+    stop = threading.Event()
+    display = SweepDisplay(name)
+    executor = make_executor(args.executor, stop, args.ray_address, display.note)
+    with stop_on_signals(stop):
+        result = run_sweep(name, given, grid, executor=executor, display=display)
+    more, text = extra(result) if extra else ({}, "")
+    if args.json:
+        print(json.dumps({**result.to_dict(), **more}, indent=2))
+    else:
+        print(markdown(result.table))
+        print(f"\nWritten to {result.directory / 'table.csv'} and table.json.")
+        chart = pareto_chart(result.table)
+        if chart:
+            print(chart)
+        if text:
+            print("\n" + text)
+    if result.stopped:
+        print(f"clusterlab: sweep stopped; continue it with 'clusterlab sweep {name}'.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if result.failures:
+        print(f"clusterlab: {len(result.failures)} member(s) failed; see above. Rerunning the sweep retries them.",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return 0

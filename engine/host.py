@@ -1,0 +1,454 @@
+"""A session's host: the Engine served on a Unix socket to any number of clients (`python -m engine.host NAME`).
+
+The engine thread never waits on a client: its subscriber encodes each event once and hands the line to the
+host's asyncio loop (call_soon_threadsafe). Each client has a bounded queue and a writer task; a client whose queue
+overflows loses the queue and is sent the full state again (a resync) when it reads again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import events as ev
+from engine.client import HOST_LOG
+from engine.config import Config
+from engine.errors import ClusterlabError
+from engine.protocol import (
+    HISTORY_CHUNK,
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    bind_unix,
+    check_command,
+    decode,
+    encode,
+    event_to_wire,
+    snapshot_to_wire,
+    socket_file,
+)
+
+log = logging.getLogger("clusterlab.host")
+QUEUE_LIMIT = 256  # lines waiting for one client (about 10 s of events); beyond: drop them and resync the client
+SNAPSHOT_DELAY_S = 0.05  # snapshot pushes within this long of each other are coalesced into one
+IDLE_EXIT_S = 60.0  # a host with nothing to run and no client ends after this long
+# Events after which the snapshot differs in more than step and loss (Progress carries those itself).
+_CHANGES = (ev.StateChanged, ev.Saved, ev.FiguresUpdated, ev.SignificanceFound, ev.Failed, ev.PhaseFinished,
+            ev.ClustersFound, ev.Ablated, ev.Evaluated)
+_RESYNC = object()  # queue marker: send the full state here
+_ENGINE_COMMANDS = {
+    "train": lambda e, a: e.train(**a), "continue": lambda e, a: e.continue_plan(**a),
+    "cluster": lambda e, a: e.cluster(**a), "finetune": lambda e, a: e.finetune(**a),
+    "plan": lambda e, a: e.plan_default(), "pause": lambda e, a: e.pause(), "resume": lambda e, a: e.resume(),
+    "stop": lambda e, a: e.stop(), "save": lambda e, a: e.save(), "ablate": lambda e, a: e.ablate(),
+    "set_picture_size": lambda e, a: e.set_picture_size(a["rows"], a["cols"]),
+}
+
+
+@dataclass(eq=False)
+class _Peer:
+    """One connection: its outgoing lines (bounded) and whether it receives the state and events."""
+
+    writer: asyncio.StreamWriter
+    name: str = "?"
+    attached: bool = False
+    lines: collections.deque = field(default_factory=collections.deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    resyncs: int = 0
+    closing: bool = False
+
+
+class Host:
+    """Serves one Engine on a Unix socket from an asyncio loop on its own thread. Build it with `serve`."""
+
+    def __init__(self, engine, sock: socket.socket, path: Path, idle_exit_s: float | None, on_stop) -> None:
+        self.engine, self.path = engine, path
+        self.idle_exit_s = idle_exit_s
+        self.stop_reason: str | None = None
+        self._on_stop = on_stop  # called (on the loop thread) when a client or the idle timer asks the host to end
+        self._peers: set[_Peer] = set()
+        self._snapshot_due = False
+        self._steps_per_s = 0.0
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(sock,), name="clusterlab-host", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        engine.subscribe(self._on_event)
+
+    # ----- any thread --------------------------------------------------------------------------------------------
+
+    @property
+    def clients(self) -> int:
+        """Attached clients now."""
+        return sum(1 for p in list(self._peers) if p.attached)
+
+    def close(self, reason: str = "the host is ending") -> None:
+        """Say bye to every client, stop serving and remove the socket; the engine is the caller's to close."""
+        self.engine.unsubscribe(self._on_event)
+        if self._loop.is_closed():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(reason), self._loop).result()
+        except RuntimeError:
+            pass  # the loop is already stopping
+        self._thread.join()
+
+    def _on_event(self, event: ev.Event) -> None:
+        """On the engine thread: encode once, hand over, never wait."""
+        if isinstance(event, ev.Progress):
+            self._steps_per_s = event.steps_per_s
+        line = encode({"type": "event", "event": event_to_wire(event)})
+        try:
+            self._loop.call_soon_threadsafe(self._broadcast, line, isinstance(event, _CHANGES))
+        except RuntimeError:
+            pass  # the loop has closed: the host is ending
+
+    # ----- the loop thread ---------------------------------------------------------------------------------------
+
+    def _run(self, sock: socket.socket) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_unix_server(self._serve_peer, sock=sock, limit=MAX_MESSAGE_BYTES))
+        idle = self._loop.create_task(self._watch_idle()) if self.idle_exit_s is not None else None
+        self._started.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            if idle is not None:
+                idle.cancel()
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
+
+    async def _shutdown(self, reason: str) -> None:
+        self._server.close()
+        bye = encode({"type": "bye", "reason": reason})
+        for peer in list(self._peers):
+            peer.lines.append((True, bye))
+            peer.closing = True
+            peer.ready.set()
+        if self._peers:
+            await asyncio.wait([asyncio.ensure_future(self._gone(p)) for p in list(self._peers)], timeout=2.0)
+        self.path.unlink(missing_ok=True)
+        self._loop.call_soon(self._loop.stop)
+
+    async def _gone(self, peer: _Peer) -> None:
+        while peer in self._peers:
+            await asyncio.sleep(0.01)
+
+    def _request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.info("stopping: %s", reason)
+            if self._on_stop is not None:
+                self._on_stop(reason)
+
+    async def _watch_idle(self) -> None:
+        """End the host once it has had nothing to run and no client for idle_exit_s."""
+        since = None
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_exit_s / 4))
+            idle = self.clients == 0 and self.engine.state == ev.IDLE and self.engine.wait(0)
+            since = (since or time.monotonic()) if idle else None
+            if since is not None and time.monotonic() - since >= self.idle_exit_s:
+                self._request_stop(f"no client and nothing to run for {self.idle_exit_s:g} s")
+                return
+
+    def _broadcast(self, line: bytes, changes_snapshot: bool) -> None:
+        for peer in self._peers:
+            if peer.attached:
+                self._offer(peer, line)
+        if changes_snapshot:
+            self._snapshot_soon()
+
+    def _snapshot_soon(self) -> None:
+        if not self._snapshot_due:
+            self._snapshot_due = True
+            self._loop.call_later(SNAPSHOT_DELAY_S, self._push_snapshot)
+
+    def _push_snapshot(self) -> None:
+        self._snapshot_due = False
+        attached = [p for p in self._peers if p.attached]
+        if attached:
+            line = encode({"type": "snapshot", "snapshot": snapshot_to_wire(self.engine.snapshot())})
+            for peer in attached:
+                self._offer(peer, line)
+
+    def _offer(self, peer: _Peer, line: bytes, must: bool = False) -> None:
+        """Queue a line for `peer`, never waiting. On overflow its queued events and snapshots go and the full
+        state will be sent instead; what `must` arrive (welcome, replies, bye) is kept."""
+        if len(peer.lines) >= QUEUE_LIMIT and not must:
+            kept = [x for x in peer.lines if x[0] and x[1] is not _RESYNC]
+            peer.lines.clear()
+            peer.lines.extend(kept)
+            peer.lines.append((True, _RESYNC))
+            peer.resyncs += 1
+            log.info("client %s fell behind: its queue was dropped, it will be resynced", peer.name)
+        peer.lines.append((must, line))
+        peer.ready.set()
+
+    async def _write(self, peer: _Peer) -> None:
+        """The peer's writer: sends its queued lines, the full state where a resync marker stands."""
+        writer = peer.writer
+        while True:
+            await peer.ready.wait()
+            peer.ready.clear()
+            while peer.lines:
+                _, line = peer.lines.popleft()
+                if line is _RESYNC:
+                    await self._send_state(writer)
+                else:
+                    writer.write(line)
+                    await writer.drain()
+            if peer.closing:
+                writer.close()  # the peer's reader then sees the end of the stream and cleans up
+                return
+
+    async def _send_state(self, writer: asyncio.StreamWriter) -> None:
+        """The full state: the snapshot, then the metrics log in bounded chunks (read off the loop thread)."""
+        snapshot = self.engine.snapshot()
+        records = await asyncio.get_running_loop().run_in_executor(None, self.engine.metrics_history)
+        writer.write(encode({"type": "state", "snapshot": snapshot_to_wire(snapshot)}))
+        for start in range(0, max(len(records), 1), HISTORY_CHUNK):
+            chunk = records[start:start + HISTORY_CHUNK]
+            writer.write(encode({"type": "history", "records": chunk,
+                                 "last": start + HISTORY_CHUNK >= len(records)}))
+            await writer.drain()
+
+    async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _Peer(writer)
+        sender = asyncio.ensure_future(self._write(peer))
+        self._peers.add(peer)
+        try:
+            refusal = _refusal(writer)
+            if refusal is None:
+                refusal = await self._hello(peer, reader)
+            if refusal is not None:
+                self._reply(peer, None, error=refusal)
+                peer.closing = True
+                return
+            while not peer.closing:
+                line = await _next_line(reader)
+                if line is None:
+                    self._reply(peer, None, error=f"A message is over the limit of {MAX_MESSAGE_BYTES} bytes; "
+                                "send smaller ones.")
+                elif not line:
+                    return
+                else:
+                    self._handle(peer, line)
+        except (ConnectionError, OSError):
+            return
+        finally:
+            peer.closing = True
+            peer.ready.set()
+            try:
+                await asyncio.wait_for(sender, 2.0)
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - a vanished peer: nothing left to tell it
+                sender.cancel()
+            self._peers.discard(peer)
+            writer.close()
+
+    async def _hello(self, peer: _Peer, reader: asyncio.StreamReader) -> str | None:
+        """Read the hello and queue the welcome (and, attached, the full state): None, or why the peer is refused."""
+        line = await _next_line(reader)
+        if not line:
+            return f"The first message must be a hello of at most {MAX_MESSAGE_BYTES} bytes."
+        try:
+            msg = decode(line)
+        except ProtocolError as exc:
+            return str(exc)
+        if msg["type"] != "hello":
+            return f"The first message must be a hello, not {msg['type']!r}."
+        if msg.get("protocol") != PROTOCOL_VERSION:
+            return (f"This host speaks protocol {PROTOCOL_VERSION}, the client {msg.get('protocol')!r}: use the same "
+                    "clusterlab version on both sides.")
+        peer.name = str(msg.get("client", "?"))[:40]
+        config = self.engine.config.to_dict()
+        self._offer(peer, encode({"type": "welcome", "protocol": PROTOCOL_VERSION, "name": self.engine.name,
+                                  "pid": os.getpid(), "session": str(self.engine.path), "config": config}), must=True)
+        if msg.get("attach", True):
+            peer.attached = True
+            self._offer(peer, _RESYNC, must=True)
+        return None
+
+    def _handle(self, peer: _Peer, line: bytes) -> None:
+        msg_id = None
+        try:
+            msg = decode(line)
+            msg_id = msg.get("id")
+            if msg["type"] != "command":
+                raise ProtocolError(f"Unknown message type {msg['type']!r}; after the hello, send commands.")
+            name, args = check_command(msg)
+        except ProtocolError as exc:
+            self._reply(peer, msg_id if isinstance(msg_id, (int, str)) else None, error=str(exc))
+            return
+        try:
+            result = self._command(peer, name, args)
+        except ClusterlabError as exc:
+            self._reply(peer, msg_id, error=str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a command must never take the host down
+            log.exception("command %s failed", name)
+            self._reply(peer, msg_id, error=f"{name} failed: {type(exc).__name__}: {exc}.")
+            return
+        self._reply(peer, msg_id, result=result)
+        if name == "detach":
+            peer.closing = True
+        elif name == "stop-host":
+            self._request_stop(f"stopped by {peer.name}")
+        else:
+            self._snapshot_soon()
+
+    def _command(self, peer: _Peer, name: str, args: dict) -> object:
+        if name in _ENGINE_COMMANDS:
+            _ENGINE_COMMANDS[name](self.engine, args)
+            return None
+        if name == "status":
+            return self.status()
+        return None  # detach and stop-host act once the reply is queued
+
+    def status(self) -> dict:
+        """What `ps` and `remote NAME status` show: the snapshot as `run --json` prints it, plus the host's."""
+        snap = self.engine.snapshot()
+        training = snap.state in (ev.TRAINING, ev.FINETUNING)
+        return {"name": self.engine.name, "pid": os.getpid(), "state": snap.state, "held": snap.held,
+                "allowed": sorted(snap.allowed), "clients": self.clients,
+                "steps_per_s": self._steps_per_s if training else 0.0, **snap.to_dict()}
+
+    def _reply(self, peer: _Peer, msg_id, result: object = None, error: str | None = None) -> None:
+        msg = {"type": "reply", "id": msg_id, "ok": error is None}
+        msg.update({"error": error} if error is not None else {"result": result})
+        self._offer(peer, encode(msg), must=True)
+
+
+def _refusal(writer: asyncio.StreamWriter) -> str | None:
+    """Why this peer may not talk to us (another user), or None."""
+    sock = writer.get_extra_info("socket")
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if uid != os.getuid():
+        return f"This host belongs to user {os.getuid()}; user {uid} may not attach to it."
+    return None
+
+
+async def _next_line(reader: asyncio.StreamReader) -> bytes | None:
+    """The next line; b"" at the end of the stream; None for a line over the limit (skipped through its end)."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError:
+        return b""
+    except asyncio.LimitOverrunError:
+        pass
+    while True:  # skip the oversized line, keeping only the limit's worth in memory at a time
+        try:
+            await reader.readuntil(b"\n")
+            return None
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(max(exc.consumed, 1))
+        except asyncio.IncompleteReadError:
+            return None
+
+
+def serve(engine, path: Path | None = None, idle_exit_s: float | None = None, on_stop=None) -> Host:
+    """Serve `engine` on a Unix socket (default: engine.sock in its session folder) from a thread, until the
+    returned Host's close(). `on_stop(reason)` is called when a client sends stop-host or the host has been idle
+    for idle_exit_s (None: never); the caller then closes the engine and the host."""
+    path = Path(path) if path is not None else socket_file(engine.path)
+    return Host(engine, bind_unix(path), path, idle_exit_s, on_stop)
+
+
+# ----- the host process ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.host NAME`: open (or create) the session, serve it until stopped, save, exit."""
+    parser = argparse.ArgumentParser(prog="python -m engine.host", allow_abbrev=False)
+    parser.add_argument("name")
+    parser.add_argument("--config", help="create the session with this Config as JSON")
+    parser.add_argument("--plan", choices=["default", "continue"], help="queue this plan once serving")
+    parser.add_argument("--idle-exit", type=float, default=IDLE_EXIT_S)
+    parser.add_argument("--ready-fd", type=int, help="write 'ok' or the error sentence here, then close it")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    reasons: list[str] = []
+
+    def on_signal(signum, frame) -> None:
+        reasons.append(signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a terminal going away is none of the host's business
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    ready = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
+    try:
+        from engine.engine import Engine
+        from engine.session import session_path
+
+        path = session_path(args.name)
+        engine = (Engine.create(path, Config.from_dict(json.loads(args.config))) if args.config
+                  else Engine.open(path))
+    except ClusterlabError as exc:
+        return _tell(ready, str(exc), 2)
+    except Exception as exc:  # noqa: BLE001 - the starter gets one sentence, never a traceback
+        return _tell(ready, f"The host for {args.name} could not open it: {type(exc).__name__}: {exc}.", 1)
+    _log_to(path / HOST_LOG)
+    try:
+        host = serve(engine, idle_exit_s=args.idle_exit, on_stop=lambda reason: (reasons.append(reason), stop.set()))
+    except OSError as exc:
+        engine.close()
+        return _tell(ready, f"The host for {args.name} cannot listen on {socket_file(path)}: {exc}.", 1)
+    log.info("host pid %d serving %s", os.getpid(), path)
+    if args.plan == "default":
+        engine.plan_default()
+    elif args.plan == "continue":
+        engine.continue_plan()
+    _tell(ready, "ok", 0)
+    stop.wait()
+    log.info("saving and ending (%s)", reasons[0] if reasons else "?")
+    engine.close()
+    host.close(f"the host has saved and ended ({reasons[0] if reasons else 'stopped'})")
+    log.info("ended at step %d", engine.snapshot().step)
+    return 0
+
+
+def _tell(ready, line: str, code: int) -> int:
+    """Answer the starter once: 'ok' or the sentence that says why the host could not start."""
+    if ready is not None:
+        try:
+            ready.write(line.replace("\n", " ") + "\n")
+            ready.close()
+        except OSError:
+            pass  # the starter gave up waiting
+    if code:
+        print(f"clusterlab host: {line}", file=sys.stderr)
+    return code
+
+
+def _log_to(path: Path) -> None:
+    """From now on this process's output (and any traceback) goes to the session's host.log."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
