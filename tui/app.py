@@ -39,7 +39,8 @@ class ClusterlabApp(App[str]):
     AUTO_FOCUS = None  # nothing focused at start, so letter keys reach the keys, not a settings field
     BINDINGS = [
         Binding("o", "open", "Open", id="open", tooltip="open another session (this one's run goes on)"),
-        Binding("n", "new", "New", id="new", tooltip="create a new session (this one's run goes on)"),
+        # Off the footer so Quit fits at 80 columns; the help lists it, and the open screen says n makes one.
+        Binding("n", "new", "New", id="new", show=False, tooltip="create a new session (this one's run goes on)"),
         Binding("d", "detach", "Detach", id="detach",
                 tooltip="detach: the run goes on without this terminal; clusterlab attach NAME comes back"),
         Binding("question_mark,f1", "help", "Help", id="help", key_display="?", tooltip="list every key"),
@@ -57,16 +58,18 @@ class ClusterlabApp(App[str]):
         self.attach_only = attach
         self.ensure = ensure
         self.client: AsyncClient | None = None
-        self.view = SessionScreen()
+        self.view: SessionScreen  # the default screen, made by Textual's get_default_screen
         self.switching = True  # attaching to a host
         self.leaving: str | None = None  # QUIT once the host was asked to end: the app exits when it has
         self.shown = asyncio.Event()  # set at the first full screen of an attached session
         self._flags_given = config != Config()  # settings given for the first session, unused if it exists
 
     def get_default_screen(self) -> SessionScreen:
+        self.view = SessionScreen()
         return self.view
 
-    def on_mount(self) -> None:
+    def on_ready(self) -> None:
+        """The first frame is on screen: now find or start the host (seconds, if it must load torch)."""
         if not self.is_headless:  # the terminal went away (an SSH drop): a detach, the run goes on
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.call_later, self.action_detach)
         if is_sweep(session_path(self.session_name)):  # `clusterlab tui --session SWEEP`: its view, no host

@@ -55,7 +55,7 @@ class SessionScreen(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.loading = True  # attaching: t, c and f pressed now are queued until the snapshot is in
+        self.waiting = True  # attaching: t, c and f pressed now are queued until the snapshot is in
         self.closing = False  # the host is being ended: no key sends it anything any more
         self._queued: list[str] = []
         self._keys: tuple | None = None  # what check_action read when the footer was last refreshed
@@ -89,7 +89,7 @@ class SessionScreen(Screen[None]):
 
     def attaching(self, name: str, verb: str) -> None:
         """Forget the shown session: another is being attached (`verb`: opening, attaching…)."""
-        self.loading = True
+        self.waiting = True
         self._picture_size = None
         self.live = Live()
         self.snapshot = None
@@ -102,7 +102,7 @@ class SessionScreen(Screen[None]):
         while attaching run now."""
         self.history = tuple(history)
         self.take(snapshot)
-        self.loading = False
+        self.waiting = False
         self._refresh_keys()
         queued, self._queued = self._queued, []
         for action in queued:
@@ -111,7 +111,7 @@ class SessionScreen(Screen[None]):
 
     def detached(self, text: str, message: str, error: bool = False) -> None:
         """No session shown: why (`text` under the name, `message` on the message line)."""
-        self.loading = False
+        self.waiting = False
         self._queued = []
         self.live = Live(state="no session")
         self.snapshot = None
@@ -137,7 +137,7 @@ class SessionScreen(Screen[None]):
     def _refresh_keys(self) -> None:
         """Refresh the footer only when what `check_action` reads has changed: each refresh recomposes the footer,
         a layout of the whole screen, and snapshots come several times a second while training."""
-        keys = (self.loading, self.closing, self.snapshot.allowed if self.snapshot is not None else None)
+        keys = (self.waiting, self.closing, self.snapshot.allowed if self.snapshot is not None else None)
         if keys != self._keys and self.is_mounted:
             self._keys = keys
             self.refresh_bindings()
@@ -145,7 +145,7 @@ class SessionScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if self.closing and action in COMMANDS:
             return None
-        if action in QUEUEABLE and self.loading:
+        if action in QUEUEABLE and self.waiting:
             return True  # remembered and run when the session is attached
         if action not in COMMANDS:
             return True
@@ -214,7 +214,7 @@ class SessionScreen(Screen[None]):
         self.query_one(TabbedContent).active = tab
 
     def _queue_if_loading(self, action: str) -> bool:
-        if not self.loading:
+        if not self.waiting:
             return False
         if action not in self._queued:
             self._queued.append(action)
