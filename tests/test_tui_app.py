@@ -352,3 +352,31 @@ async def test_training_keeps_the_footer_still_and_plots_only_what_is_shown_twic
         await idle(pilot, app, hosts)
         assert footer and engine.state == "idle"  # back to idle: the footer shows the keys that allows
         await quit_app(pilot, app)
+
+
+def test_clusterlab_tui_attached_to_a_host_never_loads_torch(tui_sessions):
+    """`clusterlab tui` in a fresh process, run to its first full screen of a session served by a real host
+    process, then quit (which ends the host): the engine ran in the host, torch never came into the UI."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from textual.app import App
+from tui import app as ui
+from tui.cli import main
+
+def headless(self):
+    async def quit_when_shown():
+        await self.shown.wait()
+        self.action_quit()
+    self.call_later(lambda: self.run_worker(quit_when_shown()))
+    return App.run(self, headless=True, size=(80, 24))
+
+ui.ClusterlabApp.run = headless
+code = main(["tui", "--session", "light", "--dataset", "synthetic", "--hidden", "16,16", "--device", "cpu"])
+print(code, "torch" in sys.modules, "textual" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["0", "False", "True"], result.stderr
+    assert json.loads((tui_sessions / "light" / "session.json").read_text())["step"] == 0  # created, then saved
