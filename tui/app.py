@@ -63,22 +63,25 @@ class ClusterlabApp(App[str]):
         self.leaving: str | None = None  # QUIT once the host was asked to end: the app exits when it has
         self.shown = asyncio.Event()  # set at the first full screen of an attached session
         self._flags_given = config != Config()  # settings given for the first session, unused if it exists
+        self._keys = (True, True, None, (True, False, None))  # what check_action reads, as at the first frame
 
     def get_default_screen(self) -> SessionScreen:
         self.view = SessionScreen()
         return self.view
 
-    def on_ready(self) -> None:
-        """The first frame is on screen: now find or start the host (seconds, if it must load torch)."""
+    def on_mount(self) -> None:
         if not self.is_headless:  # the terminal went away (an SSH drop): a detach, the run goes on
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.call_later, self.action_detach)
         if is_sweep(session_path(self.session_name)):  # `clusterlab tui --session SWEEP`: its view, no host
-            self.switching = False
-            self.sub_title = self.session_name
-            self.view.detached(f"[b]sweep {self.session_name}[/b]\nno session open: o opens one, n makes one", "")
-            self._open_chosen(self.session_name)
+            self.call_after_refresh(self._show_sweep)
         else:
-            self._attach(self.session_name, self.config)
+            self._attach(self.session_name, self.config)  # connecting while the first frame is drawn
+
+    def _show_sweep(self) -> None:
+        self.switching = False
+        self.sub_title = self.session_name
+        self.view.detached(f"[b]sweep {self.session_name}[/b]\nno session open: o opens one, n makes one", "")
+        self._open_chosen(self.session_name)
 
     # ----- attaching: the host's updates go to the session screen's reactive state ------------------------------
 
@@ -88,15 +91,17 @@ class ClusterlabApp(App[str]):
         if old is not None:
             await old.close()  # a detach: its run goes on
         self.switching, self.session_name, self.sub_title = True, name, name
-        self.view.attaching(name, "attaching" if self.attach_only else "opening")
-        self.refresh_bindings()
         created = not self.attach_only and not session_path(name).exists()
+        connecting = asyncio.ensure_future(self._connect(name, config))
         try:
-            path = session_path(name) if self.attach_only else await asyncio.to_thread(self.ensure, name, config)
-            client = await AsyncClient.connect(path, client="tui")
+            await self.view.composed.wait()
+            self.view.attaching(name, "attaching" if self.attach_only else "opening")
+            client = await connecting
         except ClusterlabError as exc:
             self._unavailable(name, str(exc))
             return
+        finally:
+            connecting.cancel()  # only if this worker was cancelled (another session chosen) before it was done
         self.client, self.switching = client, False
         self._attached(client, created)
         async for update in client.updates():
@@ -105,6 +110,10 @@ class ClusterlabApp(App[str]):
             else:
                 self.view.take(update)
         self._host_ended(client)
+
+    async def _connect(self, name: str, config: Config | None) -> AsyncClient:
+        path = session_path(name) if self.attach_only else await asyncio.to_thread(self.ensure, name, config)
+        return await AsyncClient.connect(path, client="tui")
 
     def _attached(self, client: AsyncClient, created: bool) -> None:
         snap, log = client.snapshot, self.view.log_pane
@@ -121,7 +130,6 @@ class ClusterlabApp(App[str]):
             jobs = ", ".join(job["kind"] for job in snap.plan)
             log.add(f"unfinished plan: {jobs}; press t to continue it")
             self.view.control.show_message(f"Unfinished plan ({jobs}): t continues it.")
-        self.refresh_bindings()
         self.call_after_refresh(self.shown.set)
 
     def _unavailable(self, name: str, error: str) -> None:
@@ -129,7 +137,6 @@ class ClusterlabApp(App[str]):
         self.view.detached(f"[b]{name}[/b]\nnot open: o opens another, n makes one", error, error=True)
         self.view.log_pane.add(f"session {name}: {error}", "error")
         self.notify(error, title="Cannot open session", severity="error", timeout=10)
-        self.refresh_bindings()
 
     def _host_ended(self, client: AsyncClient) -> None:
         """The host closed the connection: asked to by q, or ended by another client or `clusterlab stop`."""
@@ -142,7 +149,6 @@ class ClusterlabApp(App[str]):
         reason = client.bye or "the connection was lost"
         self.view.detached(f"[b]{self.session_name}[/b]\nits host has ended",
                            f"The host ended ({reason}): o opens a session, n makes one, q quits.")
-        self.refresh_bindings()
 
     @on(Command)
     async def _send(self, command: Command) -> None:
@@ -158,6 +164,14 @@ class ClusterlabApp(App[str]):
             self.view.log_pane.add(f"{command.kind} refused: {reply['error']}", "error")
 
     # ----- the app's own keys: leaving, switching, help ----------------------------------------------------------
+
+    def refresh_bindings(self) -> None:
+        """Refresh the footer only when what a check_action reads has changed: each refresh recomposes the footer, a
+        layout of the whole screen, and snapshots come several times a second while training."""
+        keys = (self.switching, self.client is None, self.leaving, self.view.keys)
+        if keys != self._keys:
+            self._keys = keys
+            self.screen.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if self.leaving is not None:

@@ -6,6 +6,8 @@ post `Command` messages; what they may do now is the engine's `Snapshot.allowed`
 
 from __future__ import annotations
 
+import asyncio
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -58,8 +60,11 @@ class SessionScreen(Screen[None]):
         self.waiting = True  # attaching: t, c and f pressed now are queued until the snapshot is in
         self.closing = False  # the host is being ended: no key sends it anything any more
         self._queued: list[str] = []
-        self._keys: tuple | None = None  # what check_action read when the footer was last refreshed
         self._picture_size: tuple[int, int] | None = None  # the size last asked of the host
+        self.composed = asyncio.Event()  # the panes are mounted: the app may route updates here
+
+    def on_mount(self) -> None:
+        self.composed.set()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -95,7 +100,7 @@ class SessionScreen(Screen[None]):
         self.snapshot = None
         self.history = ()
         self.control.show_session(f"[b]{name}[/b]\n{verb}…")
-        self._refresh_keys()
+        self.app.refresh_bindings()
 
     def attached(self, snapshot: Snapshot, history: list[dict]) -> None:
         """The host's full state: the charts from its metrics log, then the panes from its snapshot; keys pressed
@@ -103,7 +108,7 @@ class SessionScreen(Screen[None]):
         self.history = tuple(history)
         self.take(snapshot)
         self.waiting = False
-        self._refresh_keys()
+        self.app.refresh_bindings()
         queued, self._queued = self._queued, []
         for action in queued:
             if self.check_action(action, ()):
@@ -117,7 +122,7 @@ class SessionScreen(Screen[None]):
         self.snapshot = None
         self.control.show_session(text)
         self.control.show_message(message, error=error)
-        self._refresh_keys()
+        self.app.refresh_bindings()
 
     def take(self, update: Snapshot | ev.Event) -> None:
         """One update from the host: a snapshot replaces the last, an event moves the live figures."""
@@ -129,18 +134,15 @@ class SessionScreen(Screen[None]):
             self.event = update
 
     def watch_snapshot(self) -> None:
-        self._refresh_keys()
+        self.app.refresh_bindings()
         self._want_picture()
 
     # ----- which keys make sense now: the engine says, in its snapshot ----------------------------------------
 
-    def _refresh_keys(self) -> None:
-        """Refresh the footer only when what `check_action` reads has changed: each refresh recomposes the footer,
-        a layout of the whole screen, and snapshots come several times a second while training."""
-        keys = (self.waiting, self.closing, self.snapshot.allowed if self.snapshot is not None else None)
-        if keys != self._keys and self.is_mounted:
-            self._keys = keys
-            self.refresh_bindings()
+    @property
+    def keys(self) -> tuple:
+        """What `check_action` reads: the footer is refreshed when it changes (the app's refresh_bindings)."""
+        return self.waiting, self.closing, self.snapshot.allowed if self.snapshot is not None else None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if self.closing and action in COMMANDS:
