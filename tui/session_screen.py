@@ -12,7 +12,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.reactive import reactive
+from textual.reactive import reactive, var
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
@@ -50,10 +50,12 @@ class SessionScreen(Screen[None]):
                 tooltip="show the layer's blocks and what silencing each cluster costs each class"),
     ]
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)  # the host's latest
-    live: reactive[Live] = reactive(Live, init=False)  # ahead of the snapshot: folded from each event
-    event: reactive[ev.Event | None] = reactive(None, always_update=True, init=False)  # the latest event
-    history: reactive[tuple[dict, ...]] = reactive(tuple, always_update=True, init=False)  # the metrics log
+    # `var`s, not plain reactives: a change repaints nothing by itself (the screen would be repainted whole 20 times
+    # a second); each pane repaints what it shows when its watcher says so.
+    snapshot: reactive[Snapshot | None] = var(None, init=False)  # the host's latest
+    live: reactive[Live] = var(Live, init=False)  # ahead of the snapshot: folded from each event
+    event: reactive[ev.Event | None] = var(None, always_update=True, init=False)  # the latest event
+    history: reactive[tuple[dict, ...]] = var(tuple, always_update=True, init=False)  # the metrics log
 
     def __init__(self) -> None:
         super().__init__()

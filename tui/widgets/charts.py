@@ -6,7 +6,7 @@ import time
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.reactive import reactive
+from textual.reactive import reactive, var
 
 from engine import events as ev
 from tui.series import ChartData, Runs
@@ -23,8 +23,8 @@ class MetricsCharts(Vertical):
     """Three charts redrawn from bounded series, only when the data changed since the last redraw: rebuilt from
     the metrics log the host sends on attach (`history`), then fed each live event."""
 
-    history: reactive[tuple[dict, ...]] = reactive(tuple, init=False)
-    event: reactive[ev.Event | None] = reactive(None, init=False)
+    history: reactive[tuple[dict, ...]] = var(tuple, init=False)
+    event: reactive[ev.Event | None] = var(None, init=False)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.reactive import reactive
+from textual.reactive import reactive, var
 from textual.widgets import DataTable, Static
 
 from engine.format import null_text
@@ -20,7 +20,7 @@ class ClusterTable(Vertical):
     """Shows the latest clusters found; empty until the layer is clustered. Called several times a second while
     training (each save's snapshot): what did not change is not updated, so nothing is laid out again."""
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
+    snapshot: reactive[Snapshot | None] = var(None, init=False)
 
     def compose(self) -> ComposeResult:
         yield Static(NO_CLUSTERS, id="cluster-summary")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.reactive import reactive
+from textual.reactive import reactive, var
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Select, Static
 
@@ -49,9 +49,9 @@ class ControlPane(Vertical):
 
     BINDINGS = [Binding("escape", "leave_field", "Keys", id="control.leave", show=False)]
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
-    live: reactive[Live] = reactive(Live, init=False)
-    event: reactive[ev.Event | None] = reactive(None, init=False)
+    snapshot: reactive[Snapshot | None] = var(None, init=False)
+    live: reactive[Live] = var(Live, init=False)
+    event: reactive[ev.Event | None] = var(None, init=False)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

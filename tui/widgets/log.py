@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
-from textual.reactive import reactive
+from textual.reactive import reactive, var
 from textual.widgets import RichLog
 
 from engine import events as ev
@@ -18,7 +18,7 @@ class EngineLog(RichLog):
     """RichLog with a cap so an hour of events never grows memory or redraw cost; it logs each engine event that
     says something (`tui.state.log_line`) and what the UI itself adds."""
 
-    event: reactive[ev.Event | None] = reactive(None, init=False)
+    event: reactive[ev.Event | None] = var(None, init=False)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(max_lines=1000, min_width=0, wrap=True, markup=False, highlight=False, **kwargs)

@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.reactive import reactive
+from textual.reactive import reactive, var
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
@@ -84,7 +84,7 @@ class ModulesPane(Vertical):
     class PictureWanted(Message):
         """The picture area changed size: send a picture of `picture_size(k)`."""
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
+    snapshot: reactive[Snapshot | None] = var(None, init=False)
 
     def compose(self) -> ComposeResult:
         yield Static(NO_CLUSTERS, id="modules-title")
