@@ -94,7 +94,7 @@ async def test_whole_loop_then_reattach_shows_the_same_clusters_and_charts(hosts
 
         send_key(app, "space")
         await until(pilot, lambda: engine.snapshot().step > step, "training to go on")
-        assert "training" in status_text(app)
+        await until(pilot, lambda: "training" in status_text(app), "training on screen again")
 
         send_key(app, "x")  # stop: 500 epochs would take too long
         await idle(pilot, app, hosts)
