@@ -94,27 +94,40 @@ def clusterlab_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "tui.cli"]
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _step(client: Client) -> tuple[int, float]:
     return client.command("status")["result"]["step"], time.perf_counter()
 
 
-def _window(client: Client, seconds: float) -> float:
-    """The host's steps per second over `seconds`."""
+def _window(client: Client, host_pid: int, uis: list[Terminal], seconds: float) -> tuple[float, float, float]:
+    """Over `seconds`: the host's steps per second, its CPU milliseconds per step (its own threads besides the
+    engine's serve the clients, under the same GIL), and the UIs' CPU as a share of one core, together."""
     start_step, start = _step(client)
+    host0, ui0 = _cpu_s(host_pid), sum(_cpu_s(ui.proc.pid) for ui in uis)
     time.sleep(seconds)
     end_step, end = _step(client)
-    return (end_step - start_step) / (end - start)
+    host1, ui1 = _cpu_s(host_pid), sum(_cpu_s(ui.proc.pid) for ui in uis)
+    steps = max(1, end_step - start_step)
+    return steps / (end - start), 1000 * (host1 - host0) / steps, (ui1 - ui0) / (end - start)
 
 
 def measure(config: Config, rounds: int, seconds: float) -> dict:
     """Rounds of windows with 0, 1 and 3 UIs attached to one training host; every attach is timed."""
     rates: dict[int, list[float]] = {n: [] for n in CLIENT_COUNTS}
+    host_ms: dict[int, list[float]] = {n: [] for n in CLIENT_COUNTS}
+    ui_cpu: dict[int, list[float]] = {n: [] for n in CLIENT_COUNTS}
     attach_s: list[float] = []
     with tempfile.TemporaryDirectory(prefix="clusterlab-attach-") as root:
         env = {**os.environ, "CLUSTERLAB_SESSIONS": root, "TERM": os.environ.get("TERM", "xterm-256color")}
         os.environ["CLUSTERLAB_SESSIONS"] = root  # for start_host, which passes it to the host
         path = start_host("bench", config)
         with Client.connect(path, client="bench", attach=False) as control:
+            host_pid = control.welcome["pid"]
             try:
                 control.command("train")
                 while _step(control)[0] < 100:  # past the first steps and the first evaluation
@@ -126,7 +139,10 @@ def measure(config: Config, rounds: int, seconds: float) -> dict:
                             terminals.append(Terminal("bench", env))
                             attach_s.append(terminals[-1].wait_shown())
                         time.sleep(SETTLE_S)
-                        rates[n].append(_window(control, seconds))
+                        rate, ms, cpu = _window(control, host_pid, terminals, seconds)
+                        rates[n].append(rate)
+                        host_ms[n].append(ms)
+                        ui_cpu[n].append(cpu)
                         for terminal in terminals:
                             terminal.detach()
             finally:
@@ -140,6 +156,8 @@ def measure(config: Config, rounds: int, seconds: float) -> dict:
         "cost_per_ui": {str(n): round((1 - statistics.median(r / z for r, z in zip(rates[n], rates[0],
                                                                                    strict=True))) / n, 4)
                         for n in CLIENT_COUNTS if n},
+        "host_cpu_ms_per_step": {str(n): round(statistics.median(host_ms[n]), 4) for n in CLIENT_COUNTS},
+        "ui_cpu_share": {str(n): round(statistics.median(ui_cpu[n]), 3) for n in CLIENT_COUNTS if n},
         "attach_to_first_screen_s": {"median": round(statistics.median(attach_s), 3),
                                      "max": round(max(attach_s), 3), "samples": len(attach_s)},
     }
@@ -156,8 +174,10 @@ def run_attach_bench(args: argparse.Namespace) -> int:
           f"{result['terminal']}; {result['rounds']} rounds of {result['window_s']:g} s windows")
     for n in CLIENT_COUNTS:
         rates = ", ".join(f"{r:,.0f}" for r in result["steps_per_s"][str(n)])
-        cost = f"  cost per UI {result['cost_per_ui'][str(n)]:+.1%}" if n else ""
-        print(f"{n} UI(s) attached: steps/s {rates} (median {result['median_steps_per_s'][str(n)]:,.0f}){cost}")
+        cost = f", cost per UI {result['cost_per_ui'][str(n)]:+.1%}" if n else ""
+        cpu = f", the UIs' CPU {result['ui_cpu_share'][str(n)]:.1%} of a core" if n else ""
+        print(f"{n} UI(s) attached: steps/s {rates} (median {result['median_steps_per_s'][str(n)]:,.0f}{cost}); "
+              f"host CPU {result['host_cpu_ms_per_step'][str(n)]:.3f} ms/step{cpu}")
     attach = result["attach_to_first_screen_s"]
     print(f"clusterlab attach -> first full screen: median {attach['median']:.2f} s, max {attach['max']:.2f} s "
           f"({attach['samples']} attaches, while training)")
