@@ -1,7 +1,6 @@
-"""The headless `clusterlab` commands: run, resume, sessions, bench. The UI's entry point (`tui.cli`) adds `tui`.
-
-Over 400 lines because every command's parser and its handler sit together; the work is elsewhere.
-"""
+"""The headless `clusterlab` commands: run, resume, sessions, ablate, export, bench; the host commands are in
+engine/cli_host.py, sweep and reproduce in engine/cli_sweep.py. The UI's entry point (`tui.cli`) adds `tui` and
+`attach`."""
 
 from __future__ import annotations
 

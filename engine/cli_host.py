@@ -23,23 +23,27 @@ def add_host_parsers(commands) -> None:
                              description="List the hosts serving sessions under $CLUSTERLAB_SESSIONS or ./sessions: "
                              "name, pid, phase, state, step, steps/s and attached clients.")
     ps.add_argument("--json", action="store_true", help="print the list as JSON")
-    remote = commands.add_parser("remote", help="send one command to a session's host and print its reply",
-                                 description="Send one command to the host of a running session: pause, resume, "
-                                 "stop, save, train, continue, cluster, finetune, ablate, plan, status. Arguments "
-                                 "as KEY=VALUE, e.g. 'clusterlab remote NAME cluster k=3 source=gradients'.")
-    remote.add_argument("name", metavar="NAME", help="session name")
+    remote = _on_session(commands, "remote", "send one command to a session's host and print its reply",
+                         "Send one command to the host of a running session: pause, resume, stop, save, train, "
+                         "continue, cluster, finetune, ablate, plan, status. Arguments as KEY=VALUE, e.g. "
+                         "'clusterlab remote NAME cluster k=3 source=gradients'.", "print the reply as JSON")
     remote.add_argument("what", metavar="COMMAND", help="the command")
     remote.add_argument("args", metavar="KEY=VALUE", nargs="*", help="the command's arguments")
-    remote.add_argument("--json", action="store_true", help="print the reply as JSON")
-    tail = commands.add_parser("tail", help="follow a running session's events until its plan ends",
-                               description="Print a running session's events as they happen until its plan ends, "
-                               "its host ends, or Ctrl+C. Never changes the run.")
-    tail.add_argument("name", metavar="NAME", help="session name")
-    tail.add_argument("--json", action="store_true", help="one JSON object a line per event")
-    stop = commands.add_parser("stop", help="save a running session and end its host",
-                               description="Stop the session's host: the run stops at the next step boundary, is "
-                               "saved, and can be continued with 'clusterlab resume NAME'.")
-    stop.add_argument("name", metavar="NAME", help="session name")
+    _on_session(commands, "tail", "follow a running session's events until its plan ends",
+                "Print a running session's events as they happen until its plan ends, its host ends, or Ctrl+C. "
+                "Never changes the run.", "one JSON object a line per event")
+    _on_session(commands, "stop", "save a running session and end its host",
+                "Stop the session's host: the run stops at the next step boundary, is saved, and can be continued "
+                "with 'clusterlab resume NAME'.")
+
+
+def _on_session(commands, name: str, summary: str, description: str, json_help: str | None = None):
+    """A command on one session NAME, with --json when its output is data."""
+    parser = commands.add_parser(name, help=summary, description=description)
+    parser.add_argument("name", metavar="NAME", help="session name")
+    if json_help is not None:
+        parser.add_argument("--json", action="store_true", help=json_help)
+    return parser
 
 
 def connect(name: str, attach: bool = False, client: str = "cli") -> Client:

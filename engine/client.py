@@ -101,7 +101,7 @@ class AsyncClient:
                     self._updates.get_nowait()
             self._task = asyncio.get_running_loop().create_task(self._receive())
             return self
-        except (OSError, EOFError, TimeoutError, ProtocolError) as exc:
+        except (OSError, EOFError, asyncio.TimeoutError, ProtocolError) as exc:
             writer.close()
             raise SessionError(f"The host of {Path(session_dir).name} did not complete the hello ({exc or 'closed'})"
                                ".") from None
@@ -303,7 +303,12 @@ def ensure_host(name: str, config: Config | None = None, timeout: float = START_
     if not path.exists() and config is None:
         raise SessionError(f"There is no session {name}; give its settings to create it, or see 'clusterlab "
                            "sessions'.")
-    return start_host(name, config if not path.exists() else None, timeout=timeout)
+    try:
+        return start_host(name, config if not path.exists() else None, timeout=timeout)
+    except SessionError:
+        if probe(path) is not None:  # another client started one at the same moment: attach to it
+            return path
+        raise
 
 
 def start_host(name: str, config: Config | None = None, plan: str | None = None, idle_exit_s: float | None = None,
@@ -313,7 +318,7 @@ def start_host(name: str, config: Config | None = None, plan: str | None = None,
     The host runs in its own session (no controlling terminal), stdin /dev/null, its output in the session's
     host.log. SessionError with the host's own sentence if it cannot start (a bad session, one in use)."""
     path = session_path(name)
-    argv = [sys.executable, "-m", "engine.host", name]
+    argv = [sys.executable, "-m", "engine.host_process", name]
     if config is not None:
         argv += ["--config", json.dumps(config.to_dict())]
     if plan is not None:

@@ -1,4 +1,4 @@
-"""A session's host: the Engine served on a Unix socket to any number of clients (`python -m engine.host NAME`).
+"""A session's host: the Engine served on a Unix socket to any number of clients (engine/host_process.py runs it).
 
 The engine thread never waits on a client: its subscriber encodes each event once and hands the line to the
 host's asyncio loop (call_soon_threadsafe). Each client has a bounded queue and a writer task; a client whose queue
@@ -7,24 +7,18 @@ overflows loses the queue and is sent the full state again (a resync) when it re
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
-import json
 import logging
 import os
-import signal
 import socket
 import struct
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import events as ev
-from engine.client import HOST_LOG
-from engine.config import Config
 from engine.errors import ClusterlabError
 from engine.protocol import (
     HISTORY_CHUNK,
@@ -42,6 +36,8 @@ from engine.protocol import (
 
 log = logging.getLogger("clusterlab.host")
 QUEUE_LIMIT = 256  # lines waiting for one client (about 10 s of events); beyond: drop them and resync the client
+REPLIES_LIMIT = 4 * QUEUE_LIMIT  # a client that sends commands but never reads their replies is disconnected
+HELLO_TIMEOUT_S = 10.0  # a connection that says nothing for this long is closed
 SNAPSHOT_DELAY_S = 0.05  # snapshot pushes within this long of each other are coalesced into one
 IDLE_EXIT_S = 60.0  # a host with nothing to run and no client ends after this long
 # Events after which the snapshot differs in more than step and loss (Progress carries those itself).
@@ -193,6 +189,10 @@ class Host:
     def _offer(self, peer: _Peer, line: bytes, must: bool = False) -> None:
         """Queue a line for `peer`, never waiting. On overflow its queued events and snapshots go and the full
         state will be sent instead; what `must` arrive (welcome, replies, bye) is kept."""
+        if len(peer.lines) >= REPLIES_LIMIT:
+            log.info("client %s reads none of its replies: disconnected", peer.name)
+            peer.writer.transport.abort()
+            return
         if len(peer.lines) >= QUEUE_LIMIT and not must:
             kept = [x for x in peer.lines if x[0] and x[1] is not _RESYNC]
             peer.lines.clear()
@@ -266,7 +266,10 @@ class Host:
 
     async def _hello(self, peer: _Peer, reader: asyncio.StreamReader) -> str | None:
         """Read the hello and queue the welcome (and, attached, the full state): None, or why the peer is refused."""
-        line = await _next_line(reader)
+        try:
+            line = await asyncio.wait_for(_next_line(reader), HELLO_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return f"No hello within {HELLO_TIMEOUT_S:g} s."
         if not line:
             return f"The first message must be a hello of at most {MAX_MESSAGE_BYTES} bytes."
         try:
@@ -370,85 +373,3 @@ def serve(engine, path: Path | None = None, idle_exit_s: float | None = None, on
     for idle_exit_s (None: never); the caller then closes the engine and the host."""
     path = Path(path) if path is not None else socket_file(engine.path)
     return Host(engine, bind_unix(path), path, idle_exit_s, on_stop)
-
-
-# ----- the host process ---------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m engine.host NAME`: open (or create) the session, serve it until stopped, save, exit."""
-    parser = argparse.ArgumentParser(prog="python -m engine.host", allow_abbrev=False)
-    parser.add_argument("name")
-    parser.add_argument("--config", help="create the session with this Config as JSON")
-    parser.add_argument("--plan", choices=["default", "continue"], help="queue this plan once serving")
-    parser.add_argument("--idle-exit", type=float, default=IDLE_EXIT_S)
-    parser.add_argument("--ready-fd", type=int, help="write 'ok' or the error sentence here, then close it")
-    args = parser.parse_args(argv)
-    stop = threading.Event()
-    reasons: list[str] = []
-
-    def on_signal(signum, frame) -> None:
-        reasons.append(signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a terminal going away is none of the host's business
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    ready = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else None
-    try:
-        from engine.engine import Engine
-        from engine.session import session_path
-
-        path = session_path(args.name)
-        engine = (Engine.create(path, Config.from_dict(json.loads(args.config))) if args.config
-                  else Engine.open(path))
-    except ClusterlabError as exc:
-        return _tell(ready, str(exc), 2)
-    except Exception as exc:  # noqa: BLE001 - the starter gets one sentence, never a traceback
-        return _tell(ready, f"The host for {args.name} could not open it: {type(exc).__name__}: {exc}.", 1)
-    _log_to(path / HOST_LOG)
-    try:
-        host = serve(engine, idle_exit_s=args.idle_exit, on_stop=lambda reason: (reasons.append(reason), stop.set()))
-    except OSError as exc:
-        engine.close()
-        return _tell(ready, f"The host for {args.name} cannot listen on {socket_file(path)}: {exc}.", 1)
-    log.info("host pid %d serving %s", os.getpid(), path)
-    if args.plan == "default":
-        engine.plan_default()
-    elif args.plan == "continue":
-        engine.continue_plan()
-    _tell(ready, "ok", 0)
-    stop.wait()
-    log.info("saving and ending (%s)", reasons[0] if reasons else "?")
-    engine.close()
-    host.close(f"the host has saved and ended ({reasons[0] if reasons else 'stopped'})")
-    log.info("ended at step %d", engine.snapshot().step)
-    return 0
-
-
-def _tell(ready, line: str, code: int) -> int:
-    """Answer the starter once: 'ok' or the sentence that says why the host could not start."""
-    if ready is not None:
-        try:
-            ready.write(line.replace("\n", " ") + "\n")
-            ready.close()
-        except OSError:
-            pass  # the starter gave up waiting
-    if code:
-        print(f"clusterlab host: {line}", file=sys.stderr)
-    return code
-
-
-def _log_to(path: Path) -> None:
-    """From now on this process's output (and any traceback) goes to the session's host.log."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,10 +15,12 @@ Messages (one JSON object a line, each with a "type"):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from engine import events as ev
@@ -167,48 +169,45 @@ def socket_file(session_dir: Path) -> Path:
     return Path(session_dir) / SOCKET_NAME
 
 
-def _short(path: Path) -> tuple[str, int | None]:
+@contextlib.contextmanager
+def _address(path: Path) -> Iterator[str]:
     """An address for `path` within AF_UNIX's 108 bytes: the path itself, or (for deep folders such as pytest's)
-    the same file reached through /proc/self/fd/N of its opened folder. Returns the address and the fd to close."""
-    text = os.fsencode(path)
-    if len(text) <= _SUN_PATH_MAX:
-        return str(path), None
+    the same file reached through /proc/self/fd/N of its opened folder, open for the duration."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield str(path)
+        return
     fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    return f"/proc/self/fd/{fd}/{path.name}", fd
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def connect_unix(path: Path, timeout: float | None = 5.0) -> socket.socket:
     """A connected, blocking AF_UNIX socket to `path` (any length); OSError as connect raises it."""
-    address, fd = _short(Path(path))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(timeout)
-        sock.connect(address)
+        with _address(Path(path)) as address:
+            sock.settimeout(timeout)
+            sock.connect(address)
         sock.settimeout(None)
-        return sock
     except BaseException:
         sock.close()
         raise
-    finally:
-        if fd is not None:
-            os.close(fd)
+    return sock
 
 
 def bind_unix(path: Path) -> socket.socket:
     """A socket bound at `path` (any length), mode 0600, not yet listening: no peer can connect before the mode
     is private. A file already at `path` is replaced: call it only while holding the session's lock, which makes
     any socket there a dead host's."""
-    path = Path(path)
-    address, fd = _short(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        path.unlink(missing_ok=True)
-        sock.bind(address)
-        os.chmod(address, 0o600)
-        return sock
+        Path(path).unlink(missing_ok=True)
+        with _address(Path(path)) as address:
+            sock.bind(address)
+            os.chmod(address, 0o600)
     except BaseException:
         sock.close()
         raise
-    finally:
-        if fd is not None:
-            os.close(fd)
+    return sock

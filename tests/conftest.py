@@ -97,3 +97,13 @@ def run_cli(*args: str, env_sessions: Path, timeout: float = 120, check_rc: int 
 def run_json(*args: str, env_sessions: Path, timeout: float = 120) -> dict:
     proc = run_cli(*args, "--json", env_sessions=env_sessions, timeout=timeout)
     return json.loads(proc.stdout)
+
+
+def uninterrupted(tmp_path_factory, flags: list[str], total: int) -> dict:
+    """`clusterlab run FLAGS --json` from start to end in a fresh sessions root: the result an interrupted run with
+    the same flags must reach exactly."""
+    root = tmp_path_factory.mktemp("reference") / "sessions"
+    root.mkdir()
+    result = run_json("run", *flags, "--session", "ref", env_sessions=root, timeout=300)
+    assert result["step"] == total
+    return result

@@ -56,9 +56,36 @@ def test_bad_run_input(capsys, sessions, args, words):
 
 
 @pytest.mark.parametrize("argv", [["resume", "x", "--steps", "-1"], ["resume", "x", "--epochs", "-2"],
-                                  ["bogus-command"], ["sessions", "--frobnicate"]])
+                                  ["bogus-command"], ["sessions", "--frobnicate"],
+                                  ["resume", "x", "--step", "5"],  # no abbreviations: --step is not --steps
+                                  ["run", *FAST, "--detach", "--idle-exit", "-1"],
+                                  ["run", *FAST, "--detach", "--idle-exit", "nan"],
+                                  ["remote", "x", "explode"], ["remote", "x", "train", "steps"],
+                                  ["remote", "x", "train", "steps=many"]])
 def test_bad_other_input(capsys, sessions, argv):
     one_line_error(capsys, argv)
+
+
+@pytest.mark.parametrize("argv", [["remote", "ghost", "status"], ["tail", "ghost"], ["stop", "ghost"],
+                                  ["remote", "idle", "pause"], ["tail", "idle"], ["stop", "idle"]])
+def test_host_commands_without_a_host(capsys, sessions, argv):
+    (sessions / "idle").mkdir()  # a session folder, but no host serves it
+    line = one_line_error(capsys, argv)
+    assert ("There is no session ghost" in line) if argv[1] == "ghost" else ("No host runs for idle" in line)
+
+
+def test_attach_without_a_running_host(capsys, sessions):
+    from tui.cli import main as tui_main
+
+    rc = tui_main(["attach"])
+    assert rc == 2 and "No session host is running" in capsys.readouterr().err
+    rc = tui_main(["attach", "ghost"])
+    assert rc == 2 and "No host runs for ghost" in capsys.readouterr().err
+
+
+def test_ps_with_no_host(capsys, sessions):
+    assert main(["ps", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
 
 
 def test_missing_mnist_data_dir(capsys, sessions, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLUSTERLAB, run_json
+from tests.conftest import CLUSTERLAB, run_json, uninterrupted
 
 # 100 pretraining steps, clustering, then 30 finetuning epochs (1920 steps): long enough to interrupt.
 FLAGS = ["--dataset", "synthetic", "--device", "cpu", "--steps", "100", "--finetune-epochs", "30", "--lam", "5",
@@ -22,11 +22,7 @@ TOTAL = 100 + 30 * 64
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
     """The uninterrupted run's results."""
-    root = tmp_path_factory.mktemp("reference") / "sessions"
-    root.mkdir()
-    result = run_json("run", *FLAGS, "--session", "ref", env_sessions=root, timeout=300)
-    assert result["step"] == TOTAL
-    return result
+    return uninterrupted(tmp_path_factory, FLAGS, TOTAL)
 
 
 def start(sessions: Path, *extra: str) -> subprocess.Popen:
