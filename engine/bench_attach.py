@@ -30,14 +30,15 @@ from engine.config import Config
 CLIENT_COUNTS = (0, 1, 3)
 SIZE = (120, 40)
 BRAILLE = tuple(chr(c) for c in range(0x2801, 0x2900))  # plotext's chart points: drawn from the history
-SHOWN = ("pretrain", "steps/s", "Quit")  # the status has the run's phase and rate, the footer is there
+SHOWN = ("steps/s", "Quit")  # besides the run's phase: the status has its rate, the footer is there
 SETTLE_S = 1.0  # after the last UI's first screen, before a window starts
 
 
 class Terminal:
     """`clusterlab attach NAME` on a pseudo-terminal; `shown_s` is the seconds to its first full screen."""
 
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str], phase: str) -> None:
+        self.markers = (phase, *SHOWN)
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0))
         self.started = time.perf_counter()
@@ -63,11 +64,11 @@ class Terminal:
             if self.shown.is_set():
                 continue
             text = tail + data.decode(errors="ignore")
-            found.update(marker for marker in SHOWN if marker in text)
+            found.update(marker for marker in self.markers if marker in text)
             if any(point in text for point in BRAILLE):
                 found.add("chart")
             tail = text[-32:]  # a marker split between two reads
-            if len(found) == len(SHOWN) + 1:
+            if len(found) == len(self.markers) + 1:
                 self.shown_s = time.perf_counter() - self.started
                 self.shown.set()
 
@@ -116,8 +117,9 @@ def _window(client: Client, host_pid: int, uis: list[Terminal], seconds: float) 
     return steps / (end - start), 1000 * (host1 - host0) / steps, (ui1 - ui0) / (end - start)
 
 
-def measure(config: Config, rounds: int, seconds: float) -> dict:
-    """Rounds of windows with 0, 1 and 3 UIs attached to one training host; every attach is timed."""
+def measure(config: Config, rounds: int, seconds: float, phase: str = "pretrain") -> dict:
+    """Rounds of windows with 0, 1 and 3 UIs attached to one host training in `phase` (pretrain, or finetune
+    after 200 steps and a clustering, so snapshots carry the block picture); every attach is timed."""
     rates: dict[int, list[float]] = {n: [] for n in CLIENT_COUNTS}
     host_ms: dict[int, list[float]] = {n: [] for n in CLIENT_COUNTS}
     ui_cpu: dict[int, list[float]] = {n: [] for n in CLIENT_COUNTS}
@@ -129,14 +131,19 @@ def measure(config: Config, rounds: int, seconds: float) -> dict:
         with Client.connect(path, client="bench", attach=False) as control:
             host_pid = control.welcome["pid"]
             try:
-                control.command("train")
-                while _step(control)[0] < 100:  # past the first steps and the first evaluation
+                if phase == "finetune":
+                    control.command("train", steps=200)
+                    control.command("cluster")
+                    control.command("finetune", epochs=10_000)
+                else:
+                    control.command("train")
+                while _step(control)[0] < 300:  # past the first steps and evaluation (and the clustering)
                     time.sleep(0.05)
                 for _ in range(rounds):
                     for n in CLIENT_COUNTS:
                         terminals = []
                         for _ in range(n):  # one at a time: each attach is timed on its own
-                            terminals.append(Terminal("bench", env))
+                            terminals.append(Terminal("bench", env, phase))
                             attach_s.append(terminals[-1].wait_shown())
                         time.sleep(SETTLE_S)
                         rate, ms, cpu = _window(control, host_pid, terminals, seconds)
@@ -147,9 +154,11 @@ def measure(config: Config, rounds: int, seconds: float) -> dict:
                             terminal.detach()
             finally:
                 control.command("stop-host")
+        while Path(f"/proc/{host_pid}").exists():  # it saves, then ends: only then may its folder go
+            time.sleep(0.05)
     return {
-        "dataset": config.dataset, "device": config.device, "terminal": f"{SIZE[0]}x{SIZE[1]}", "rounds": rounds,
-        "window_s": seconds, "cpus": os.cpu_count(),
+        "dataset": config.dataset, "device": config.device, "phase": phase, "terminal": f"{SIZE[0]}x{SIZE[1]}",
+        "rounds": rounds, "window_s": seconds, "cpus": os.cpu_count(),
         "steps_per_s": {str(n): [round(r, 1) for r in rates[n]] for n in CLIENT_COUNTS},
         "median_steps_per_s": {str(n): round(statistics.median(rates[n]), 1) for n in CLIENT_COUNTS},
         # Per attached UI: the median round's loss against no UI, divided by the UIs attached.
@@ -166,11 +175,12 @@ def measure(config: Config, rounds: int, seconds: float) -> dict:
 def run_attach_bench(args: argparse.Namespace) -> int:
     """The figures for `clusterlab bench --clients` (its --dataset, --data-dir, --device, --json)."""
     config = Config(dataset=args.dataset, data_dir=args.data_dir, device=args.device, epochs=10_000)
-    result = measure(config, rounds=getattr(args, "rounds", 3), seconds=getattr(args, "seconds", 4.0))
+    result = measure(config, rounds=getattr(args, "rounds", 3), seconds=getattr(args, "seconds", 4.0),
+                     phase=getattr(args, "phase", "pretrain"))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"host training {result['dataset']} on {result['device']} ({result['cpus']} CPUs); UIs at "
+    print(f"host in {result['phase']} on {result['dataset']}, {result['device']} ({result['cpus']} CPUs); UIs at "
           f"{result['terminal']}; {result['rounds']} rounds of {result['window_s']:g} s windows")
     for n in CLIENT_COUNTS:
         rates = ", ".join(f"{r:,.0f}" for r in result["steps_per_s"][str(n)])
@@ -191,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of 0, 1 and 3 UIs (default 3)")
     parser.add_argument("--seconds", type=float, default=4.0, help="each window's length (default 4)")
+    parser.add_argument("--phase", default="pretrain", choices=["pretrain", "finetune"],
+                        help="the phase measured: finetune holds clusters, so snapshots carry the block picture")
     parser.add_argument("--json", action="store_true")
     return run_attach_bench(parser.parse_args(argv))
 
