@@ -64,6 +64,15 @@ async def quit_app(pilot, app) -> None:
     await until(pilot, lambda: app.return_code is not None, "the app to exit")
 
 
+async def quit_while_training(pilot, app) -> None:
+    """Attach, train, press q: the question what to do with the run is on screen."""
+    await ready(pilot, app)
+    await pilot.press("t")
+    await until(pilot, lambda: app.view.live.state == "training", "training")
+    send_key(app, "q")
+    await until(pilot, lambda: isinstance(app.screen, ChoiceScreen), "the quit question")
+
+
 def chart_points(app) -> dict:
     data = app.query_one("#metrics").data
     return {name: {phase: runs.lines() for phase, runs in getattr(data, name).items()}
@@ -209,11 +218,7 @@ async def test_keys_pressed_while_attaching_run_once_attached(hosts, tui_session
 async def test_q_while_training_asks_stop_ends_the_host_saved_and_resumable(hosts, tui_sessions):
     app = client_app("busy", tui_config(epochs=500), hosts)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot, app)
-        await pilot.press("t")
-        await until(pilot, lambda: app.view.live.state == "training", "training")
-        send_key(app, "q")
-        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen), "the quit question")
+        await quit_while_training(pilot, app)
         send_key(app, "escape")
         await until(pilot, lambda: not isinstance(app.screen, ChoiceScreen), "the question to close")
         assert app.return_code is None and hosts.engine("busy").state == "training"
@@ -229,11 +234,7 @@ async def test_q_while_training_asks_stop_ends_the_host_saved_and_resumable(host
 async def test_d_and_q_leave_it_running_detach_and_a_new_ui_attaches_to_the_run(hosts):
     app = client_app("run", tui_config(epochs=500), hosts)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot, app)
-        await pilot.press("t")
-        await until(pilot, lambda: app.view.live.state == "training", "training")
-        send_key(app, "q")
-        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen), "the quit question")
+        await quit_while_training(pilot, app)
         send_key(app, "d")  # leave it running
         await until(pilot, lambda: app.return_code is not None, "the app to exit")
     assert app._return_value == DETACHED

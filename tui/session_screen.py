@@ -166,41 +166,44 @@ class SessionScreen(Screen[None]):
     # ----- keys ---------------------------------------------------------------------------------------------------
 
     def action_train(self) -> None:
-        if self._queue_if_loading("train"):
-            return
-        if "continue" in self.snapshot.allowed:
+        if not self.waiting and "continue" in self.snapshot.allowed:
             self._send(Command("continue", "continuing the unfinished plan"))
-            return
-        try:
-            epochs, steps = self.control.train_args()
-        except ConfigError as exc:
-            self._refuse(exc)
-            return
-        config = self.control.config
-        what = f"train {steps} steps" if steps is not None else f"train {epochs or config.epochs} epochs"
-        self._send(Command("train", what, epochs=epochs, steps=steps))
+        else:
+            self._from_fields("train", self._train)
 
     def action_cluster(self) -> None:
-        if self._queue_if_loading("cluster"):
-            return
-        try:
-            k, source = self.control.cluster_args()
-        except ConfigError as exc:
-            self._refuse(exc)
-            return
-        self._send(Command("cluster", f"cluster k={k or self.control.config.k} on {source}", k=k, source=source))
+        self._from_fields("cluster", self._cluster)
 
     def action_finetune(self) -> None:
-        if self._queue_if_loading("finetune"):
+        self._from_fields("finetune", self._finetune)
+
+    def _from_fields(self, action: str, make) -> None:
+        """t, c and f: the command `make` builds from the settings pane, each value checked as the CLI checks it
+        (a bad one is explained, nothing is sent); remembered while attaching."""
+        if self._queue_if_loading(action):
             return
         try:
-            epochs, lam = self.control.finetune_args()
+            command = make()
         except ConfigError as exc:
-            self._refuse(exc)
+            self.control.show_message(str(exc), error=True)
+            self.notify(str(exc), title="Invalid setting", severity="error")
             return
+        self._send(command)
+
+    def _train(self) -> Command:
+        epochs, steps = self.control.train_args()
+        what = f"train {steps} steps" if steps is not None else f"train {epochs or self.control.config.epochs} epochs"
+        return Command("train", what, epochs=epochs, steps=steps)
+
+    def _cluster(self) -> Command:
+        k, source = self.control.cluster_args()
+        return Command("cluster", f"cluster k={k or self.control.config.k} on {source}", k=k, source=source)
+
+    def _finetune(self) -> Command:
+        epochs, lam = self.control.finetune_args()
         config = self.control.config
-        self._send(Command("finetune", f"finetune {config.finetune_epochs if epochs is None else epochs} epochs, "
-                                       f"λ={config.lam if lam is None else lam:g}", epochs=epochs, lam=lam))
+        return Command("finetune", f"finetune {config.finetune_epochs if epochs is None else epochs} epochs, "
+                                  f"λ={config.lam if lam is None else lam:g}", epochs=epochs, lam=lam)
 
     def action_save(self) -> None:
         self._send(Command("save", "save"))
@@ -231,10 +234,6 @@ class SessionScreen(Screen[None]):
         self.log_pane.add(command.what)
         if command.kind not in ("pause", "resume"):
             self.control.show_message("")
-
-    def _refuse(self, exc: ConfigError) -> None:
-        self.control.show_message(str(exc), error=True)
-        self.notify(str(exc), title="Invalid setting", severity="error")
 
     @on(ModulesPane.PictureWanted)
     def _want_picture(self) -> None:
