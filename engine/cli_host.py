@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from engine import events as ev
 from engine.client import Client, probe, running_hosts, start_host
@@ -58,13 +59,25 @@ def connect(name: str, attach: bool = False, client: str = "cli") -> Client:
                            f"'clusterlab attach', or see 'clusterlab ps'.") from None
 
 
-def run_detached(name: str, config: Config, idle_exit_s: float | None) -> int:
-    """`clusterlab run --detach`: start the plan in a host of its own, print the session's name, return."""
-    start_host(name, config, plan="default", idle_exit_s=idle_exit_s)
-    print(name)
+def run_detached(name: str, config: Config, idle_exit_s: float | None, as_json: bool = False) -> int:
+    """`clusterlab run --detach`: start the plan in a host of its own, print the session's name (with --json, its
+    name, folder and the host's pid), return."""
+    path = start_host(name, config, plan="default", idle_exit_s=idle_exit_s)
+    welcome = probe(path) if as_json else None
+    print(json.dumps({"name": name, "session": str(path), "pid": welcome and welcome["pid"]}) if as_json else name)
     print(f"clusterlab: {name} runs in the background; follow it with 'clusterlab tail {name}' or "
           f"'clusterlab attach {name}'.", file=sys.stderr)
     return 0
+
+
+def not_hosted(name: str) -> Path:
+    """The folder of session `name`, refused (exit 2) while a host runs it: it is not for a second process."""
+    path = session_path(name)
+    welcome = probe(path)
+    if welcome is not None:
+        raise SessionError(f"{name} is running in a host (pid {welcome['pid']}); use 'clusterlab attach {name}', "
+                           f"'clusterlab remote {name} ...', or 'clusterlab stop {name}' first.")
+    return path
 
 
 def attach_target(name: str | None) -> str:

@@ -175,7 +175,7 @@ class AsyncClient:
             except ProtocolError:
                 pass  # an event kind from a newer host: nothing here would show it
         elif kind == "snapshot":
-            self.snapshot = snapshot_from_wire(msg["snapshot"])
+            self.snapshot = snapshot_from_wire(msg["snapshot"], self.snapshot)
             self._updates.put_nowait(self.snapshot)
         elif kind == "state":
             self._state = (snapshot_from_wire(msg["snapshot"]), [])

@@ -62,8 +62,8 @@ class _Peer:
     attached: bool = False
     lines: collections.deque = field(default_factory=collections.deque)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    resyncs: int = 0
     closing: bool = False
+    picture: object = None  # the BlockPicture this peer was last sent (snapshots leave out an unchanged one)
 
 
 class Host:
@@ -80,9 +80,13 @@ class Host:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
         self._started = threading.Event()
+        self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(sock,), name="clusterlab-host", daemon=True)
         self._thread.start()
         self._started.wait()
+        if self._failure is not None:
+            self._thread.join()
+            raise self._failure
         engine.subscribe(self._on_event)
 
     # ----- any thread --------------------------------------------------------------------------------------------
@@ -117,8 +121,15 @@ class Host:
 
     def _run(self, sock: socket.socket) -> None:
         asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_unix_server(self._serve_peer, sock=sock, limit=MAX_MESSAGE_BYTES))
+        try:
+            self._server = self._loop.run_until_complete(
+                asyncio.start_unix_server(self._serve_peer, sock=sock, limit=MAX_MESSAGE_BYTES))
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that called serve()
+            self._failure = exc
+            sock.close()
+            self._loop.close()
+            self._started.set()
+            return
         idle = self._loop.create_task(self._watch_idle()) if self.idle_exit_s is not None else None
         self._started.set()
         try:
@@ -181,10 +192,16 @@ class Host:
     def _push_snapshot(self) -> None:
         self._snapshot_due = False
         attached = [p for p in self._peers if p.attached]
-        if attached:
-            line = encode({"type": "snapshot", "snapshot": snapshot_to_wire(self.engine.snapshot())})
-            for peer in attached:
-                self._offer(peer, line)
+        if not attached:
+            return
+        snap = self.engine.snapshot()
+        lines: dict[bool, bytes] = {}  # encoded once with the picture, once without, as the peers need
+        for peer in attached:
+            fresh = snap.picture is not peer.picture  # the engine makes a new picture at each figures refresh
+            if fresh not in lines:
+                lines[fresh] = encode({"type": "snapshot", "snapshot": snapshot_to_wire(snap, with_picture=fresh)})
+            peer.picture = snap.picture
+            self._offer(peer, lines[fresh])
 
     def _offer(self, peer: _Peer, line: bytes, must: bool = False) -> None:
         """Queue a line for `peer`, never waiting. On overflow its queued events and snapshots go and the full
@@ -198,7 +215,6 @@ class Host:
             peer.lines.clear()
             peer.lines.extend(kept)
             peer.lines.append((True, _RESYNC))
-            peer.resyncs += 1
             log.info("client %s fell behind: its queue was dropped, it will be resynced", peer.name)
         peer.lines.append((must, line))
         peer.ready.set()
@@ -212,7 +228,7 @@ class Host:
             while peer.lines:
                 _, line = peer.lines.popleft()
                 if line is _RESYNC:
-                    await self._send_state(writer)
+                    await self._send_state(peer)
                 else:
                     writer.write(line)
                     await writer.drain()
@@ -220,9 +236,11 @@ class Host:
                 writer.close()  # the peer's reader then sees the end of the stream and cleans up
                 return
 
-    async def _send_state(self, writer: asyncio.StreamWriter) -> None:
+    async def _send_state(self, peer: _Peer) -> None:
         """The full state: the snapshot, then the metrics log in bounded chunks (read off the loop thread)."""
+        writer = peer.writer
         snapshot = self.engine.snapshot()
+        peer.picture = snapshot.picture
         records = await asyncio.get_running_loop().run_in_executor(None, self.engine.metrics_history)
         writer.write(encode({"type": "state", "snapshot": snapshot_to_wire(snapshot)}))
         for start in range(0, max(len(records), 1), HISTORY_CHUNK):

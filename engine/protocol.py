@@ -145,19 +145,24 @@ def event_from_wire(d: dict) -> ev.Event:
     return cls(**_fields_from(cls, d, f"{cls.__name__} event"))
 
 
-def snapshot_to_wire(s: Snapshot) -> dict:
-    """Every field of a Snapshot as plain JSON (the picture as a dict, `allowed` as a sorted list)."""
-    return _plain(s)
+def snapshot_to_wire(s: Snapshot, with_picture: bool = True) -> dict:
+    """Every field of a Snapshot as plain JSON (the picture as a dict, `allowed` as a sorted list). Without
+    `with_picture` the key "picture" is left out, meaning "the picture you have": it is by far the largest field
+    and changes at most once a second, so a host sends it only when it changed."""
+    return {f.name: _plain(getattr(s, f.name)) for f in dataclasses.fields(s) if with_picture or f.name != "picture"}
 
 
-def snapshot_from_wire(d: dict) -> Snapshot:
-    """The Snapshot snapshot_to_wire made, `picture` a BlockPicture again and `allowed` a frozenset."""
+def snapshot_from_wire(d: dict, previous: Snapshot | None = None) -> Snapshot:
+    """The Snapshot snapshot_to_wire made, `picture` a BlockPicture again (`previous`'s when the key is left
+    out) and `allowed` a frozenset."""
     if not isinstance(d, dict):
         raise ProtocolError("A snapshot must be a JSON object.")
     kwargs = _fields_from(Snapshot, d, "snapshot")
     picture = kwargs.get("picture")
     if picture is not None:
         kwargs["picture"] = BlockPicture(**_fields_from(BlockPicture, picture, "picture"))
+    elif "picture" not in d and previous is not None:
+        kwargs["picture"] = previous.picture
     kwargs["allowed"] = frozenset(kwargs.get("allowed", ()))
     return Snapshot(**kwargs)
 

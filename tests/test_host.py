@@ -118,6 +118,26 @@ def test_commands_reply_and_refusals_come_as_events(hosted):
         assert client.command("explode") == {"ok": False, "error": client.command("explode")["error"]}
 
 
+def test_a_snapshot_leaves_out_a_picture_the_client_already_has(hosted):
+    engine, _ = hosted(steps=32, k=2)
+    engine.plan_default()
+    assert engine.wait(120) and engine.snapshot().picture is not None
+    raw = Raw(engine.path, HELLO)
+    assert raw.until("state")["snapshot"]["picture"] is not None
+    with Client.connect(engine.path) as client:
+        raw.send({"type": "command", "id": 1, "name": "status"})  # every command is followed by a snapshot
+        assert "picture" not in raw.until("snapshot")["snapshot"]  # unchanged: not sent again
+        assert client.command("set_picture_size", rows=3, cols=5)["ok"] and client.command("save")["ok"]
+        fresh = client.wait_for(lambda s: isinstance(s, Snapshot) and s.picture.size == (3, 5), 60)
+        while "picture" not in raw.until("snapshot")["snapshot"]:  # (the push after set_picture_size has none)
+            pass
+        assert raw.last["snapshot"]["picture"]["row_bounds"][-1] == 3  # changed: sent
+        client.command("status")
+        later = client.wait_for(lambda s: isinstance(s, Snapshot), 60)
+        assert later.picture == fresh.picture == engine.snapshot().picture  # kept by the client
+    raw.close()
+
+
 def test_a_client_that_stops_reading_never_blocks_the_engine_and_is_resynced(hosted):
     engine, host = hosted(steps=64)
     stalled = Raw(engine.path, HELLO)

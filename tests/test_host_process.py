@@ -176,6 +176,8 @@ def test_the_host_ignores_sighup_and_saves_on_sigterm(sessions):
     os.kill(pid, signal.SIGHUP)  # what a closed terminal sends; the host has none, and ignores it anyway
     tail.wait_for(lambda e: e["kind"] == "Progress", "progress after SIGHUP", len(tail.events))
     assert probe(sessions / "t")["pid"] == pid
+    refused = cli(sessions, "resume", "t", rc=2).stderr  # a second process must not open the session it runs
+    assert f"t is running in a host (pid {pid})" in refused and len(refused.splitlines()) == 1
     os.kill(pid, signal.SIGTERM)
     closed = tail.wait_for(lambda e: e["kind"] == "Saved" and e["reason"] == "close", "the final save")
     tail.end()
@@ -186,9 +188,11 @@ def test_the_host_ignores_sighup_and_saves_on_sigterm(sessions):
 
 
 def test_the_host_ends_by_itself_once_done_and_unattended(sessions):
-    cli(sessions, "run", "--dataset", "synthetic", "--device", "cpu", "--steps", "20", "--finetune-epochs", "0",
-        "--session", "i", "--detach", "--idle-exit", "0.5")
-    pid = host_pid(sessions, "i")
+    started = json.loads(cli(sessions, "run", "--dataset", "synthetic", "--device", "cpu", "--steps", "20",
+                             "--finetune-epochs", "0", "--session", "i", "--detach", "--idle-exit", "0.5",
+                             "--json").stdout)
+    pid = started["pid"]
+    assert started["name"] == "i" and Path(started["session"]) == sessions / "i"
     wait_until(lambda: gone(pid), "the idle host to end")
     assert saved(sessions, "i")["step"] == 20 and not socket_path(sessions / "i").exists()
     assert "no client and nothing to run" in (sessions / "i" / "host.log").read_text()
