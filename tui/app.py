@@ -2,8 +2,7 @@
 
 A thin shell: it finds or starts the session's host (`engine.client.ensure_host`), attaches with an AsyncClient,
 sends the commands its screens post, and routes what the host sends to the session screen's reactive state. The
-engine runs in the host process, so the run outlives this one (`d` detaches, a lost terminal too) and torch is
-never imported here.
+engine runs in the host, so the run outlives this process (`d`, a lost terminal) and torch is never imported here.
 """
 
 from __future__ import annotations
@@ -53,10 +52,8 @@ class ClusterlabApp(App[str]):
         """`attach`: only attach to a running host, never start one; `ensure(name, config)` finds or starts the
         host of a session and returns its folder (an in-process host in tests)."""
         super().__init__()
-        self.session_name = name or new_name(config.dataset)
-        self.config = config
-        self.attach_only = attach
-        self.ensure = ensure
+        self.session_name, self.config = name or new_name(config.dataset), config
+        self.attach_only, self.ensure = attach, ensure
         self.client: AsyncClient | None = None
         self.view: SessionScreen  # the default screen, made by Textual's get_default_screen
         self.switching = True  # attaching to a host
@@ -78,8 +75,7 @@ class ClusterlabApp(App[str]):
             self._attach(self.session_name, self.config)  # connecting while the first frame is drawn
 
     def _show_sweep(self) -> None:
-        self.switching = False
-        self.sub_title = self.session_name
+        self.switching, self.sub_title = False, self.session_name
         self.view.detached(f"[b]sweep {self.session_name}[/b]\nno session open: o opens one, n makes one", "")
         self._open_chosen(self.session_name)
 
@@ -211,20 +207,11 @@ class ClusterlabApp(App[str]):
             self.call_later(self.action_detach)
         elif answer == "stop" and self.client is not None:
             self.leaving = QUIT
-            self.view.closing = True
-            self.refresh_bindings()
-            self.view.log_pane.add("saving and ending the host…")
-            self.view.control.show_message("Saving…")
+            self.view.closing_host()
             self.post_message(Command("stop-host"))  # the host saves, says bye and closes: then the app exits
 
     def action_help(self) -> None:
-        rows = []
-        for binding in [*SessionScreen.BINDINGS, *self.BINDINGS]:
-            assert isinstance(binding, Binding)
-            keys = binding.key.replace("question_mark", "?").replace("f1", "F1").replace(",", " / ")
-            rows.append((keys, binding.tooltip or binding.description))
-        rows.append(("tab", "move to a setting; type, then enter or escape returns to the keys"))
-        self.push_screen(HelpScreen(rows))
+        self.push_screen(HelpScreen([*SessionScreen.BINDINGS, *self.BINDINGS]))
 
     def action_open(self) -> None:
         self.push_screen(OpenScreen(), self._open_chosen)
@@ -237,12 +224,11 @@ class ClusterlabApp(App[str]):
         if name and is_sweep(session_path(name)):
             self.push_screen(SweepScreen(session_path(name)), self._open_chosen)  # a member chosen there opens
         elif name and (name != self.session_name or self.client is None):
-            self.attach_only = False
-            self._attach(name, None)
+            self._new_chosen((name, None))
 
-    def _new_chosen(self, result: tuple[str, Config] | None) -> None:
+    def _new_chosen(self, result: tuple[str, Config | None] | None) -> None:
         if result is not None:
-            self.attach_only = False
+            self.attach_only = False  # another session: its host is started if none runs
             self._attach(*result)
 
 

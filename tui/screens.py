@@ -16,13 +16,17 @@ from engine.session import check_name, list_sessions, new_name, session_path
 
 
 class HelpScreen(ModalScreen[None]):
-    """Every key binding of the app and what it does."""
+    """Every key binding given and what it does."""
 
     BINDINGS = [Binding("escape,q,question_mark,f1,enter", "dismiss", "Close", id="help.close")]
 
-    def __init__(self, rows: list[tuple[str, str]]) -> None:
+    def __init__(self, bindings: list) -> None:
         super().__init__()
-        self.rows = rows
+        self.rows = []
+        for binding in bindings:
+            keys = binding.key.replace("question_mark", "?").replace("f1", "F1").replace(",", " / ")
+            self.rows.append((keys, binding.tooltip or binding.description))
+        self.rows.append(("tab", "move to a setting; type, then enter or escape returns to the keys"))
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):

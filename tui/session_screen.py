@@ -126,6 +126,13 @@ class SessionScreen(Screen[None]):
         self.control.show_message(message, error=error)
         self.app.refresh_bindings()
 
+    def closing_host(self) -> None:
+        """The host was asked to save and end: no key sends it anything any more."""
+        self.closing = True
+        self.app.refresh_bindings()
+        self.log_pane.add("saving and ending the host…")
+        self.control.show_message("Saving…")
+
     def take(self, update: Snapshot | ev.Event) -> None:
         """One update from the host: a snapshot replaces the last, an event moves the live figures."""
         if isinstance(update, Snapshot):
