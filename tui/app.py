@@ -189,13 +189,13 @@ class ClusterlabApp(App[str]):
         self.exit(DETACHED if client is not None else QUIT)
 
     def action_quit(self) -> None:
-        snap = self.view.snapshot
+        snap, state = self.view.snapshot, self.view.live.state  # the live state: a snapshot lags its events 50 ms
         if self.leaving is not None:
             return
         if self.client is None or snap is None:
             self.exit(QUIT)  # nothing attached (or still attaching): a host started for us ends when idle
-        elif snap.state != "idle":
-            self.push_screen(ChoiceScreen(f"A job is running ({snap.state}). Stop the run (it is saved and `clusterlab "
+        elif state != "idle":
+            self.push_screen(ChoiceScreen(f"A job is running ({state}). Stop the run (it is saved and `clusterlab "
                                           f"resume {snap.name}` continues it), or leave it running and detach?",
                                           [("s", "Stop the run", "stop"), ("d", "Leave it running", "detach")]),
                              self._quit_chosen)
@@ -237,7 +237,7 @@ def run_app(name: str | None, config: Config, attach: bool = False) -> int:
     app = ClusterlabApp(name, config, attach=attach)
     if app.run() == DETACHED:
         snap, name = app.view.snapshot, app.session_name
-        running = snap is not None and snap.state != "idle"
+        running = snap is not None and app.view.live.state != "idle"
         what = "its run goes on" if running else "its host ends after a minute with no client (saved)"
         try:
             print(f"Detached from {name}: {what}. Come back with: clusterlab attach {name}")
