@@ -8,6 +8,7 @@ engine runs in the host, so the run outlives this process (`d`, a lost terminal)
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -68,11 +69,16 @@ class ClusterlabApp(App[str]):
 
     def on_mount(self) -> None:
         if not self.is_headless:  # the terminal went away (an SSH drop): a detach, the run goes on
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.call_later, self.action_detach)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
         if is_sweep(session_path(self.session_name)):  # `clusterlab tui --session SWEEP`: its view, no host
             self.call_after_refresh(self._show_sweep)
         else:
             self._attach(self.session_name, self.config)  # connecting while the first frame is drawn
+
+    def _hangup(self) -> None:
+        """Detach; with no terminal left Textual may never finish exiting, and the run is the host's: end anyway."""
+        self.call_later(self.action_detach)
+        asyncio.get_running_loop().call_later(2.0, os._exit, 0)
 
     def _show_sweep(self) -> None:
         self.switching, self.sub_title = False, self.session_name
