@@ -45,6 +45,10 @@ BATCHED_MIN_STEPS = 3  # a group's block has about --steps model-steps, and at l
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "clients", False):  # `bench --clients`: only what attached UIs cost (engine/bench_attach.py)
+        from engine.bench_attach import run_attach_bench
+
+        return run_attach_bench(args)
     steps = int(args.steps)  # checked by the CLI
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was given but no CUDA device is available; use --device cpu.")

@@ -31,19 +31,20 @@ def clusterlab_command() -> list[str]:
 
 
 class Tmux:
-    """One detached tmux session running a command; keys in, screen text out."""
+    """One detached tmux session running a command, on a tmux server of its own; keys in, screen text out."""
 
     def __init__(self, command: str, cwd: Path, env: dict[str, str], size: tuple[int, int] = (80, 24)) -> None:
         self.name = f"clusterlab-test-{uuid.uuid4().hex[:8]}"
+        self.tmux = [TMUX, "-L", self.name]  # its own server: killing it (an SSH drop) touches nothing else
         env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
-        subprocess.run([TMUX, "new-session", "-d", "-s", self.name, "-x", str(size[0]), "-y", str(size[1]),
+        subprocess.run([*self.tmux, "new-session", "-d", "-s", self.name, "-x", str(size[0]), "-y", str(size[1]),
                         "-c", str(cwd), *env_args, command], check=True)
 
     def keys(self, *keys: str) -> None:
-        subprocess.run([TMUX, "send-keys", "-t", self.name, *keys], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
 
     def screen(self) -> str:
-        result = subprocess.run([TMUX, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True)
+        result = subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True)
         return result.stdout
 
     def wait_for(self, condition, what: str, timeout: float = 60.0) -> str:
@@ -57,7 +58,8 @@ class Tmux:
             time.sleep(0.1)
 
     def kill(self) -> None:
-        subprocess.run([TMUX, "kill-session", "-t", self.name], capture_output=True)
+        """End the terminal and everything in it, as a dropped SSH connection does (the UI gets SIGHUP)."""
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
 def cluster_rows(screen: str) -> int:
@@ -65,21 +67,60 @@ def cluster_rows(screen: str) -> int:
     return sum(1 for line in screen.splitlines() if CLUSTER_ROW.match(line.split("▕")[-1]))
 
 
-@contextmanager
-def clusterlab_in_tmux(tmp_path: Path, flags: str, size: tuple[int, int] = (80, 24)) -> Iterator[Tmux]:
-    """The real `clusterlab FLAGS` in a tmux terminal of `size`, sessions under tmp_path; the block quits it with
-    q and checks the exit code is 0."""
+def terminal(tmp_path: Path, args: str, size: tuple[int, int] = (80, 24)) -> Tmux:
+    """The real `clusterlab ARGS` in a new tmux terminal of `size`, sessions under tmp_path."""
     app = " ".join(shlex.quote(part) for part in clusterlab_command())
     # The tmux server may be older than this test: its environment is passed explicitly.
     env = {"CLUSTERLAB_SESSIONS": str(tmp_path / "sessions"), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     # The shell prints the exit code, then lingers so the final screen can still be captured.
-    tmux = Tmux(f"{app} {flags}; echo CLUSTERLAB-EXIT=$?; sleep 60", tmp_path, env, size)
+    return Tmux(f"{app} {args}; echo CLUSTERLAB-EXIT=$?; sleep 60", tmp_path, env, size)
+
+
+@contextmanager
+def clusterlab_in_tmux(tmp_path: Path, flags: str, size: tuple[int, int] = (80, 24)) -> Iterator[Tmux]:
+    """`terminal(tmp_path, flags)`; the block quits it with q (idle: the host ends too) and checks the exit code
+    is 0."""
+    tmux = terminal(tmp_path, flags, size)
     try:
         yield tmux
         tmux.keys("q")
         tmux.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "a clean exit")
     finally:
         tmux.kill()
+
+
+@pytest.fixture
+def host_sessions(tmp_path, monkeypatch) -> Iterator[Path]:
+    """Sessions under tmp_path for hosts that outlive their terminal: any host still running at the end is
+    stopped (saved), so no test leaves a process behind."""
+    from engine.client import Client, running_hosts
+    from engine.errors import SessionError
+
+    root = tmp_path / "sessions"
+    monkeypatch.setenv("CLUSTERLAB_SESSIONS", str(root))
+    yield root
+    for _name, path in running_hosts(root):
+        try:
+            with Client.connect(path, client="test", attach=False) as client:
+                client.command("stop-host")
+        except SessionError:
+            pass  # already gone
+
+
+def host_step(session: Path) -> int:
+    """The step of the session's host, asked over its socket as `clusterlab ps` does."""
+    from engine.client import Client
+
+    with Client.connect(session, client="test", attach=False) as client:
+        return client.command("status")["result"]["step"]
+
+
+def shown_step(screen: str) -> int:
+    """The step the control pane shows ('step 1,234  epoch 5')."""
+    return int(re.search(r"step ([\d,]+)  epoch", screen).group(1).replace(",", ""))
+
+
+LONG = "--dataset synthetic --hidden 32,32 --device cpu --epochs 5000"  # trains far longer than any test
 
 
 def test_clusterlab_in_tmux(tmp_path):
@@ -124,3 +165,86 @@ def test_the_modules_tab_shows_the_blocks_and_the_ablation(tmp_path, size):
         assert len(picture_rows) >= 4  # the reordered |W| as half-block cells
         right = [line.split("▕")[-1].strip() for line in screen.splitlines() if "▀" not in line]
         assert {"1", "2"} <= {cells.split()[0] for cells in right if cells.split()}  # a drop row per cluster
+
+
+def test_a_dropped_terminal_leaves_the_run_going_and_attach_comes_back_to_it(tmp_path, host_sessions):
+    """The SSH drop: the tmux server under a UI attached to a training run is killed; the host trains on, `ps`
+    lists it, and `clusterlab attach NAME` in a new terminal shows the run, live."""
+    first = terminal(tmp_path, f"{LONG} --session drop")
+    try:
+        first.wait_for(lambda s: "Quit" in s and "idle" in s, "the UI attached to an idle host")
+        first.keys("t")
+        first.wait_for(lambda s: "training" in s and "steps/s" in s, "training")
+    finally:
+        first.kill()  # the terminal is gone: the UI gets SIGHUP
+    session = host_sessions / "drop"
+    step = host_step(session)
+    deadline = time.monotonic() + 30
+    while host_step(session) <= step:  # the run goes on with no terminal at all
+        assert time.monotonic() < deadline, "the host's step did not advance after the terminal was killed"
+        time.sleep(0.05)
+    listed = subprocess.run([*clusterlab_command(), "ps", "--json"], capture_output=True, text=True, check=True,
+                            env={**os.environ, "CLUSTERLAB_SESSIONS": str(host_sessions)})
+    assert [(row["name"], row["state"]) for row in json.loads(listed.stdout)] == [("drop", "training")]
+
+    again = terminal(tmp_path, "attach drop")
+    try:
+        screen = again.wait_for(lambda s: "training" in s and "steps/s" in s and "loss" in s,
+                                "the run in the new terminal")
+        assert shown_step(screen) > step
+        screen = again.wait_for(lambda s: shown_step(s) > shown_step(screen), "the step moving on screen")
+        again.keys("q")
+        again.wait_for(lambda s: "Stop the run" in s and "Leave it running" in s, "the question")
+        again.keys("s")  # stop the run: saved, the host ends
+        again.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "a clean exit")
+    finally:
+        again.kill()
+    saved = json.loads((session / "session.json").read_text())
+    assert saved["step"] > step and saved["plan"][0]["kind"] == "pretrain"  # resumable where it stopped
+
+
+def test_d_detaches_and_says_how_to_come_back(tmp_path, host_sessions):
+    tmux = terminal(tmp_path, f"{LONG} --session away")
+    try:
+        tmux.wait_for(lambda s: "Quit" in s and "idle" in s, "the UI attached to an idle host")
+        tmux.keys("t")
+        tmux.wait_for(lambda s: "training" in s and "steps/s" in s, "training")
+        tmux.keys("d")
+        screen = tmux.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "the shell again")
+    finally:
+        tmux.kill()
+    assert "Detached from away: its run goes on. Come back with: clusterlab attach away" in " ".join(screen.split())
+    step = host_step(host_sessions / "away")
+    deadline = time.monotonic() + 30
+    while host_step(host_sessions / "away") <= step:
+        assert time.monotonic() < deadline, "the run stopped when the UI detached"
+        time.sleep(0.05)
+
+
+def test_two_uis_attached_see_the_same_run(tmp_path, host_sessions):
+    one = terminal(tmp_path, f"{LONG} --session both")
+    two = None
+    try:
+        one.wait_for(lambda s: "Quit" in s and "idle" in s, "the first UI attached to an idle host")
+        two = terminal(tmp_path, "attach both")
+        two.wait_for(lambda s: "Quit" in s and "idle" in s, "the second UI attached to the same host")
+        one.keys("t")  # a key in one terminal…
+        for tmux in (one, two):
+            tmux.wait_for(lambda s: "training" in s and "steps/s" in s, "…trains in both")
+        two.keys("space")  # …and one in the other
+        one.wait_for(lambda s: "paused" in s, "paused")
+        step = host_step(host_sessions / "both")  # paused: it stays
+        for tmux in (one, two):
+            tmux.wait_for(lambda s: "paused" in s and shown_step(s) == step, f"paused at step {step} in both")
+        one.keys("x")
+        for tmux in (one, two):
+            tmux.wait_for(lambda s: "idle" in s and "paused" not in s, "idle in both")
+        one.keys("q")  # idle: ends the host; the other UI is told
+        one.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "the first UI to exit")
+        two.wait_for(lambda s: "The host ended" in " ".join(s.split()), "the second UI told the host has ended")
+        two.keys("q")
+        two.wait_for(lambda s: "CLUSTERLAB-EXIT=0" in s, "the second UI to exit")
+    finally:
+        one.kill()
+        if two is not None:
+            two.kill()

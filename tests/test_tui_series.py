@@ -52,3 +52,28 @@ def test_a_phase_trained_again_starts_a_new_line():
     data.add_boundary(30, "finetune")
     data.add_loss("pretrain", 40, 1.4)
     assert data.loss["pretrain"].lines() == [([10, 20], [2.0, 1.8]), ([40], [1.4])]
+
+
+def test_live_events_make_the_charts_the_log_makes_and_the_log_overlap_is_not_drawn_twice():
+    from engine import events as ev
+
+    records = [{"type": "train", "phase": "pretrain", "step": s, "epoch": 0, "loss": 1 / s} for s in (10, 20, 30)]
+    records.append({"type": "eval", "phase": "pretrain", "step": 30, "epoch": 0, "test_accuracy": 0.5,
+                    "clusterability": None})
+    from_log = ChartData()
+    from_log.load(records)
+    live = ChartData()
+    for record in records[:3]:
+        live.apply(ev.Progress("pretrain", record["step"], 0, record["loss"], record["step"], 100, 1.0))
+    live.apply(ev.Evaluated("pretrain", 30, 0, 0.5, None))
+    assert live.loss["pretrain"].lines() == from_log.loss["pretrain"].lines()
+    assert live.accuracy["pretrain"].lines() == from_log.accuracy["pretrain"].lines()
+
+    attached = ChartData()  # attached while training: the host's first events repeat the log's last records
+    attached.load(records[:2])
+    for record in records[1:3]:
+        attached.apply(ev.Progress("pretrain", record["step"], 0, record["loss"], record["step"], 100, 1.0))
+    attached.apply(ev.Evaluated("pretrain", 30, 0, 0.5, None))
+    assert attached.loss["pretrain"].lines() == from_log.loss["pretrain"].lines()
+    attached.apply(ev.Progress("pretrain", 30, 0, 1 / 30, 30, 100, 1.0))  # past the log: every event counts
+    assert attached.loss["pretrain"].lines()[0][0] == [10, 20, 30, 30]

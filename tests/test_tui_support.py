@@ -1,11 +1,13 @@
-"""Helpers for the TUI tests (no tests here): small configs, waiting on conditions with a deadline."""
+"""Helpers for the TUI tests (no tests here): small configs, waiting with a deadline, hosts served in-process."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from engine import Config
+from engine.config import Config
 
 
 def tui_config(**changes) -> Config:
@@ -49,12 +51,50 @@ def log_text(app) -> str:
     from textual.widgets import TabbedContent
 
     app.query_one(TabbedContent).active = "log"
-    return " ".join(" ".join(strip.text for strip in app.log_pane.lines).split())  # wrapped lines rejoined
+    return " ".join(" ".join(strip.text for strip in app.view.log_pane.lines).split())  # wrapped lines rejoined
 
 
 async def read_log(pilot, app) -> str:
     """log_text once the log tab has been laid out and its lines rendered."""
     log_text(app)
-    await until(pilot, lambda: app.log_pane.size.width > 0, "the log tab to show")
+    await until(pilot, lambda: app.view.log_pane.size.width > 0, "the log tab to show")
     await pilot.pause()
     return log_text(app)
+
+
+class InProcessHosts:
+    """What `ensure_host` does, in this process: each session's Engine served by `engine.host.serve` on its real
+    Unix socket, so an app under Pilot talks to it exactly as to a host process. `stop-host` saves and ends it."""
+
+    def __init__(self) -> None:
+        self.served: dict[str, tuple] = {}  # name -> (engine, host) while it serves
+        self.lock = threading.Lock()
+
+    def ensure(self, name: str, config: Config | None) -> Path:
+        from engine.engine import Engine
+        from engine.host import serve
+        from engine.session import session_path
+
+        path = session_path(name)
+        with self.lock:
+            if name not in self.served:
+                engine = Engine.open(path) if path.exists() else Engine.create(path, config or Config())
+                host = serve(engine, on_stop=lambda reason: threading.Thread(target=self.end, args=(name,)).start())
+                self.served[name] = (engine, host)
+        return path
+
+    def engine(self, name: str):
+        return self.served[name][0]
+
+    def end(self, name: str) -> None:
+        """As the host process ends: save (close the engine), then say bye and stop serving."""
+        with self.lock:
+            served = self.served.pop(name, None)
+        if served is not None:
+            engine, host = served
+            engine.close()
+            host.close("the host has saved and ended")
+
+    def close(self) -> None:
+        for name in list(self.served):
+            self.end(name)

@@ -117,7 +117,7 @@ async def test_sweep_view_at_80x24_table_chart_members(swept):
     app = ClusterlabApp("sw", Config())  # what `clusterlab tui --session sw` runs
     async with app.run_test(size=SIZE) as pilot:
         screen = await shown(pilot, app, 8, 8)
-        assert app.engine is None  # no session is open behind the view
+        assert app.client is None  # no session is open behind the view
         rows = screen.query_one("#sweep-rows", DataTable)
         # each row as the sweep's printed Markdown table has it
         assert ["| " + " | ".join(r) + " |" for r in table_rows(rows)] == markdown(table["table"]).splitlines()[2:]
@@ -160,9 +160,9 @@ async def test_a_member_opened_from_the_view_shows_the_figures_of_its_row(swept)
         assert row[3:5] == [fmt(member["test_accuracy"]), fmt(member["clusterability"])]
 
         await pilot.press("enter")
-        await until(pilot, lambda: app.engine is not None and not app.switching, "the member to open")
-        assert app.engine.name == member["name"]
-        snap = app.engine.snapshot()
+        await until(pilot, lambda: app.client is not None and app.view.snapshot is not None, "the member to open")
+        assert app.session_name == member["name"]
+        snap = app.view.snapshot
         assert (snap.test_accuracy, snap.clusterability) == (member["test_accuracy"], member["clusterability"])
         assert snap.params_sha256 == member["params_sha256"]
         assert f"acc {row[3]}  clust {row[4]}" in status_text(app)  # the same figures on screen as in its row
@@ -176,7 +176,7 @@ async def test_a_member_opened_from_the_view_shows_the_figures_of_its_row(swept)
         await pilot.press("enter")
         await shown(pilot, app, 8, 8)
         await pilot.press("escape")
-        await until(pilot, lambda: app.engine is not None and app.engine.name == member["name"], "the member again")
+        await until(pilot, lambda: app.client is not None and app.session_name == member["name"], "the member again")
         await pilot.press("q")
         await until(pilot, lambda: app.return_code is not None, "the app to exit")
 

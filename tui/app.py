@@ -1,569 +1,255 @@
-"""The clusterlab Textual app and `run_app`, which the `clusterlab` command calls to open it.
+"""The clusterlab Textual app, a client of a session's host, and `run_app`, which `clusterlab` calls to open it.
 
-The app holds no engine rule: what a key may do comes from the engine's `Snapshot.allowed`, the figures from its
-events and snapshots. Torch is never imported here: the engine module is loaded in the worker that opens a session.
-Over 400 lines because every engine event type has its own small handler here, next to the keys it enables.
+A thin shell: it finds or starts the session's host (`engine.client.ensure_host`), attaches with an AsyncClient,
+sends the commands its screens post, and routes what the host sends to the session screen's reactive state. The
+engine runs in the host, so the run outlives this process (`d`, a lost terminal) and torch is never imported here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App
 from textual.binding import Binding
-from textual.containers import Horizontal
-from textual.widgets import Footer, Header, TabbedContent, TabPane
 
-from engine import events as ev
+from engine.client import AsyncClient, Resynced, ensure_host
 from engine.config import Config
-from engine.errors import ConfigError
-from engine.format import null_band, null_text
+from engine.errors import ClusterlabError
 from engine.session import new_name, session_path
-from engine.snapshot import Snapshot
 from engine.sweep import is_sweep
-from tui import messages as msg
-from tui.screens import ConfirmScreen, HelpScreen, NewSessionScreen, OpenScreen
+from tui.messages import Command
+from tui.screens import ChoiceScreen, HelpScreen, NewSessionScreen, OpenScreen
+from tui.session_screen import SessionScreen
 from tui.sweep_screen import SweepScreen
-from tui.widgets.charts import MetricsCharts
-from tui.widgets.clusters import ClusterTable
-from tui.widgets.control import ControlPane, Live
-from tui.widgets.log import EngineLog
-from tui.widgets.modules import ModulesPane
 
-REDRAW_INTERVAL_S = 0.25  # progress text repaints at most 4 times a second, the charts at most twice (charts.py)
-QUEUEABLE = ("train", "cluster", "finetune")  # keys pressed while the first session loads run once it is ready
+DETACHED, QUIT = "detached", "quit"  # how the app ended: the run goes on, or the host was ended (saved)
 
 
-class ClusterlabApp(App[int]):
-    """Drives one Engine at a time: commands go to it, its events come back as messages."""
+class ClusterlabApp(App[str]):
+    """Attached to one session's host at a time; `o` and `n` detach from it and attach to another."""
 
     CSS_PATH = "app.tcss"
     TITLE = "clusterlab"
     ENABLE_COMMAND_PALETTE = False
-    AUTO_FOCUS = None  # nothing focused at start, so letter keys reach the app, not a settings field
+    AUTO_FOCUS = None  # nothing focused at start, so letter keys reach the keys, not a settings field
     BINDINGS = [
-        Binding("t", "train", "Train", id="train", tooltip="train (or continue the session's unfinished plan)"),
-        # One key, two bindings: the footer names what space does now (check_action hides the other).
-        Binding("space", "pause", "Pause", id="pause", key_display="space", tooltip="pause training"),
-        Binding("space", "resume", "Resume", id="resume", key_display="space", tooltip="resume paused training"),
-        Binding("c", "cluster", "Cluster", id="cluster", tooltip="co-cluster the studied layer with k and source"),
-        Binding("f", "finetune", "Finetune", id="finetune", tooltip="finetune with loss = CE - λ·clusterability"),
-        Binding("s", "save", "Save", id="save", tooltip="save the session now"),
-        Binding("x", "stop", "Stop", id="stop", show=False, tooltip="stop the running job and drop the queued ones"),
-        Binding("o", "open", "Open", id="open", tooltip="open another session"),
-        Binding("n", "new", "New", id="new", tooltip="create a new session"),
-        Binding("1", "tab('charts')", "Charts", id="tab.charts", show=False, tooltip="show the charts"),
-        Binding("2", "tab('clusters')", "Clusters", id="tab.clusters", show=False, tooltip="show the cluster table"),
-        Binding("3", "tab('log')", "Log", id="tab.log", show=False, tooltip="show the engine log"),
-        Binding("4", "tab('modules')", "Modules", id="tab.modules", show=False,
-                tooltip="show the layer's blocks and what silencing each cluster costs each class"),
+        Binding("o", "open", "Open", id="open", tooltip="open another session (this one's run goes on)"),
+        # Off the footer so Quit fits at 80 columns; the help lists it, and the open screen says n makes one.
+        Binding("n", "new", "New", id="new", show=False, tooltip="create a new session (this one's run goes on)"),
+        Binding("d", "detach", "Detach", id="detach",
+                tooltip="detach: the run goes on without this terminal; clusterlab attach NAME comes back"),
         Binding("question_mark,f1", "help", "Help", id="help", key_display="?", tooltip="list every key"),
-        Binding("q", "quit", "Quit", id="quit", tooltip="quit; the session is saved"),
+        Binding("q", "quit", "Quit", id="quit",
+                tooltip="quit and end the session's host (saved); while a job runs, asks: stop it, or detach"),
     ]
 
-    def __init__(self, name: str | None, config: Config) -> None:
+    def __init__(self, name: str | None, config: Config, *, attach: bool = False,
+                 ensure: Callable[[str, Config | None], Path] = ensure_host) -> None:
+        """`attach`: only attach to a running host, never start one; `ensure(name, config)` finds or starts the
+        host of a session and returns its folder (an in-process host in tests)."""
         super().__init__()
-        self.session_name = name or new_name(config.dataset)
-        self.config = config
-        self.engine = None  # engine.engine.Engine, once a session is open
-        self.snap: Snapshot | None = None  # the engine's latest snapshot
-        self.live = Live()
-        self.switching = True  # an engine is being opened or closed
-        self.quitting = False
-        self._queued: list[str] = []  # actions asked for while the session loaded
-        self._dirty = False
-        self._shares_due = False  # a save brought new cluster shares for the table
+        self.session_name, self.config = name or new_name(config.dataset), config
+        self.attach_only, self.ensure = attach, ensure
+        self.client: AsyncClient | None = None
+        self.view: SessionScreen  # the default screen, made by Textual's get_default_screen
+        self.switching = True  # attaching to a host
+        self.leaving: str | None = None  # QUIT once the host was asked to end: the app exits when it has
+        self.shown = asyncio.Event()  # set at the first full screen of an attached session
         self._flags_given = config != Config()  # settings given for the first session, unused if it exists
-        self._keys: tuple | None = None  # what check_action read when the footer was last refreshed
+        self._keys = (True, True, None, (True, False, None))  # what check_action reads, as at the first frame
 
-    # ----- layout ------------------------------------------------------------------------------------------
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        with Horizontal(id="main"):
-            yield ControlPane(id="control")
-            with TabbedContent(id="tabs", initial="charts"):
-                with TabPane("Charts 1", id="charts"):
-                    yield MetricsCharts(id="metrics")
-                with TabPane("Clusters 2", id="clusters"):
-                    yield ClusterTable(id="cluster-pane")
-                with TabPane("Log 3", id="log"):
-                    yield EngineLog(id="engine-log")
-                with TabPane("Modules 4", id="modules"):
-                    yield ModulesPane(id="modules-pane")
-        yield Footer(compact=True)
+    def get_default_screen(self) -> SessionScreen:
+        self.view = SessionScreen()
+        return self.view
 
     def on_mount(self) -> None:
-        self.sub_title = self.session_name
-        self.control.show_session(f"[b]{self.session_name}[/b]\nloading…")
-        self.control.show_status(self.live)
-        self.set_interval(REDRAW_INTERVAL_S, self._redraw)
-        if is_sweep(session_path(self.session_name)):  # `clusterlab tui --session SWEEP`: its view, no session yet
-            self._show_sweep(self.session_name)
+        if not self.is_headless:  # the terminal went away (an SSH drop): a detach, the run goes on
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
+        if is_sweep(session_path(self.session_name)):  # `clusterlab tui --session SWEEP`: its view, no host
+            self.call_after_refresh(self._show_sweep)
         else:
-            self._load_engine(self.session_name, self.config, None)
+            self._attach(self.session_name, self.config)  # connecting while the first frame is drawn
 
-    @property
-    def control(self) -> ControlPane:
-        return self.query_one(ControlPane)
+    def _hangup(self) -> None:
+        """Detach; with no terminal left Textual may never finish exiting, and the run is the host's: end anyway."""
+        self.call_later(self.action_detach)
+        asyncio.get_running_loop().call_later(2.0, os._exit, 0)
 
-    @property
-    def charts(self) -> MetricsCharts:
-        return self.query_one(MetricsCharts)
+    def _show_sweep(self) -> None:
+        self.switching, self.sub_title = False, self.session_name
+        self.view.detached(f"[b]sweep {self.session_name}[/b]\nno session open: o opens one, n makes one", "")
+        self._open_chosen(self.session_name)
 
-    @property
-    def clusters(self) -> ClusterTable:
-        return self.query_one(ClusterTable)
+    # ----- attaching: the host's updates go to the session screen's reactive state ------------------------------
 
-    @property
-    def log_pane(self) -> EngineLog:
-        return self.query_one(EngineLog)
-
-    @property
-    def modules(self) -> ModulesPane:
-        return self.query_one(ModulesPane)
-
-    @property
-    def loading(self) -> bool:
-        """A session is being opened (keys for it are queued until it is ready)."""
-        return self.switching and self.engine is None and not self.quitting
-
-    # ----- opening and closing sessions (worker threads: importing torch, loading data, saving take seconds) -----
-
-    @work(thread=True, exclusive=True, group="engine")
-    def _load_engine(self, name: str, config: Config | None, old) -> None:
-        from engine.engine import Engine  # torch: loaded off the UI thread, after the first paint
-
+    @work(exclusive=True, group="host")
+    async def _attach(self, name: str, config: Config | None) -> None:
+        old, self.client = self.client, None
         if old is not None:
-            old.close()  # saves the old session before the new one loads
-        path = session_path(name)
-        created = not path.exists()
+            await old.close()  # a detach: its run goes on
+        self.switching, self.session_name, self.sub_title = True, name, name
+        created = not self.attach_only and not session_path(name).exists()
+        connecting = asyncio.ensure_future(self._connect(name, config))
         try:
-            engine = Engine.create(path, config or self.config) if created else Engine.open(path)
-            history, snapshot = engine.metrics_history(), engine.snapshot()
-        except Exception as exc:  # noqa: BLE001 - any failure to open is shown; the app must keep running
-            self.post_message(msg.EngineUnavailable(name, str(exc)))
+            await self.view.composed.wait()
+            self.view.attaching(name, "attaching" if self.attach_only else "opening")
+            client = await connecting
+        except ClusterlabError as exc:
+            self._unavailable(name, str(exc))
             return
+        finally:
+            connecting.cancel()  # only if this worker was cancelled (another session chosen) before it was done
+        self.client, self.switching = client, False
+        self._attached(client, created)
+        async for update in client.updates():
+            if isinstance(update, Resynced):  # this client fell behind: the charts are rebuilt, a snapshot follows
+                self.view.history = tuple(update.history)
+            else:
+                self.view.take(update)
+        self._host_ended(client)
 
-        def forward(event: ev.Event) -> None:
-            # Called on the engine thread: only post, the handlers run on the UI's thread.
-            self.post_message(msg.message_for(engine, event))
+    async def _connect(self, name: str, config: Config | None) -> AsyncClient:
+        path = session_path(name) if self.attach_only else await asyncio.to_thread(self.ensure, name, config)
+        return await AsyncClient.connect(path, client="tui")
 
-        engine.subscribe(forward)
-        self.post_message(msg.EngineReady(engine, history, snapshot, created))
-
-    @work(thread=True, exclusive=True, group="engine")
-    def _close_engine(self, engine) -> None:
-        step = None
-        if engine is not None:
-            engine.close()  # stops at a step boundary and saves; the unfinished job stays resumable
-            step = engine.snapshot().step
-        self.post_message(msg.EngineClosed(step))
-
-    def on_engine_ready(self, message: msg.EngineReady) -> None:
-        if self.quitting:  # q came while this session was loading: close it (saving) and go
-            self._close_engine(message.engine)
-            return
-        self.engine, snap = message.engine, message.snapshot
-        self.session_name = message.engine.name
-        self.sub_title = self.session_name
-        self.switching = False
-        self.live = Live(state=snap.state, phase=snap.phase, step=snap.step, epoch=snap.epoch,
-                         loss=snap.train_loss, accuracy=snap.test_accuracy, clusterability=snap.clusterability)
-        self.control.set_session(self.session_name, snap.dataset, snap.device, message.engine.config)
-        self.charts.reset(message.history)
-        self._take(snap)
-        if self._flags_given and not message.created:
-            self.log_pane.add(f"session {self.session_name} exists: it keeps its own settings; the settings "
-                              "given on the command line were not used", "warning")
-            self.control.show_message("This session keeps its own settings; the command line's were not used.")
+    def _attached(self, client: AsyncClient, created: bool) -> None:
+        snap, log = client.snapshot, self.view.log_pane
+        self.view.attached(snap, client.history)
+        if self._flags_given and not created:
+            log.add(f"session {snap.name} exists: it keeps its own settings; the settings given on the command "
+                    "line were not used", "warning")
+            self.view.control.show_message("This session keeps its own settings; the command line's were not used.")
         self._flags_given = False
-        verb = "created" if message.created else "opened"
-        self.log_pane.add(f"{verb} session {self.session_name} ({snap.session}) at step {snap.step}")
+        verb = "created" if created else "attached to"
+        log.add(f"{verb} session {snap.name} ({snap.session}) at step {snap.step}; its host is pid "
+                f"{client.welcome.get('pid')}")
         if snap.held:
             jobs = ", ".join(job["kind"] for job in snap.plan)
-            self.log_pane.add(f"unfinished plan: {jobs}; press t to continue it")
-            self.control.show_message(f"Unfinished plan ({jobs}): t continues it.")
-        self._changed()
-        queued, self._queued = self._queued, []
-        for action in queued:
-            if self.check_action(action, ()):
-                getattr(self, f"action_{action}")()
+            log.add(f"unfinished plan: {jobs}; press t to continue it")
+            self.view.control.show_message(f"Unfinished plan ({jobs}): t continues it.")
+        self.call_after_refresh(self.shown.set)
 
-    def on_engine_unavailable(self, message: msg.EngineUnavailable) -> None:
+    def _unavailable(self, name: str, error: str) -> None:
         self.switching = False
-        self._queued = []
-        if self.quitting:
-            self.exit(0)
+        self.view.detached(f"[b]{name}[/b]\nnot open: o opens another, n makes one", error, error=True)
+        self.view.log_pane.add(f"session {name}: {error}", "error")
+        self.notify(error, title="Cannot open session", severity="error", timeout=10)
+
+    def _host_ended(self, client: AsyncClient) -> None:
+        """The host closed the connection: asked to by q, or ended by another client or `clusterlab stop`."""
+        if client is not self.client:
+            return  # detached from it on purpose
+        self.client = None
+        if self.leaving is not None:
+            self.exit(self.leaving)
             return
-        self.live = Live(state="no session")
-        self.control.show_session(f"[b]{message.name}[/b]\nnot open: o opens another, n makes one")
-        self.log_pane.add(f"session {message.name}: {message.error}", "error")
-        self.control.show_message(message.error, error=True)
-        self.notify(message.error, title="Cannot open session", severity="error", timeout=10)
-        self._changed()
+        reason = client.bye or "the connection was lost"
+        self.view.detached(f"[b]{self.session_name}[/b]\nits host has ended",
+                           f"The host ended ({reason}): o opens a session, n makes one, q quits.")
 
-    def on_engine_closed(self, message: msg.EngineClosed) -> None:
-        if message.step is not None:
-            self.log_pane.add(f"saved {self.session_name} at step {message.step}")
-        if self.quitting:
-            self.exit(0)
-
-    def _switch(self, name: str, config: Config | None) -> None:
-        """Close the current session (saving it) and open or create another."""
-        old, self.engine, self.snap = self.engine, None, None
-        self.switching = True
-        self.live = Live()
-        self.session_name = name
-        self.sub_title = name
-        self.control.show_session(f"[b]{name}[/b]\nopening…")
-        self.clusters.clear()
-        self.charts.reset()
-        self._changed()
-        self._load_engine(name, config, old)
-
-    def _take(self, snap: Snapshot) -> None:
-        """Adopt a new snapshot: the cluster table follows it, the footer's keys follow its `allowed`."""
-        self.snap = snap
-        if snap.clusters is None:
-            self.clusters.clear()
-            self.modules.clear()
-        else:
-            self._want_picture()
-            if snap.picture is not None:
-                self.modules.show_picture(snap.picture, layer=f"fc{self.engine.config.studied_layer}",
-                                          step=snap.step)
-            if snap.ablation is not None:
-                self.modules.show_ablation(snap.ablation)
-            found = snap.clusters
-            self.clusters.show(k=found["k"], source=found["source"], row_sizes=found["row_sizes"],
-                               col_sizes=found["col_sizes"], shares=found["shares"],
-                               clusterability=snap.clusterability, chance=snap.clusterability_chance,
-                               step=snap.cluster_step, significance=snap.significance)
-            if snap.significance is not None:
-                self.live.significance = snap.significance
-        self.refresh_bindings()
-
-    def _refresh(self) -> None:
-        if self.engine is not None:
-            self.snap = self.engine.snapshot()
-            self.refresh_bindings()
-
-    # ----- engine events: one handler per event type ------------------------------------------------------------
-
-    def _current(self, message: msg.EngineMessage) -> bool:
-        return message.engine is self.engine  # else a late event from a session that is being closed
-
-    @on(msg.StateChanged)
-    def _state_changed(self, message: msg.StateChanged) -> None:
-        if not self._current(message):
+    @on(Command)
+    async def _send(self, command: Command) -> None:
+        """Send a screen's command to the host; a refusal is shown, what it starts arrives as events."""
+        if self.client is None:
             return
-        event = message.event
-        self._refresh()
-        self.live.state = event.state
-        # Progress is throttled and not sent on pause: the snapshot has the exact step (no torch).
-        self.live.step, self.live.epoch, self.live.phase = self.snap.step, self.snap.epoch, self.snap.phase
-        self.log_pane.add(f"state: {event.previous} → {event.state}", "debug")
-        # State changes are rare and are what a key press waits for: show them now, not on the timer.
-        self.control.show_status(self.live)
+        try:
+            reply = await self.client.command(command.kind, **command.args)
+        except ClusterlabError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        if not reply["ok"]:
+            self.view.control.show_message(reply["error"], error=True)
+            self.view.log_pane.add(f"{command.kind} refused: {reply['error']}", "error")
 
-    @on(msg.ProgressMade)
-    def _progress(self, message: msg.ProgressMade) -> None:
-        if not self._current(message):
-            return
-        event, live = message.event, self.live
-        live.phase, live.step, live.epoch, live.loss = event.phase, event.step, event.epoch, event.loss
-        live.job_step, live.job_total, live.steps_per_s = event.job_step, event.job_total, event.steps_per_s
-        self.charts.data.add_loss(event.phase, event.step, event.loss)
-        self._dirty = True
-
-    @on(msg.Evaluated)
-    def _evaluated(self, message: msg.Evaluated) -> None:
-        if not self._current(message):
-            return
-        event = message.event
-        self.live.accuracy = event.test_accuracy
-        if event.clusterability is not None:
-            self.live.clusterability = event.clusterability
-        self.charts.data.add_eval(event.phase, event.step, event.test_accuracy, event.clusterability)
-        self._dirty = True
-
-    @on(msg.ClustersFound)
-    def _clusters_found(self, message: msg.ClustersFound) -> None:
-        if not self._current(message):
-            return
-        event = message.event
-        self.live.clusterability, self.live.significance = event.clusterability, None
-        self.clusters.show(k=event.k, source=event.source, row_sizes=event.row_sizes, col_sizes=event.col_sizes,
-                           shares=event.shares, clusterability=event.clusterability, chance=event.chance,
-                           step=event.step)
-        self.charts.data.add_clusters(event.step, event.clusterability, event.chance)
-        self.control.show_message(f"Clusters found (k={event.k}); press 2 for the table.")
-        self._dirty = True
-
-    @on(msg.PhaseFinished)
-    def _phase_finished(self, message: msg.PhaseFinished) -> None:
-        if not self._current(message):
-            return
-        event = message.event
-        if event.phase in ("pretrain", "finetune"):
-            self.charts.data.add_boundary(event.step, event.phase)
-        accuracy = "-" if event.test_accuracy is None else f"{event.test_accuracy:.4f}"
-        self.log_pane.add(f"{event.phase} finished at step {event.step} ({event.steps} steps), accuracy {accuracy}")
-        self.live.step = max(self.live.step, event.step)
-        self._dirty = True
-
-    @on(msg.Saved)
-    def _saved(self, message: msg.Saved) -> None:
-        if not self._current(message):
-            return
-        if message.event.reason != "autosave":  # several a second at full speed: they would bury everything else
-            self.log_pane.add(f"saved at step {message.event.step} ({message.event.reason})")
-        # Training moves the weights: each save's snapshot has the held clusters' current shares; the table
-        # takes them on the redraw timer, in place.
-        self._shares_due = True
-
-    @on(msg.SignificanceFound)
-    def _significance_found(self, message: msg.SignificanceFound) -> None:
-        if not self._current(message):
-            return
-        event = message.event
-        found = event.significance
-        self.live.significance = found
-        self.charts.data.add_null(*null_band(found))
-        self.log_pane.add(f"{event.phase} step {event.step}: clusterability {event.clusterability:.4f} "
-                          f"{null_text(found)}")
-        self._shares_due = True  # the table's summary takes the snapshot's significance on the timer
-        self._dirty = True
-
-    @on(msg.Ablated)
-    def _ablated(self, message: msg.Ablated) -> None:
-        if self._current(message):
-            self.modules.show_ablation(message.event.ablation)
-            self.log_pane.add(f"ablation at step {message.event.step}: press 4 for what each cluster carries")
-
-    @on(msg.FiguresUpdated)
-    def _figures_updated(self, message: msg.FiguresUpdated) -> None:
-        if self._current(message):
-            self._shares_due = True  # taken on the redraw timer
-
-    @on(ModulesPane.PictureWanted)
-    def _want_picture(self) -> None:
-        """Tell the engine the size of picture the Modules tab can show (from the next update on)."""
-        if self.engine is not None and self.snap is not None and self.snap.clusters is not None:
-            size = self.modules.picture_size(self.snap.clusters["k"])
-            if size is not None:
-                self.engine.set_picture_size(*size)
-
-    @on(msg.LogLine)
-    def _log_line(self, message: msg.LogLine) -> None:
-        if self._current(message):
-            self.log_pane.add(message.event.message, message.event.level)
-
-    @on(msg.Failed)
-    def _failed(self, message: msg.Failed) -> None:
-        if not self._current(message):
-            return
-        event = message.event
-        self._refresh()
-        self.log_pane.add(f"{event.job} failed: {event.message}", "error")
-        self.control.show_message(event.message, error=True)
-        self.notify(event.message, title=f"{event.job} failed", severity="error")
-
-    def _changed(self) -> None:
-        self._dirty = True
-        self.control.show_status(self.live)
-        self.refresh_bindings()
-
-    def _redraw(self) -> None:
-        """The timer: repaint what accumulated since the last tick, at most 4 times a second."""
-        if self._dirty:
-            self._dirty = False
-            self.control.show_status(self.live)
-        if self._shares_due and self.engine is not None:
-            self._shares_due = False
-            self._take(self.engine.snapshot())
-        self.charts.redraw()
-
-    # ----- which keys make sense now: the engine says, in its snapshot ----------------------------------------
+    # ----- the app's own keys: leaving, switching, help ----------------------------------------------------------
 
     def refresh_bindings(self) -> None:
-        """Refresh the footer only when what `check_action` reads has changed: each refresh recomposes the footer,
-        a layout of the whole screen, and snapshots come several times a second while training. Every screen of the
-        stack is told, so the main screen's footer is right again when a dialog over it closes."""
-        keys = (self.loading, self.switching, self.engine is None, self.snap.allowed if self.snap else None)
-        if keys != self._keys and self._is_mounted:
+        """Refresh the footer only when what a check_action reads has changed: each refresh recomposes the footer, a
+        layout of the whole screen, and snapshots come several times a second while training."""
+        keys = (self.switching, self.client is None, self.leaving, self.view.keys)
+        if keys != self._keys:
             self._keys = keys
-            for screen in self.screen_stack:
-                screen.refresh_bindings()
+            self.screen.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if isinstance(self.screen, SweepScreen):
-            return action == "help"  # the sweep view has keys of its own; the session's wait until one is open
-        if action in QUEUEABLE and self.loading:
-            return True  # remembered and run when the session is ready
-        if action in ("train", "cluster", "finetune", "save", "pause", "resume", "stop"):
-            allowed = self.snap.allowed if self.snap is not None and not self.switching else frozenset()
-            if action == "train":
-                return True if {"train", "continue"} & allowed else None
-            if action in allowed:
-                return True
-            if action in ("pause", "resume"):  # space shows one of the two: the other is hidden
-                other = "resume" if action == "pause" else "pause"
-                return False if other in allowed or action == "resume" else None
+        if self.leaving is not None:
             return None
+        if isinstance(self.screen, SweepScreen):
+            return True if action == "help" else None  # the sweep view has keys of its own
+        if action == "detach":
+            return True if self.client is not None else None
         if action in ("open", "new"):
-            idle = self.snap is not None and "train" in self.snap.allowed
-            return True if not self.switching and (self.engine is None or idle) else None
+            return None if self.switching else True
         return True
 
-    # ----- actions --------------------------------------------------------------------------------------------
+    async def action_detach(self) -> None:
+        """Leave the run to its host and end the app; run_app then says how to come back."""
+        client, self.client = self.client, None
+        self.workers.cancel_group(self, "host")
+        if client is not None:
+            await client.close()
+        self.exit(DETACHED if client is not None else QUIT)
 
-    def action_train(self) -> None:
-        if self._queue_if_loading("train"):
+    def action_quit(self) -> None:
+        snap, state = self.view.snapshot, self.view.live.state  # the live state: a snapshot lags its events 50 ms
+        if self.leaving is not None:
             return
-        if self.snap is not None and "continue" in self.snap.allowed:
-            self._command(lambda engine: engine.continue_plan(), "continuing the unfinished plan")
-            return
-        try:
-            epochs, steps = self.control.train_args()
-        except ConfigError as exc:
-            self._refuse(exc)
-            return
-        what = f"train {steps} steps" if steps is not None else f"train {epochs or self.engine.config.epochs} epochs"
-        self._command(lambda engine: engine.train(epochs=epochs, steps=steps), what)
+        if self.client is None or snap is None:
+            self.exit(QUIT)  # nothing attached (or still attaching): a host started for us ends when idle
+        elif state != "idle":
+            self.push_screen(ChoiceScreen(f"A job is running ({state}). Stop the run (it is saved and `clusterlab "
+                                          f"resume {snap.name}` continues it), or leave it running and detach?",
+                                          [("s", "Stop the run", "stop"), ("d", "Leave it running", "detach")]),
+                             self._quit_chosen)
+        else:
+            self._quit_chosen("stop")
 
-    def action_cluster(self) -> None:
-        if self._queue_if_loading("cluster"):
-            return
-        try:
-            k, source = self.control.cluster_args()
-        except ConfigError as exc:
-            self._refuse(exc)
-            return
-        self._command(lambda engine: engine.cluster(k=k, source=source),
-                      f"cluster k={k or self.engine.config.k} on {source}")
-
-    def action_finetune(self) -> None:
-        if self._queue_if_loading("finetune"):
-            return
-        try:
-            epochs, lam = self.control.finetune_args()
-        except ConfigError as exc:
-            self._refuse(exc)
-            return
-        config = self.engine.config
-        self._command(lambda engine: engine.finetune(epochs=epochs, lam=lam),
-                      f"finetune {config.finetune_epochs if epochs is None else epochs} epochs, "
-                      f"λ={config.lam if lam is None else lam:g}")
-
-    def action_save(self) -> None:
-        self._command(lambda engine: engine.save(), "save")
-
-    def action_pause(self) -> None:
-        self._command(lambda engine: engine.pause(), "pause")
-
-    def action_resume(self) -> None:
-        self._command(lambda engine: engine.resume(), "resume")
-
-    def action_stop(self) -> None:
-        self._command(lambda engine: engine.stop(), "stop requested")
-
-    def action_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+    def _quit_chosen(self, answer: str | None) -> None:
+        if answer == "detach":
+            self.call_later(self.action_detach)
+        elif answer == "stop" and self.client is not None:
+            self.leaving = QUIT
+            self.view.closing_host()
+            self.post_message(Command("stop-host"))  # the host saves, says bye and closes: then the app exits
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.key_rows()))
+        self.push_screen(HelpScreen([*SessionScreen.BINDINGS, *self.BINDINGS]))
 
     def action_open(self) -> None:
         self.push_screen(OpenScreen(), self._open_chosen)
 
     def action_new(self) -> None:
-        config = self.engine.config if self.engine is not None else self.config
+        config = self.view.control.config if self.client is not None else self.config
         self.push_screen(NewSessionScreen(config), self._new_chosen)
-
-    def action_quit(self) -> None:
-        if self.quitting:
-            return
-        if self.snap is not None and "train" not in self.snap.allowed:
-            self.push_screen(ConfirmScreen(f"A job is running ({self.snap.state}). Quit? "
-                                           "The session is saved and can be continued later."), self._quit_chosen)
-            return
-        self._quit_chosen(True)
-
-    def _quit_chosen(self, answer: bool | None) -> None:
-        if not answer:
-            return
-        loading = self.switching and self.engine is None  # a session is being opened: let it finish first
-        self.quitting = True
-        self.switching = True
-        self._queued = []
-        self.refresh_bindings()
-        self.log_pane.add("saving and quitting…")
-        self.control.show_message("Saving…")
-        if not loading:
-            self._close_engine(self.engine)
 
     def _open_chosen(self, name: str | None) -> None:
         if name and is_sweep(session_path(name)):
             self.push_screen(SweepScreen(session_path(name)), self._open_chosen)  # a member chosen there opens
-        elif name and name != self.session_name:
-            self._switch(name, None)
+        elif name and (name != self.session_name or self.client is None):
+            self._new_chosen((name, None))
 
-    def _show_sweep(self, name: str) -> None:
-        """Open on a sweep's view instead of a session: none is open until a member is chosen there."""
-        self.switching = False
-        self.live = Live(state="no session")
-        self.control.show_session(f"[b]sweep {name}[/b]\nno session open: o opens one, n makes one")
-        self._changed()
-        self._open_chosen(name)
-
-    def _new_chosen(self, result: tuple[str, Config] | None) -> None:
+    def _new_chosen(self, result: tuple[str, Config | None] | None) -> None:
         if result is not None:
-            name, config = result
-            self._switch(name, config)
-
-    def _queue_if_loading(self, action: str) -> bool:
-        if not self.loading:
-            return False
-        if action not in self._queued:
-            self._queued.append(action)
-        self.control.show_message(f"Loading the session: {action} starts as soon as it is ready.")
-        return True
-
-    def _command(self, send, what: str) -> None:
-        """Send one command to the engine; its job's events will say what happened."""
-        if self.engine is None:
-            return
-        send(self.engine)
-        self._refresh()  # the engine already counts the command in what it allows
-        self.log_pane.add(what)
-        if what not in ("pause", "resume"):
-            self.control.show_message("")
-
-    def _refuse(self, exc: ConfigError) -> None:
-        self.control.show_message(str(exc), error=True)
-        self.notify(str(exc), title="Invalid setting", severity="error")
-
-    def key_rows(self) -> list[tuple[str, str]]:
-        """(keys, description) of every binding, for the help screen."""
-        rows = []
-        for binding in self.BINDINGS:
-            assert isinstance(binding, Binding)
-            keys = binding.key.replace("question_mark", "?").replace("f1", "F1").replace(",", " / ")
-            rows.append((keys, binding.tooltip or binding.description))
-        rows.append(("tab", "move to a setting; type, then enter or escape returns to the keys"))
-        return rows
+            self.attach_only = False  # another session: its host is started if none runs
+            self._attach(*result)
 
 
-def run_app(name: str | None, config: Config) -> int:
-    """Run the UI on session `name` (opened if it exists, else created), or on a new session."""
-    app = ClusterlabApp(name, config)
-    try:
-        code = app.run()
-    finally:
-        if app.engine is not None:
-            app.engine.close()  # idempotent: makes sure a crash or a signal still saves the session
-    return int(code or 0)
+def run_app(name: str | None, config: Config, attach: bool = False) -> int:
+    """Run the UI on session `name`: attach to its host, starting one (and creating the session) unless `attach`."""
+    app = ClusterlabApp(name, config, attach=attach)
+    if app.run() == DETACHED:
+        snap, name = app.view.snapshot, app.session_name
+        running = snap is not None and app.view.live.state != "idle"
+        what = "its run goes on" if running else "its host ends after a minute with no client (saved)"
+        try:
+            print(f"Detached from {name}: {what}. Come back with: clusterlab attach {name}")
+        except OSError:
+            pass  # the terminal is gone (SIGHUP): nobody to tell
+    return 0
 
 
-__all__ = ["ClusterlabApp", "run_app"]
+__all__ = ["DETACHED", "QUIT", "ClusterlabApp", "run_app"]

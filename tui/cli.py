@@ -13,10 +13,11 @@ from engine.cli import main as engine_main
 from engine.config import Config
 
 
-def open_ui(name: str | None, config: Config) -> int:
+def open_ui(name: str | None, config: Config | None) -> int:
+    """`tui`: open (or create) `name` with `config`; `attach` (config None): attach to NAME's running host."""
     from tui.app import run_app
 
-    return run_app(name, config)
+    return run_app(name, config or Config(), attach=config is None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

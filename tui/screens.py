@@ -1,4 +1,4 @@
-"""Modal screens: help, quit confirmation, the session list to open, and the new-session form."""
+"""Modal screens: help, a question with a few answers, the session list to open, the new-session form."""
 
 from __future__ import annotations
 
@@ -17,13 +17,17 @@ from engine.session import check_name, new_name, session_path
 
 
 class HelpScreen(ModalScreen[None]):
-    """Every key binding of the app and what it does."""
+    """Every key binding given and what it does."""
 
     BINDINGS = [Binding("escape,q,question_mark,f1,enter", "dismiss", "Close", id="help.close")]
 
-    def __init__(self, rows: list[tuple[str, str]]) -> None:
+    def __init__(self, bindings: list) -> None:
         super().__init__()
-        self.rows = rows
+        self.rows = []
+        for binding in bindings:
+            keys = binding.key.replace("question_mark", "?").replace("f1", "F1").replace(",", " / ")
+            self.rows.append((keys, binding.tooltip or binding.description))
+        self.rows.append(("tab", "move to a setting; type, then enter or escape returns to the keys"))
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -36,30 +40,34 @@ class HelpScreen(ModalScreen[None]):
             yield Static("escape, enter, q, ? or F1 closes this.", classes="dialog-hint")
 
 
-class ConfirmScreen(ModalScreen[bool]):
-    """A yes/no question; y/enter confirm, n/escape cancel."""
+class ChoiceScreen(ModalScreen[str | None]):
+    """A question with a few answers, each a key and a button; escape answers None (nothing is done)."""
 
-    BINDINGS = [
-        Binding("y", "answer(True)", "Yes", id="confirm.yes"),
-        Binding("n,escape", "answer(False)", "No", id="confirm.no"),
-    ]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="choice.cancel")]
 
-    def __init__(self, question: str) -> None:
+    def __init__(self, question: str, choices: list[tuple[str, str, str]]) -> None:
+        """`choices`: (key, label, answer) each, in the order shown."""
         super().__init__()
         self.question = question
+        self.choices = choices
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog dialog-small"):
             yield Static(self.question, id="question")
             with Horizontal(classes="buttons"):
-                yield Button("Yes (y)", id="yes", variant="warning", compact=True)
-                yield Button("No (n)", id="no", compact=True)
+                for key, label, answer in self.choices:
+                    yield Button(f"{label} ({key})", id=f"choice-{answer}", compact=True)
+                yield Button("Cancel (esc)", id="choice-cancel", compact=True)
 
-    def action_answer(self, answer: bool) -> None:
-        self.dismiss(answer)
+    def on_key(self, event) -> None:
+        answer = next((answer for key, _, answer in self.choices if key == event.key), None)
+        if answer is not None:
+            event.stop()
+            self.dismiss(answer)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "yes")
+        answer = str(event.button.id).removeprefix("choice-")
+        self.dismiss(None if answer == "cancel" else answer)
 
 
 class OpenScreen(ModalScreen[str | None]):

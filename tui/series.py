@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine import events as ev
 from engine.format import null_band
 
 SERIES_CAP = 1000  # points kept per series; older history is merged pairwise, never dropped
 BOUNDARY_CAP = 64  # phase boundaries kept per chart (the most recent ones)
 CHARTS = ("loss", "accuracy", "clusterability")
+# The metrics log's record type of each event the charts take.
+EVENT_RECORDS = {ev.Progress: "train", ev.Evaluated: "eval", ev.ClustersFound: "clusters",
+                 ev.SignificanceFound: "significance", ev.PhaseFinished: "phase"}
 
 
 class Series:
@@ -95,6 +99,8 @@ class ChartData:
     # Per chart, bumped on every change to it: a chart is re-plotted only when its own version moved, so the
     # accuracy and clusterability charts (a few evaluations a second) do not re-plot at the loss's rate.
     versions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHARTS, 0))
+    # Per record type, the last step `load` read: the host's first live events may repeat the log's last records.
+    loaded: dict[str, int] = field(default_factory=dict)
 
     def add_loss(self, phase: str, step: int, loss: float) -> None:
         self.loss.setdefault(phase, Runs()).add(step, loss)
@@ -125,10 +131,31 @@ class ChartData:
             for runs in getattr(self, chart).values():
                 runs.break_line()
 
+    def apply(self, event: ev.Event) -> None:
+        """Add what a live engine event brings to the charts (the same points `load` reads from the log)."""
+        kind = EVENT_RECORDS.get(type(event))
+        if kind in self.loaded:
+            if event.step <= self.loaded[kind]:  # type: ignore[attr-defined]
+                return  # already read from the log
+            del self.loaded[kind]  # past the log's end: every later event of this kind is new
+        match event:
+            case ev.Progress():
+                self.add_loss(event.phase, event.step, event.loss)
+            case ev.Evaluated():
+                self.add_eval(event.phase, event.step, event.test_accuracy, event.clusterability)
+            case ev.ClustersFound():
+                self.add_clusters(event.step, event.clusterability, event.chance)
+            case ev.SignificanceFound():
+                self.add_null(*null_band(event.significance))
+            case ev.PhaseFinished() if event.phase in ("pretrain", "finetune"):
+                self.add_boundary(event.step, event.phase)
+
     def load(self, records: list[dict]) -> None:
         """Rebuild from `Engine.metrics_history()` records (train, eval, clusters, phase)."""
         for record in records:
             kind = record.get("type")
+            if kind in EVENT_RECORDS.values():
+                self.loaded[kind] = record["step"]
             if kind == "train":
                 self.add_loss(record["phase"], record["step"], record["loss"])
             elif kind == "eval":

@@ -6,18 +6,25 @@ import time
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive, var
 
+from engine import events as ev
 from tui.series import ChartData, Runs
 from tui.widgets.plot import MatrixPlot
 
 # One colour per phase so the pretrain/finetune split reads at a glance, plus vertical lines at boundaries.
 PHASE_COLORS = {"pretrain": "cyan", "finetune": "orange", "control": "green", "cluster": "magenta"}
 BOUNDARY_COLORS = {"pretrain": "gray", "finetune": "gray", "cluster": "magenta"}
-PLOT_INTERVAL_S = 0.45  # every other tick of the app's 4 Hz timer: plotting is most of the UI's time while training
+TICK_S = 0.25  # how often the charts look for new points
+PLOT_INTERVAL_S = 0.45  # every other tick: plotting is most of the UI's time while training
 
 
 class MetricsCharts(Vertical):
-    """Three charts redrawn from bounded series, only when the data changed since the last redraw."""
+    """Three charts redrawn from bounded series, only when the data changed since the last redraw: rebuilt from
+    the metrics log the host sends on attach (`history`), then fed each live event."""
+
+    history: reactive[tuple[dict, ...]] = var(tuple, init=False)
+    event: reactive[ev.Event | None] = var(None, init=False)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -33,6 +40,14 @@ class MetricsCharts(Vertical):
 
     def on_mount(self) -> None:
         self.redraw(force=True)
+        self.set_interval(TICK_S, self.redraw)
+
+    def watch_history(self, records: tuple[dict, ...]) -> None:
+        self.reset(list(records))
+
+    def watch_event(self, event: ev.Event | None) -> None:
+        if event is not None:
+            self.data.apply(event)  # plotted on the timer, never per event
 
     def reset(self, records: list[dict] | None = None) -> None:
         """Forget the shown session; rebuild from a metrics log if given."""
@@ -48,7 +63,7 @@ class MetricsCharts(Vertical):
         self.redraw(force=True)  # points are thinned to the width: a new width wants a new plot
 
     def redraw(self, force: bool = False) -> None:
-        """Re-plot the charts whose data moved on; called from the app's timer, never per event."""
+        """Re-plot the charts whose data moved on (at most every PLOT_INTERVAL_S unless forced)."""
         now = time.monotonic()
         if not force and now - self._plotted_at < PLOT_INTERVAL_S:
             return

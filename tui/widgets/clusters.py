@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.reactive import reactive, var
 from textual.widgets import DataTable, Static
 
 from engine.format import measure_lines
+from engine.snapshot import Snapshot
 
 COLUMNS = (("cluster", "cluster"), ("rows", "row size"), ("cols", "col size"), ("share", "share of mass"))
 
@@ -17,6 +19,8 @@ NO_CLUSTERS = "No clusters yet: press c to cluster the studied layer."
 class ClusterTable(Vertical):
     """Shows the latest clusters found; empty until the layer is clustered. Called several times a second while
     training (each save's snapshot): what did not change is not updated, so nothing is laid out again."""
+
+    snapshot: reactive[Snapshot | None] = var(None, init=False)
 
     def compose(self) -> ComposeResult:
         yield Static(NO_CLUSTERS, id="cluster-summary")
@@ -53,6 +57,16 @@ class ClusterTable(Vertical):
                     table.update_cell(f"cluster-{row[0]}", "share", share)
         self._rows, self._shares = rows, texts
         self._show_summary(summary(k, source, clusterability, chance, step, significance))
+
+    def watch_snapshot(self, snap: Snapshot | None) -> None:
+        """The snapshot's held clusters (their shares move with training), or none."""
+        if snap is None or snap.clusters is None:
+            self.clear()
+            return
+        found = snap.clusters
+        self.show(k=found["k"], source=found["source"], row_sizes=found["row_sizes"], col_sizes=found["col_sizes"],
+                  shares=found["shares"], clusterability=snap.clusterability, chance=snap.clusterability_chance,
+                  step=snap.cluster_step, significance=snap.significance)
 
     def _show_summary(self, text: str) -> None:
         if text != self._summary:

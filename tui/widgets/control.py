@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive, var
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Select, Static
 
+from engine import events as ev
 from engine.config import SOURCES, Config
 from engine.errors import ConfigError
 from engine.format import fmt, p_lines
 from engine.options import BY_NAME, Option
+from engine.snapshot import Snapshot
+from tui.state import Live
+
+STATUS_INTERVAL_S = 0.25  # progress repaints at most 4 times a second; a state change at once
 
 # (Config field, label): the settings the keys t, c and f use, each checked as its CLI flag is.
 FIELDS = (
@@ -23,23 +27,6 @@ FIELDS = (
     ("lam", "λ"),
     ("finetune_epochs", "ft epochs"),
 )
-
-
-@dataclass
-class Live:
-    """The latest figures from engine events; progress is shown on the redraw timer, state changes at once."""
-
-    state: str = "starting"
-    phase: str = "-"
-    step: int = 0
-    epoch: int = 0
-    steps_per_s: float | None = None
-    loss: float | None = None
-    accuracy: float | None = None
-    clusterability: float | None = None
-    significance: dict | None = None  # the latest clusterability's null (NullResult.to_dict())
-    job_step: int = 0
-    job_total: int = 0
 
 
 class OptionValidator(Validator):
@@ -62,10 +49,16 @@ class ControlPane(Vertical):
 
     BINDINGS = [Binding("escape", "leave_field", "Keys", id="control.leave", show=False)]
 
+    snapshot: reactive[Snapshot | None] = var(None, init=False)
+    live: reactive[Live] = var(Live, init=False)
+    event: reactive[ev.Event | None] = var(None, init=False)
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.config = Config()  # the open session's: its defaults fill empty fields, its layer bounds k
         self._field_error: str | None = None  # the field whose error the message line shows (not news)
+        self._session: str | None = None  # the folder of the session whose settings the fields hold
+        self._dirty = False  # live figures came since the status was last painted
         self._status_lines = 5
 
     def compose(self) -> ComposeResult:
@@ -81,6 +74,36 @@ class ControlPane(Vertical):
             yield Label("source", classes="field-label")
             yield Select([(s, s) for s in SOURCES], id="source", allow_blank=False, compact=True)
         yield Static("", id="message")
+
+    def on_mount(self) -> None:
+        self.show_status(self.live)
+        self.set_interval(STATUS_INTERVAL_S, self._repaint)
+
+    def watch_snapshot(self, snap: Snapshot | None) -> None:
+        """A newly attached session's settings become the fields' defaults; later snapshots leave them be."""
+        session = snap.session if snap is not None else None
+        if session is not None and session != self._session:
+            self.set_session(snap.name, snap.dataset, snap.device, Config.from_dict(snap.config))
+        self._session = session
+
+    def watch_live(self, old: Live, new: Live) -> None:
+        # State changes are rare and are what a key press waits for: shown now, progress on the timer.
+        if old.state != new.state:
+            self.show_status(new)
+        else:
+            self._dirty = True
+
+    def watch_event(self, event: ev.Event | None) -> None:
+        if isinstance(event, ev.ClustersFound):
+            self.show_message(f"Clusters found (k={event.k}); press 2 for the table.")
+        elif isinstance(event, ev.Failed):
+            self.show_message(event.message, error=True)
+            self.notify(event.message, title=f"{event.job} failed", severity="error")
+
+    def _repaint(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self.show_status(self.live)
 
     def set_session(self, name: str, dataset: str, device: str, config: Config) -> None:
         """Show a newly opened session and load its settings as the commands' defaults."""

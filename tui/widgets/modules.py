@@ -9,11 +9,14 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
+from textual.reactive import reactive, var
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
+from engine.config import Config
 from engine.picture import BlockPicture
+from engine.snapshot import Snapshot
 
 HALF_BLOCK = "▀"  # foreground paints the upper matrix row of a terminal row, background the lower one
 # A viridis-like ramp (dark blue to yellow) for |W| / scale; block boundaries are drawn in a colour it never has.
@@ -81,6 +84,8 @@ class ModulesPane(Vertical):
     class PictureWanted(Message):
         """The picture area changed size: send a picture of `picture_size(k)`."""
 
+    snapshot: reactive[Snapshot | None] = var(None, init=False)
+
     def compose(self) -> ComposeResult:
         yield Static(NO_CLUSTERS, id="modules-title")
         yield BlockView(id="block-view")
@@ -90,6 +95,7 @@ class ModulesPane(Vertical):
         super().__init__(**kwargs)
         self.ablation: dict | None = None
         self._title = self._title_due = NO_CLUSTERS  # the title shown, and the one to show when the tab is seen
+        self._layer = ("", "W")  # (session folder, its studied layer's name)
 
     def picture_size(self, k: int) -> tuple[int, int] | None:
         """(max_rows, max_cols) for block_picture: the view's cells, two matrix rows each, less k - 1 boundary
@@ -110,6 +116,19 @@ class ModulesPane(Vertical):
         if ablation != self.ablation:
             self.ablation = ablation
             self._draw_ablation()
+
+    def watch_snapshot(self, snap: Snapshot | None) -> None:
+        """The snapshot's picture and ablation of the held clusters, or none."""
+        if snap is None or snap.clusters is None:
+            self.clear()
+            return
+        picture = snap.picture
+        if isinstance(picture, BlockPicture):
+            if self._layer[0] != snap.session:
+                self._layer = (snap.session, f"fc{Config.from_dict(snap.config).studied_layer}")
+            self.show_picture(picture, layer=self._layer[1], step=snap.step)
+        if snap.ablation is not None:
+            self.show_ablation(snap.ablation)
 
     def clear(self) -> None:
         self.query_one(BlockView).show(None)
