@@ -113,7 +113,8 @@ class Host:
             self._steps_per_s = event.steps_per_s
         line = encode({"type": "event", "event": event_to_wire(event)})
         try:
-            self._loop.call_soon_threadsafe(self._broadcast, line, isinstance(event, _CHANGES))
+            self._loop.call_soon_threadsafe(self._broadcast, line, isinstance(event, _CHANGES),
+                                            isinstance(event, ev.StateChanged))
         except RuntimeError:
             pass  # the loop has closed: the host is ending
 
@@ -177,7 +178,11 @@ class Host:
                 self._request_stop(f"no client and nothing to run for {self.idle_exit_s:g} s")
                 return
 
-    def _broadcast(self, line: bytes, changes_snapshot: bool) -> None:
+    def _broadcast(self, line: bytes, changes_snapshot: bool, state_changed: bool = False) -> None:
+        if state_changed:
+            # What a key press waits for: the snapshot with the commands now allowed goes before the event that shows
+            # the new state, so a client never shows "idle" while still holding the running job's allowed keys.
+            self._push_snapshot()
         for peer in self._peers:
             if peer.attached:
                 self._offer(peer, line)
