@@ -166,10 +166,23 @@ def cmd_stop(args: argparse.Namespace) -> int:
             raise ClusterlabError(reply["error"])
         for _ in client.updates():  # the host closes the connection once it has saved
             pass
+    _wait_exit(client.welcome["pid"])
     saved = peek_session(session_path(args.name)) or {}
     print(f"clusterlab: {args.name} saved at step {saved.get('step')} and its host ended; continue it with "
           f"'clusterlab resume {args.name}'.", file=sys.stderr)
     return 0
+
+
+def _wait_exit(pid: int, timeout: float = 30.0) -> None:
+    """Wait until process `pid` has ended (a zombie counts), so that `stop` returning means the host is gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                return
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return
+        time.sleep(0.02)
 
 
 def plan_done(snapshot: Snapshot | None) -> bool:

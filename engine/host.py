@@ -146,6 +146,8 @@ class Host:
 
     async def _shutdown(self, reason: str) -> None:
         self._server.close()
+        # Gone before any client reads bye, so whoever saw the host end never finds its socket.
+        self.path.unlink(missing_ok=True)
         bye = encode({"type": "bye", "reason": reason})
         for peer in list(self._peers):
             peer.lines.append((True, bye))
@@ -153,7 +155,6 @@ class Host:
             peer.ready.set()
         if self._peers:
             await asyncio.wait([asyncio.ensure_future(self._gone(p)) for p in list(self._peers)], timeout=2.0)
-        self.path.unlink(missing_ok=True)
         self._loop.call_soon(self._loop.stop)
 
     async def _gone(self, peer: _Peer) -> None:
