@@ -70,7 +70,7 @@ class Config:
     device: str = "auto"
     autosave_every: int = 500
     control: bool = False  # before finetuning, train a λ=0 twin for the same steps: the accuracy baseline
-    null: str = "permute"  # how the layer is shuffled for the significance null
+    null: str = "rows"  # how the layer is shuffled for the significance null (rows: calibrated on every layer)
     null_samples: int = 100  # shuffles re-co-clustered for each p-value; 0 turns the null off
 
     def __post_init__(self) -> None:

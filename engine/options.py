@@ -96,7 +96,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("control", "--control", bool, "before finetuning, train a λ=0 twin for the same steps from the same state "
            "and data order: the control the finetuned accuracy is compared with"),
     Option("null", "--null", str, f"shuffle for the significance null: {' or '.join(NULL_METHODS)} (permute: every "
-           "entry of the layer; rows: within each row, keeping each unit's weights) (default permute)", "SHUFFLE"),
+           "entry of the layer; rows: within each row, keeping each unit's weights) (default rows)", "SHUFFLE"),
     Option("null_samples", "--null-samples", int,
            "shuffled layers re-co-clustered for each p-value; 0 turns the null off (default 100)"),
 )
