@@ -55,8 +55,8 @@ def connect(name: str, attach: bool = False, client: str = "cli") -> Client:
     try:
         return Client.connect(path, client=client, attach=attach)
     except SessionError:
-        raise SessionError(f"No host runs for {name}; continue it with 'clusterlab resume {name}' or "
-                           f"'clusterlab attach', or see 'clusterlab ps'.") from None
+        raise SessionError(f"No host runs for {name}; continue it with 'clusterlab resume {name}', or open it "
+                           f"with 'clusterlab tui --session {name}'.") from None
 
 
 def run_detached(name: str, config: Config, idle_exit_s: float | None, as_json: bool = False) -> int:
