@@ -235,6 +235,15 @@ def test_a_bad_trainer_field_is_refused_at_open(session, field, change):
     assert f"trainer field '{field}'" in message and "checkpoint-" in message and "restore" in message, message
 
 
+def test_a_sweep_member_is_checked_the_same_way(session):
+    """A member (alone or batched, its state goes through its own Study first) is refused in the same sentence."""
+    edit_checkpoint(session, lambda t: t.update(position=-5))
+    settings = {"root": str(session.parent), "name": "s", "kind": "finetune", "config": CONFIG.to_dict(),
+                "parent": None}
+    with pytest.raises(SessionError, match=r"trainer field 'position' must be \d+ \(where step"):
+        open_member(settings)
+
+
 def test_the_trainer_checks_pass_what_runs_save(saved, tmp_path):
     """A session saved mid-epoch, mid-fold and at step 0 opens (the checks refuse nothing a run saves)."""
     for steps in (0, 1, 63, 64, 65, 100):
