@@ -128,9 +128,9 @@ def load_checkpoint(path: Path, sha256: str | None = None) -> dict:
         data = file.read()
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise SessionError(
-            f"{path} is not the checkpoint that was saved (its SHA-256 differs from the one {SESSION_FILE} recorded:"
-            " a damaged disk or an edit); it was not loaded and nothing was changed, so restore the session folder"
-            " from a backup or start the session again."
+            f"{path} is corrupt or was changed after its save (its SHA-256 is not the one {SESSION_FILE} recorded);"
+            " it was not loaded and nothing was changed, so restore the session folder from a backup or start the"
+            " session again."
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about unusual pickles; the refusal below says what matters

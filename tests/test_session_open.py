@@ -238,6 +238,7 @@ def test_a_bad_trainer_field_is_refused_at_open(session, field, change):
 def test_a_sweep_member_is_checked_the_same_way(session):
     """A member (alone or batched, its state goes through its own Study first) is refused in the same sentence."""
     edit_checkpoint(session, lambda t: t.update(position=-5))
+    edit_json(session, lambda d: d.update(plan=[{"kind": "finetune", "total": 64, "done": 0, "lam": 1.0}]))
     settings = {"root": str(session.parent), "name": "s", "kind": "finetune", "config": CONFIG.to_dict(),
                 "parent": None}
     with pytest.raises(SessionError, match=r"trainer field 'position' must be \d+ \(where step"):
@@ -296,16 +297,16 @@ def test_overwritten_bytes_are_refused_everywhere_and_nothing_is_overwritten(ses
     monkeypatch.setenv("CLUSTERLAB_SESSIONS", str(session.parent))
     _overwrite_fc2(session)
     before = (session / "session.json").read_bytes()
-    assert "is not the checkpoint that was saved" in refusal(session)
+    assert "is corrupt or was changed after its save" in refusal(session)
     for command in (["ablate", "s"], ["resume", "s", "--steps", "2"]):
         assert main(command) == 2
         err = capsys.readouterr().err.strip()
-        assert "\n" not in err and "its SHA-256 differs from the one session.json recorded" in err
-    with pytest.raises(SessionError, match="is not the checkpoint that was saved"):
+        assert "\n" not in err and "its SHA-256 is not the one session.json recorded" in err
+    with pytest.raises(SessionError, match="is corrupt or was changed after its save"):
         export_session(session, tmp_path / "out")
     settings = {"root": str(session.parent), "name": "s", "kind": "finetune", "config": CONFIG.to_dict(),
                 "parent": None}
-    with pytest.raises(SessionError, match="is not the checkpoint that was saved"):
+    with pytest.raises(SessionError, match="is corrupt or was changed after its save"):
         open_member(settings)  # a sweep member resumed from its own save
     assert (session / "session.json").read_bytes() == before  # the saved ablation is untouched
 
