@@ -21,6 +21,9 @@ MAX_SEED = 2**32 - 1
 # Far above the largest training set (60,000 images), so full-batch training stays possible, while the buffers
 # sized by the batch stay small; a larger batch could only waste memory.
 MAX_BATCH_SIZE = 2**20
+# The most optimizer steps one job may take: a million MNIST epochs, days of training at any speed this project has
+# measured; a saved plan asking for more is damage (10**15 would train forever without a word).
+MAX_STEPS = 10**9
 # The memory estimate assumes MNIST's shape, the largest dataset: inputs, training and test images, classes.
 _INPUTS, _TRAIN, _TEST, _CLASSES = 784, 60_000, 10_000, 10
 # The trainer's raw studied-layer gradients buffer holds at most max(out * in, this many) floats.
@@ -91,8 +94,11 @@ class Config:
                 f"--batch-size must be at most {MAX_BATCH_SIZE} (more than any training set holds), "
                 f"not {self.batch_size!r}."
             )
-        check_int("--epochs", self.epochs, 0)
-        check_int("--finetune-epochs", self.finetune_epochs, 0)
+        for flag, epochs in (("--epochs", self.epochs), ("--finetune-epochs", self.finetune_epochs)):
+            check_int(flag, epochs, 0)
+            if epochs * math.ceil(_TRAIN / self.batch_size) > MAX_STEPS:  # MNIST's epochs are the longest
+                raise ConfigError(f"{flag} {epochs} would be more than {MAX_STEPS:,} steps at --batch-size "
+                                  f"{self.batch_size} (the most one job may take); ask for fewer epochs.")
         check_int("--eval-every", self.eval_every, 1)
         check_int("--autosave-every", self.autosave_every, 1)
         check_int("--seed", self.seed, 0)
@@ -103,6 +109,8 @@ class Config:
             )
         if self.steps is not None:
             check_int("--steps", self.steps, 0)
+        if (self.steps or 0) > MAX_STEPS:
+            raise ConfigError(f"--steps must be at most {MAX_STEPS:,} (the most one job may take), not {self.steps!r}.")
         if not finite_number(self.lr) or self.lr <= 0:
             raise ConfigError(f"--lr must be a positive number, not {self.lr!r}.")
         if not float32(self.lr):  # too large, or so small it is 0 in float32: the step would be inf or nothing

@@ -20,7 +20,7 @@ from engine.errors import ClusterlabError, SessionError
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN, Job
 from engine.session import (
     SessionLock,
-    claim_unsaved,
+    claim_directory,
     copy_metrics,
     has_session,
     load_saved,
@@ -155,7 +155,7 @@ def open_member(settings: dict) -> OpenMember:
         except BaseException:
             lock.release()
             raise
-    lock = claim_unsaved(path)  # a creation cut before its first save starts over
+    lock = claim_directory(path)  # a creation cut before its first save starts over
     try:
         study = _new_study(path, config, settings)
         plan = MEMBER_JOBS[settings["kind"]](study)

@@ -9,6 +9,7 @@ session's files. Everything outside asks this module (or the modules it is split
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -49,17 +50,17 @@ from engine.session_files import (
     session_file,
     write_json,
 )
-from engine.session_lock import SessionLock, claim_directory, claim_unsaved, release_directory
+from engine.session_lock import SessionLock, claim_directory, release_directory, unsaved
 from engine.session_log import MetricsLog, check_metrics, read_metrics, record_problem, trim_metrics
 
 __all__ = [
     "FORMAT_VERSION", "JOB_KINDS", "Files", "MetricsLog", "SavedState", "SessionLock", "atomic_write",
-    "check_metrics", "check_name", "check_root", "checkpoint_name", "claim_directory", "claim_unsaved",
+    "check_metrics", "check_name", "check_root", "checkpoint_name", "claim_directory",
     "copy_metrics", "existing_name", "has_session", "load_checkpoint", "load_saved", "metrics_path", "new_name",
     "now_iso", "pack_session", "parse_session", "peek_session", "prune_checkpoints", "read_metrics", "read_session",
     "record_problem", "release_directory", "remove_stale_temps", "saved_checkpoint", "session_file", "session_path",
-    "sessions_root", "trim_metrics", "unpack_session", "validate_session", "versions", "write_checkpoint",
-    "write_json", "write_session",
+    "sessions_root", "trim_metrics", "unpack_session", "unsaved", "validate_session", "versions",
+    "write_checkpoint", "write_json", "write_session",
 ]
 
 # Every name an earlier version accepted, a leading '-' included: existing sessions stay openable.
@@ -99,19 +100,22 @@ def new_name(dataset: str, root: Path | None = None) -> str:
     return name
 
 
-def write_checkpoint(directory: Path, step: int, state: dict) -> str:
+def write_checkpoint(directory: Path, step: int, state: dict) -> tuple[str, str]:
+    """Write the checkpoint of `step`; its file name and the SHA-256 of its bytes (which session.json records, so
+    that a load can tell the file is the one that was saved)."""
     import torch
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    name = checkpoint_name(step)
-    atomic_write(directory / name, buffer.getvalue())
-    return name
+    name, data = checkpoint_name(step), buffer.getvalue()
+    atomic_write(directory / name, data)
+    return name, hashlib.sha256(data).hexdigest()
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, sha256: str | None = None) -> dict:
     """Load tensors and plain values only (weights_only=True), never through a symbolic link; anything else is
-    refused. The messages never pass on torch's advice to load without weights_only."""
+    refused, and so is a file whose bytes do not have the `sha256` its save recorded (None: a session saved before
+    checksums, loaded unverified). The messages never pass on torch's advice to load without weights_only."""
     import torch
 
     try:
@@ -120,10 +124,18 @@ def load_checkpoint(path: Path) -> dict:
         raise SessionError(
             f"{path} is missing: the session's checkpoint is gone; the session cannot be resumed."
         ) from None
-    with os.fdopen(fd, "rb") as file, warnings.catch_warnings():
+    with os.fdopen(fd, "rb") as file:
+        data = file.read()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise SessionError(
+            f"{path} is corrupt or was changed after its save (its SHA-256 is not the one {SESSION_FILE} recorded);"
+            " it was not loaded and nothing was changed, so restore the session folder from a backup or start the"
+            " session again."
+        )
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about unusual pickles; the refusal below says what matters
         try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             found = re.search(r"GLOBAL (\S+)", str(exc))
             detail = f" (it would load {found.group(1)})" if found else ""
@@ -152,8 +164,11 @@ def load_saved(directory: Path) -> tuple[SavedState, dict]:
 
 
 def saved_checkpoint(directory: Path, saved: SavedState | dict) -> dict:
-    """The checkpoint that a save names: its SavedState, or its checked session.json (from read_session)."""
-    return load_checkpoint(directory / (saved.checkpoint if isinstance(saved, SavedState) else saved["checkpoint"]))
+    """The checkpoint that a save names, verified against the SHA-256 it recorded: its SavedState, or its checked
+    session.json (from read_session)."""
+    if isinstance(saved, SavedState):
+        return load_checkpoint(directory / saved.checkpoint, saved.checkpoint_sha256)
+    return load_checkpoint(directory / saved["checkpoint"], saved.get("checkpoint_sha256"))
 
 
 def peek_session(directory: Path) -> dict | None:
@@ -238,6 +253,12 @@ def _read_session_file(directory: Path, kinds: Collection[str]) -> dict:
     try:
         fd = open_file(path, os.O_RDONLY, "session file")
     except FileNotFoundError:
+        if unsaved(directory):
+            raise SessionError(
+                f"{directory} was cut off while it was being created, before its first {SESSION_FILE}, so there is"
+                f" nothing to resume; 'clusterlab run --session {directory.name}' (with the settings you meant)"
+                " starts it again in its place."
+            ) from None
         raise SessionError(f"{directory} is not a clusterlab session: it has no {SESSION_FILE}.") from None
     try:
         with os.fdopen(fd, "rb") as file:
@@ -283,6 +304,7 @@ class SavedState:
     control: dict | None = None
     ablation: dict | None = None
     significance: dict | None = None
+    checkpoint_sha256: str | None = None  # of the checkpoint's bytes; None in sessions saved before checksums
 
 
 def parse_session(directory: Path, data: dict) -> SavedState:
@@ -300,7 +322,8 @@ def parse_session(directory: Path, data: dict) -> SavedState:
                           history=[dict(entry) for entry in data["history"]], last=dict(data.get("last") or {}),
                           control=dict(data["control"]) if data.get("control") else None,
                           ablation=dict(data["ablation"]) if data.get("ablation") else None,
-                          significance=dict(data["significance"]) if data.get("significance") else None)
+                          significance=dict(data["significance"]) if data.get("significance") else None,
+                          checkpoint_sha256=data.get("checkpoint_sha256"))
     except (KeyError, TypeError, ValueError) as exc:
         raise SessionError(
             f"{path} is corrupt ({type(exc).__name__}: {exc}); the session cannot be opened."
@@ -318,6 +341,7 @@ def write_session(directory: Path, saved: SavedState, *, phase: str, epoch: int,
         "step": saved.step,
         "epoch": epoch,
         "checkpoint": saved.checkpoint,
+        "checkpoint_sha256": saved.checkpoint_sha256,
         "metrics_records": saved.metrics_records,
         "plan": [job.to_dict() for job in saved.plan],
         "clusters": saved.clusters.to_dict() if saved.clusters else None,

@@ -6,9 +6,9 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import NoReturn
 
-from engine.config import SOURCES, Config, check_lam, finite_number, whole_number
+from engine.config import MAX_STEPS, SOURCES, Config, check_lam, finite_number, whole_number
 from engine.errors import ConfigError, SessionError
-from engine.measures import readable
+from engine.measures import PRIMARY
 from engine.plan import JOB_KINDS
 from engine.session_files import CHECKPOINT, checkpoint_name
 
@@ -21,28 +21,43 @@ COUNT: Check = ("a whole number of 0 or more", lambda v: whole_number(v) and v >
 FLAG: Check = ("true or false", lambda v: isinstance(v, bool))
 LIST: Check = ("a list", lambda v: isinstance(v, list))
 OBJECT: Check = ("an object", lambda v: isinstance(v, dict))
-NULL: Check = ("a shuffle null's figures (engine.measures.NullResult)", readable)
-NULL_OR_NONE: Check = (f"{NULL[0]} or null", lambda v: v is None or readable(v))
 OBJECT_OR_NULL: Check = ("null or an object", lambda v: v is None or isinstance(v, dict))
+TEXT_OR_NULL: Check = ("null or text", lambda v: v is None or isinstance(v, str))
 NUMBER: Check = ("a finite number", finite_number)
 NUMBER_OR_NULL: Check = ("null or a finite number", lambda v: v is None or finite_number(v))
 SHARE: Check = ("a number from 0 to 1", lambda v: finite_number(v) and 0 <= v <= 1)
 SHARE_OR_NULL: Check = ("null or a number from 0 to 1", lambda v: v is None or SHARE[1](v))
+DROP: Check = ("a number from -1 to 1 (an accuracy drop)", lambda v: finite_number(v) and -1 <= v <= 1)
 LAM: Check = ("a finite number of 0 or more that float32 holds", lambda v: _passes(check_lam, v))
 SOURCE: Check = (f"one of {', '.join(SOURCES)}", lambda v: isinstance(v, str) and v in SOURCES)
+SHA256: Check = ("a SHA-256 digest (64 hexadecimal digits)",
+                 lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v))
+TOTAL: Check = (f"a whole number from 0 to {MAX_STEPS:,} (the most steps one job may take)",
+                lambda v: whole_number(v) and 0 <= v <= MAX_STEPS)
+# A nested record's check: given the field's name and value, the first problem inside it as a phrase, or None.
+Nested = Callable[[str, object], "str | None"]
 # A record's fields: name -> (check, required).
-Spec = dict[str, tuple[Check, bool]]
+Spec = dict[str, tuple["Check | Nested", bool]]
+# A shuffle null's figures, or null where the null was off (null_problem is defined below).
+NULL_OR_NONE: Nested = lambda field, v: None if v is None else null_problem(field, v)  # noqa: E731
 
 TOP_FIELDS: Spec = {
     "name": (TEXT, False), "saved_at": (TEXT, False), "config": (OBJECT, True), "phase": (TEXT, False),
     "step": (COUNT, True), "epoch": (COUNT, False), "checkpoint": (TEXT, True), "plan": (LIST, True),
     "history": (LIST, True), "last": (OBJECT, False), "device": (TEXT, False), "versions": (OBJECT, False),
-    "control": (OBJECT_OR_NULL, False), "ablation": (OBJECT_OR_NULL, False), "significance": (NULL_OR_NONE, False),
+    "control": (OBJECT_OR_NULL, False), "ablation": (OBJECT_OR_NULL, False),
+    "significance": (NULL_OR_NONE, False), "checkpoint_sha256": (SHA256, False),
 }
 HISTORY_FIELDS: Spec = {
     "phase": (TEXT, True), "step": (COUNT, True), "steps": (COUNT, True), "test_accuracy": (SHARE_OR_NULL, True),
     "clusterability": (SHARE_OR_NULL, True), "lam": (LAM, False), "stopped": (FLAG, False),
-    "significance": (NULL, False),
+    "significance": (lambda field, v: null_problem(field, v), False),
+}
+# The λ=0 twin's record (Study._run_control); its accuracy is what the accuracy cost subtracts from.
+CONTROL_FIELDS: Spec = {
+    "test_accuracy": (SHARE_OR_NULL, True), "clusterability": (SHARE_OR_NULL, False),
+    "significance": (NULL_OR_NONE, False), "step": (COUNT, False),
+    "params_sha256": (TEXT, False),
 }
 # Fields a job of the plan needs beyond its kind.
 _JOB_NEEDS = {"cluster": ("k", "source")}
@@ -93,14 +108,11 @@ def validate_session(data: object, path: Path, kinds: Collection[str] = JOB_KIND
                       lambda v: whole_number(v) and 2 <= v <= width)
     job_fields: Spec = {
         "kind": ((f"one of {', '.join(kinds)}", lambda v: isinstance(v, str) and v in kinds), True),
-        "total": (COUNT, False), "done": (COUNT, False), "lam": (LAM, False), "k": (k_check, False),
+        "total": (TOTAL, False), "done": (COUNT, False), "lam": (LAM, False), "k": (k_check, False),
         "source": (SOURCE, False),
     }
     for i, job in enumerate(data["plan"]):
-        _refuse(path, object_problem(f"plan[{i}]", job, job_fields))
-        unknown = [key for key in job if key not in job_fields]
-        if unknown:
-            _fail(path, f"field 'plan[{i}]' has an unknown key {show(unknown[0])}")
+        _refuse(path, object_problem(f"plan[{i}]", job, job_fields) or _unknown(f"plan[{i}]", job, job_fields))
         for key in _JOB_NEEDS.get(job["kind"], ()):
             if key not in job:
                 _fail(path, f"field 'plan[{i}].{key}' is missing")
@@ -109,6 +121,11 @@ def validate_session(data: object, path: Path, kinds: Collection[str] = JOB_KIND
                           f"not {job['done']}")
     if data.get("clusters") is not None:
         _check_clusters(path, data["clusters"], k_check, config.layer_shape)
+    if data.get("control") is not None:
+        _refuse(path, object_problem("control", data["control"], CONTROL_FIELDS))
+    if data.get("ablation") is not None:
+        clusters = data.get("clusters")
+        _refuse(path, ablation_problem("ablation", data["ablation"], clusters["k"] if clusters else None))
     for key, value in data.get("last", {}).items():
         _refuse(path, _problem(f"last.{key}", value, NUMBER_OR_NULL))
     for key, value in data.get("versions", {}).items():
@@ -139,12 +156,91 @@ def object_problem(name: str, data: object, spec: Spec) -> str | None:
     for key, (check, required) in spec.items():
         field = f"{name}.{key}" if name else key
         if key in data:
-            problem = _problem(field, data[key], check)
+            problem = check(field, data[key]) if callable(check) else _problem(field, data[key], check)
             if problem:
                 return problem
         elif required:
             return f"field '{field}' is missing"
     return None
+
+
+def null_problem(name: str, data: object) -> str | None:
+    """The first problem of a shuffle null's figures: NullResult.to_dict(), or the flat form of sessions saved
+    before the registry (which NullResult.from_dict converts)."""
+    if isinstance(data, dict) and "measures" not in data:  # the flat form
+        legacy: Spec = {"method": (TEXT, True), "samples": (COUNT, True), "null_mean": (NUMBER, True),
+                        "null_std": (NUMBER, True), "z": (NUMBER_OR_NULL, False), "p_value": (SHARE, True),
+                        "ncut": (NUMBER_OR_NULL, False), "ncut_null_mean": (NUMBER_OR_NULL, False),
+                        "ncut_p_value": (SHARE, "ncut" in data)}
+        return object_problem(name, data, legacy)
+    spec: Spec = {"method": (TEXT, True), "test": (TEXT, True), "source": (TEXT_OR_NULL, False),
+                  "samples": (COUNT, True), "p_floor": (NUMBER, False), "measures": (OBJECT, True)}
+    problem = object_problem(name, data, spec)
+    if problem:
+        return problem
+    measures = data["measures"]
+    if PRIMARY not in measures:
+        return f"field '{name}.measures.{PRIMARY}' is missing"
+    measure: Spec = {key: (NUMBER_OR_NULL, True) for key in ("observed", "null_mean", "null_std", "z")}
+    measure["p"] = (SHARE, True)
+    for key, value in measures.items():
+        problem = object_problem(f"{name}.measures.{key}", value, measure) or _unknown(
+            f"{name}.measures.{key}", value, measure)
+        if problem:
+            return problem
+    return None
+
+
+def ablation_problem(name: str, data: object, k: int | None) -> str | None:
+    """The first problem of a saved ablation (Ablation.to_dict()): every figure in its range, and every list as long
+    as the classes or the clusters (`k`: the held clusters', or None to take the drop table's)."""
+    spec: Spec = {"units": (TEXT, True), "classes": (_list_of(COUNT), True), "baseline": (_list_of(SHARE), True),
+                  "drop": (_list_of(_list_of(DROP)), True), "specialisation": (_list_of(SHARE), True),
+                  "p_value": (_list_of(SHARE_OR_NULL), True), "null": (OBJECT, False), "lesion": (OBJECT, False)}
+    problem = object_problem(name, data, spec)
+    if problem:
+        return problem
+    classes, k = len(data["classes"]), len(data["drop"]) if k is None else k
+    lengths = [("baseline", classes, "class"), ("drop", k, "cluster"), ("specialisation", k, "cluster"),
+               ("p_value", k, "cluster"), *((f"drop[{i}]", classes, "class") for i in range(len(data["drop"])))]
+    null_spec: Spec = {"samples": (COUNT, False), "seed": (COUNT, False), "sizes": (_list_of(COUNT), False),
+                       "mean": (_list_of(NUMBER_OR_NULL), False), "std": (_list_of(NUMBER_OR_NULL), False),
+                       "drop_mean": (_list_of(_list_of(DROP), or_null=True), False)}
+    null = data.get("null", {})
+    problem = object_problem(f"{name}.null", null, null_spec)
+    lengths += [(f"null.{key}", k, "cluster") for key in ("sizes", "mean", "std", "drop_mean") if null.get(key)]
+    lesion_spec: Spec = {"value": (_list_of(NUMBER), True), "percentile": (_list_of(NUMBER_OR_NULL), True),
+                         "p_value": (_list_of(SHARE_OR_NULL), True), "null_mean": (_list_of(NUMBER_OR_NULL), True),
+                         "fisher_p": (SHARE_OR_NULL, True)}
+    for key, value in data.get("lesion", {}).items():
+        problem = problem or object_problem(f"{name}.lesion.{key}", value, lesion_spec)
+        lengths += [(f"lesion.{key}.{field}", k, "cluster") for field in lesion_spec if field != "fisher_p"]
+    if problem:
+        return problem
+    for where, size, unit in lengths:
+        found = len(_at(data, where))
+        if found != size:
+            return f"field '{name}.{where}' must hold {size} entries (one per {unit}), not {found}"
+    return None
+
+
+def _list_of(check: Check, or_null: bool = False) -> Check:
+    """A list whose every item passes `check` (or null too, where `or_null`)."""
+    expected = f"a list, each item {check[0]}"
+    return (f"null or {expected}" if or_null else expected,
+            lambda v: (or_null and v is None) or (isinstance(v, list) and all(check[1](item) for item in v)))
+
+
+def _at(data: dict, where: str) -> list:
+    """The list a field name such as 'drop[2]' or 'lesion.importance.value' names inside `data`."""
+    for key in where.replace("]", "").replace("[", ".").split("."):
+        data = data[int(key)] if isinstance(data, list) else data[key]
+    return data
+
+
+def _unknown(name: str, data: dict, spec: Spec) -> str | None:
+    extra = [key for key in data if key not in spec]
+    return f"field '{name}' has an unknown key {show(extra[0])}" if extra else None
 
 
 def _problem(field: str, value: object, check: Check) -> str | None:

@@ -40,13 +40,13 @@ class SessionLock:
 
 def claim_directory(path: Path) -> SessionLock:
     """Make `path` a new session's folder and lock it. mkdir is atomic, so of two concurrent creators one makes
-    the folder; the other is refused, and neither ever deletes what the other wrote. A folder left by a failed
-    create (nothing in it but a lock file and temp files) may be claimed again."""
+    the folder; the other is refused, and neither ever deletes what the other wrote. A folder whose creation was
+    cut before its first save (see `unsaved`) may be claimed again: under its lock, what it holds is cleared."""
     exists = SessionError(f"{path} already exists; open it to continue, or choose another session name.")
     try:
         path.mkdir(parents=True)
     except FileExistsError:
-        if not _unused(path):
+        if not unsaved(path):
             raise exists from None
     except NotADirectoryError:
         raise SessionError(f"{path.parent} is not a directory; set $CLUSTERLAB_SESSIONS to a folder.") from None
@@ -54,26 +54,17 @@ def claim_directory(path: Path) -> SessionLock:
         lock = SessionLock(path)
     except SessionError:
         raise exists from None
-    if not _unused(path):  # another creator finished before we took the lock
+    if not unsaved(path):  # another creator finished before we took the lock
         lock.release()
         raise exists
+    _clear(path)  # a cut creation's files: ours to delete now that we hold the lock
     return lock
-
-
-def claim_unsaved(path: Path) -> SessionLock:
-    """claim_directory, after clearing a folder whose creation was cut before its first save: nothing in it but a
-    session's own files (a lock, temp files, a metrics log or checkpoint copied in) and no session.json."""
-    if path.is_dir() and not path.is_symlink() and all(_leftover(p) for p in path.iterdir()):
-        release_directory(path, SessionLock(path))
-    return claim_directory(path)
 
 
 def release_directory(path: Path, lock: SessionLock) -> None:
     """Undo a failed create: while still holding the lock (so everything in the folder is ours), remove what it
     wrote, the lock file and the folder."""
-    for entry in path.iterdir():
-        if entry.name != LOCK_FILE and (entry.is_file() or entry.is_symlink()):
-            entry.unlink(missing_ok=True)
+    _clear(path)
     (path / LOCK_FILE).unlink(missing_ok=True)
     lock.release()
     try:
@@ -82,13 +73,21 @@ def release_directory(path: Path, lock: SessionLock) -> None:
         pass  # someone is already claiming it again
 
 
-def _unused(path: Path) -> bool:
-    return (path.is_dir() and not path.is_symlink()
-            and all(p.name == LOCK_FILE or (p.name.startswith(".") and p.name.endswith(".tmp"))
-                    for p in path.iterdir()))
+def unsaved(path: Path) -> bool:
+    """`path` is a folder whose creation was cut before its first save completed (a kill between the first
+    checkpoint and the first session.json, say): no session.json, and nothing but a session's own files in it
+    (a lock, temp files, a metrics log, checkpoints). Nothing in it can be resumed; it may be created again."""
+    return path.is_dir() and not path.is_symlink() and all(_leftover(p) for p in path.iterdir())
+
+
+def _clear(path: Path) -> None:
+    """Delete the files of a session folder other than its lock (held by the caller)."""
+    for entry in path.iterdir():
+        if entry.name != LOCK_FILE and (entry.is_file() or entry.is_symlink()):
+            entry.unlink(missing_ok=True)
 
 
 def _leftover(entry: Path) -> bool:
     name = entry.name
-    return entry.is_file() and name != SESSION_FILE and (name == LOCK_FILE or name.endswith(".tmp")
-                                                         or is_session_file(name))
+    return (entry.is_file() and not entry.is_symlink() and name != SESSION_FILE
+            and (name == LOCK_FILE or (name.startswith(".") and name.endswith(".tmp")) or is_session_file(name)))

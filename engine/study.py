@@ -16,6 +16,7 @@ import torch
 from engine import events as ev
 from engine import phases
 from engine.ablation import ablate
+from engine.checkpoint_check import check_trainer_state
 from engine.clustering import Clusters
 from engine.config import Config
 from engine.data import load_dataset
@@ -220,11 +221,11 @@ class Study:
         """Checkpoint, then session.json pointing to it, then drop older checkpoints: a crash at any moment leaves
         a complete pair."""
         self.metrics.sync()
-        name = write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
+        name, sha256 = write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
         saved = SavedState(config=self.config, step=self.trainer.step, checkpoint=name,
                            metrics_records=self.metrics.records, plan=plan, clusters=self.clusters,
                            history=self.history, last=self.figures.to_dict(), control=self.control,
-                           ablation=self.ablation, significance=self.significance)
+                           ablation=self.ablation, significance=self.significance, checkpoint_sha256=sha256)
         write_session(self.path, saved, phase=phase, epoch=self.epochs_done, device=str(self.device))
         self.saved_plan = [j.to_dict() for j in plan]
         if not self._checkpoints or self._checkpoints[-1] != name:
@@ -233,6 +234,7 @@ class Study:
 
     def _restore(self, saved: SavedState, checkpoint: dict) -> int:
         """Take the saved state; returns how many metrics records the save had written."""
+        check_trainer_state(checkpoint["trainer"], self.trainer, self.path / saved.checkpoint, session_file(self.path))
         try:
             self.trainer.load_state_dict(checkpoint["trainer"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:

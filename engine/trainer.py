@@ -75,8 +75,8 @@ class Trainer:
         self.step = 0
         out_w, in_w = self.weights[self._studied].shape[1:]
         self._importance = torch.zeros(self.n_models, out_w, in_w, dtype=torch.float64, device=device)
-        self._pending_max = max(1, min(_PENDING_MAX, _PENDING_ELEMENTS // (out_w * in_w)))
-        self._pending = torch.zeros(self._pending_max, self.n_models, out_w, in_w, device=device)
+        self.pending_max = max(1, min(_PENDING_MAX, _PENDING_ELEMENTS // (out_w * in_w)))
+        self._pending = torch.zeros(self.pending_max, self.n_models, out_w, in_w, device=device)
         self._pending_count = 0
         self.grad_steps = 0  # captured steps in F
         self._legacy = [False] * self.n_models  # saved when the accumulator held S = sum g^T g (in x in), not F
@@ -197,7 +197,7 @@ class Trainer:
         if capture:
             self._pending_count += 1
             self.grad_steps += 1
-            if self._pending_count == self._pending_max:
+            if self._pending_count == self.pending_max:
                 self._fold_pending()
 
     def _next_indices(self) -> torch.Tensor:
