@@ -40,6 +40,7 @@ from engine.session_files import (
     checkpoint_name,
     has_session,
     is_session_file,
+    make_folder,
     metrics_path,
     odd_entry,
     open_file,
@@ -55,11 +56,11 @@ from engine.session_log import MetricsLog, check_metrics, read_metrics, record_p
 __all__ = [
     "FORMAT_VERSION", "JOB_KINDS", "Files", "MetricsLog", "SavedState", "SessionLock", "atomic_write",
     "check_metrics", "check_name", "check_root", "checkpoint_name", "claim_directory", "claim_unsaved",
-    "copy_metrics", "existing_name", "has_session", "load_checkpoint", "load_saved", "metrics_path", "new_name",
-    "now_iso", "pack_session", "parse_session", "peek_session", "prune_checkpoints", "read_metrics", "read_session",
-    "record_problem", "release_directory", "remove_stale_temps", "saved_checkpoint", "session_file", "session_path",
-    "sessions_root", "trim_metrics", "unpack_session", "validate_session", "versions", "write_checkpoint",
-    "write_json", "write_session",
+    "copy_metrics", "existing_name", "has_session", "load_checkpoint", "load_saved", "make_folder", "metrics_path",
+    "new_name", "now_iso", "pack_session", "parse_session", "peek_session", "prune_checkpoints", "read_metrics",
+    "read_session", "record_problem", "release_directory", "remove_stale_temps", "saved_checkpoint", "session_file",
+    "session_path", "sessions_root", "trim_metrics", "unpack_session", "validate_session", "versions",
+    "write_checkpoint", "write_json", "write_session",
 ]
 
 # Every name an earlier version accepted, a leading '-' included: existing sessions stay openable.

@@ -14,7 +14,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from engine.errors import SessionError
+from engine.errors import SessionError, WriteError
 
 SESSION_FILE = "session.json"
 METRICS_FILE = "metrics.jsonl"
@@ -49,18 +49,47 @@ def is_session_file(name: str) -> bool:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory, fsync, then os.replace: all or nothing."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write via a temporary file in the same directory, fsync, then os.replace: all or nothing. A write the system
+    refuses is a WriteError saying what to do."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise unwritable(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise unwritable(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+
+
+def make_folder(path: Path) -> None:
+    """mkdir -p, with a refusal by the system as one WriteError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SessionError(f"{path} exists and is not a folder; move it away or choose another name.") from None
+    except OSError as exc:
+        raise unwritable(path, exc) from None
+
+
+def unwritable(path: Path, exc: OSError) -> WriteError:
+    """One sentence for a write the system refused: what could not be written, why, and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        then = (f"'clusterlab resume {path.parent.name}' continues from its last save" if is_session_file(path.name)
+                else "run the command again")
+        return WriteError(f"{path} cannot be written: the disk is full ({exc.strerror}); free some space, then "
+                          f"{then}.", exc.errno)
+    it = "it and " if os.path.lexists(path) else ""
+    return WriteError(f"{path} cannot be written ({exc.strerror}); make {it}{path.parent} writable, or choose "
+                      "another folder.", exc.errno)
 
 
 def write_json(path: Path, data: dict) -> None:

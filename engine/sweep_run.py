@@ -22,7 +22,7 @@ from engine.errors import ConfigError
 from engine.format import fmt, null_text
 from engine.member import Progress, failed, member_result, run_member
 from engine.plan import CLUSTER, PRETRAIN
-from engine.session import SessionLock, session_path, sessions_root
+from engine.session import SessionLock, make_folder, session_path, sessions_root
 from engine.sweep import (
     FAILED,
     FINISHED,
@@ -118,7 +118,7 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
     manifest, created = resolve_manifest(directory, name, given, grid_given)
     members = plan_members(name, manifest.grid)
     check_members(name, manifest.base, members)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_folder(directory)
     lock = SessionLock(directory)  # one process runs a sweep at a time
     try:
         write_manifest(directory, manifest, created)
