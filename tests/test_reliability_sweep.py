@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.cli import main
 from tests.test_sweep import TINY_FLAGS, _one_line_error
 
 RUN_FLAGS = ["--dataset", "synthetic", "--hidden", "16,16", "--device", "cpu", "--steps", "20",
@@ -40,6 +41,16 @@ def unwritable(path: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
+def _refusal(capsys, argv: list[str]) -> str:
+    """Run `argv`: it must end with rc 2 and one error sentence, after the progress lines it printed."""
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in err, (out, err)
+    errors = [line for line in err.splitlines() if line.startswith("clusterlab: error: ")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
 # ----- 11: a read-only sessions root -------------------------------------------------------------------------------
 
 
@@ -50,3 +61,33 @@ def test_run_and_sweep_in_a_read_only_sessions_root_say_so_in_one_sentence(capsy
         error = _one_line_error(capsys, ["sweep", "sw", "--seeds", "1", *TINY_FLAGS])
         assert str(sessions / "sw") in error and "writable" in error
     assert list(sessions.iterdir()) == []
+
+
+# ----- 15: unwritable export and sweep files -----------------------------------------------------------------------
+
+
+def test_export_into_an_unwritable_folder_or_over_an_immutable_file_is_one_sentence(capsys, sessions, tmp_path):
+    assert main(["run", "--session", "e", *RUN_FLAGS]) == 0
+    capsys.readouterr()
+    out = tmp_path / "out"
+    out.mkdir()
+    with unwritable(out):
+        error = _one_line_error(capsys, ["export", "e", "--out", str(out)])
+    assert str(out / "metrics.csv") in error and "writable" in error
+    assert main(["export", "e", "--out", str(out)]) == 0
+    capsys.readouterr()
+    with unwritable(out / "metrics.csv"):
+        error = _one_line_error(capsys, ["export", "e", "--out", str(out)])
+    assert str(out / "metrics.csv") in error and "writable" in error
+
+
+def test_a_sweep_whose_folder_or_table_cannot_be_written_is_one_sentence(capsys, sessions):
+    args = ["sweep", "sw", "--seeds", "1", "--lam", "5", *TINY_FLAGS]
+    assert main(args) == 0
+    capsys.readouterr()
+    with unwritable(sessions / "sw"):
+        error = _one_line_error(capsys, args)
+    assert str(sessions / "sw" / "sweep.json") in error and "writable" in error
+    with unwritable(sessions / "sw" / "table.json"):
+        error = _refusal(capsys, args)  # after the members, all finished
+    assert str(sessions / "sw" / "table.json") in error and "writable" in error
