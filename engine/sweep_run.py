@@ -5,6 +5,8 @@ An executor is `executor(settings, report, progress)`: it runs `engine.member.ru
 another in this process; `engine.batched_executor.Batched` trains members of the same shapes and data as one
 stacked model; `engine.ray_executor.RayExecutor` runs them as Ray tasks. An executor must run a member only once
 its parent's result is in, and leave each member's folder under the sessions root before reporting it.
+The sweep checks that the data are there before any member runs, unless its executor's workers read
+them elsewhere (`data_elsewhere`, a Ray cluster's).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import Config
+from engine.data import check_source
 from engine.errors import ConfigError
 from engine.format import fmt, null_text
 from engine.member import Progress, failed, member_result, run_member
@@ -118,6 +121,8 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
     manifest, created = resolve_manifest(directory, name, given, grid_given)
     members = plan_members(name, manifest.grid)
     check_members(name, manifest.base, members)
+    if not getattr(executor, "data_elsewhere", False):  # else the workers read it, maybe not from this machine
+        check_source(manifest.base.dataset, manifest.base.data_dir)
     make_folder(directory)
     lock = SessionLock(directory)  # one process runs a sweep at a time
     try:

@@ -91,3 +91,17 @@ def test_a_sweep_whose_folder_or_table_cannot_be_written_is_one_sentence(capsys,
     with unwritable(sessions / "sw" / "table.json"):
         error = _refusal(capsys, args)  # after the members, all finished
     assert str(sessions / "sw" / "table.json") in error and "writable" in error
+
+
+# ----- 16: a --data-dir that does not exist --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["reproduce", "--seeds", "2", "--epochs", "1", "--finetune-epochs", "1"],
+    ["sweep", "sw", "--seeds", "2", "--dataset", "mnist", "--steps", "5"],
+])
+def test_a_missing_data_dir_is_refused_before_any_member_runs(capsys, sessions, tmp_path, argv):
+    missing = tmp_path / "nowhere"
+    error = _one_line_error(capsys, [*argv, "--data-dir", str(missing)])
+    assert str(missing) in error and "--data-dir" in error
+    assert list(sessions.iterdir()) == []
