@@ -161,14 +161,27 @@ def check_entry(path: Path, what: str) -> None:
         raise odd_entry(path, mode, what)
 
 
+def check_folder(path: Path, what: str) -> None:
+    """A folder in the sessions root, if present, must be a folder and no symbolic link (out of the root)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SessionError(f"{path} cannot be read ({exc.strerror}).") from None
+    if not stat.S_ISDIR(mode):
+        raise odd_entry(path, mode, what)
+
+
 def odd_entry(path: Path, mode: int, what: str) -> SessionError:
     if stat.S_ISLNK(mode):
         return SessionError(
             f"{path} is a symbolic link, which clusterlab never follows in the sessions root; put the {what} itself"
             " in its place."
         )
-    kind = "a directory" if stat.S_ISDIR(mode) else "a special file (a FIFO, socket or device)"
-    return SessionError(f"{path} is {kind}, not a {what}; move it out of the session folder.")
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode)
+            else "a special file (a FIFO, socket or device)")
+    return SessionError(f"{path} is {kind}, not a {what}; move it out of the way.")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -120,7 +120,7 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
     directory = session_path(name, root)
     manifest, created = resolve_manifest(directory, name, given, grid_given)
     members = plan_members(name, manifest.grid)
-    check_members(name, manifest.base, members)
+    check_members(name, manifest.base, members, root)
     if not getattr(executor, "data_elsewhere", False):  # else the workers read it, maybe not from this machine
         check_source(manifest.base.dataset, manifest.base.data_dir)
     make_folder(directory)

@@ -105,3 +105,36 @@ def test_a_missing_data_dir_is_refused_before_any_member_runs(capsys, sessions, 
     error = _one_line_error(capsys, [*argv, "--data-dir", str(missing)])
     assert str(missing) in error and "--data-dir" in error
     assert list(sessions.iterdir()) == []
+
+
+# ----- 7: links out of the sessions root --------------------------------------------------------------------------
+
+
+def test_a_sweep_folder_that_is_a_link_out_of_the_root_is_refused(capsys, sessions, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (sessions / "sw").symlink_to(outside)
+    error = _one_line_error(capsys, ["sweep", "sw", "--seeds", "1", *TINY_FLAGS])
+    assert str(sessions / "sw") in error and "symbolic link" in error
+    assert list(outside.iterdir()) == [] and sorted(p.name for p in sessions.iterdir()) == ["sw"]
+
+
+def test_a_sweep_json_or_member_that_is_a_link_out_of_the_root_is_refused(capsys, sessions, tmp_path):
+    args = ["sweep", "sw", "--seeds", "1", "--lam", "5", *TINY_FLAGS]
+    assert main(args) == 0
+    capsys.readouterr()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    manifest = sessions / "sw" / "sweep.json"
+    manifest.rename(outside / "sweep.json")
+    manifest.symlink_to(outside / "sweep.json")
+    error = _one_line_error(capsys, args)
+    assert str(manifest) in error and "symbolic link" in error
+    manifest.unlink()
+    (outside / "sweep.json").rename(manifest)
+    member = sessions / "sw.s1.weights.k2.lam5"
+    member.rename(outside / member.name)
+    member.symlink_to(outside / member.name)
+    error = _one_line_error(capsys, args)
+    assert str(member) in error and "symbolic link" in error
+
