@@ -219,7 +219,8 @@ def read_grid(directory: Path) -> Grid:
 
 def resolve_manifest(directory: Path, name: str, given: dict, grid_given: dict) -> tuple[Manifest, str]:
     """The sweep to run and when it was created: a new one from the flags, or the saved one continued. Settings
-    given for a saved sweep must equal its own (its members were trained with them); its grid's values may change.
+    given for a saved sweep must equal its own (its members were trained with them); values given for its grid join
+    the saved ones (a grid only grows).
     `given` holds the settings given (Config field -> value), `grid_given` the axis values given (by manifest key).
     An axis that only some sweeps have (hidden, lr, epochs) given one value is a setting, unless the saved sweep
     varies it; a saved sweep that does not vary it refuses more than one."""
@@ -249,7 +250,9 @@ def resolve_manifest(directory: Path, name: str, given: dict, grid_given: dict) 
         flags = ", ".join(f"--{key.replace('_', '-')} (was {before[key]!r})" for key in differ)
         raise ConfigError(f"Sweep {name} was made with other settings: {flags}. Continue it with "
                           f"'clusterlab sweep {name}' alone, or choose another name.")
-    grid = _grid(grid_given, lambda axis: old.values.get(axis.name))
+    # A grid only grows: values given join the saved ones, so a smaller grid never drops a finished member.
+    grown = {axis: [*old.values.get(axis, ()), *values] for axis, values in grid_given.items()}
+    grid = _grid(grown, lambda axis: old.values.get(axis.name))
     return Manifest(name, saved, grid), str(data.get("created_at") or now_iso())
 
 

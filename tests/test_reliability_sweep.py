@@ -3,6 +3,7 @@ links out of the sessions root, shrinking grids, huge grids, numbers that are no
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from tests.test_sweep import TINY_FLAGS, _one_line_error
+from engine.sweep_run import run_sweep
+from tests.test_sweep import TINY, TINY_FLAGS, _one_line_error
 
 RUN_FLAGS = ["--dataset", "synthetic", "--hidden", "16,16", "--device", "cpu", "--steps", "20",
              "--finetune-epochs", "0"]
@@ -138,3 +140,16 @@ def test_a_sweep_json_or_member_that_is_a_link_out_of_the_root_is_refused(capsys
     error = _one_line_error(capsys, args)
     assert str(member) in error and "symbolic link" in error
 
+
+# ----- 14: a smaller grid never drops finished members --------------------------------------------------------------
+
+
+def test_rerunning_a_sweep_with_a_smaller_grid_keeps_every_finished_member(tmp_path):
+    first = run_sweep("sw", TINY, {"seeds": [1, 2], "k": [2, 3], "lams": [0, 5]}, root=tmp_path)
+    assert first.ran == 14 and not first.failures
+    again = run_sweep("sw", TINY, {"seeds": [2], "k": [3], "lams": [0]}, root=tmp_path)
+    assert again.ran == 0 and again.to_dict() == first.to_dict()
+    grid = json.loads((tmp_path / "sw" / "sweep.json").read_text())["grid"]
+    assert grid == {"seeds": [1, 2], "sources": ["weights"], "k": [2, 3], "lam": [0.0, 5.0]}
+    grown = run_sweep("sw", TINY, {"seeds": [3], "lams": [0]}, root=tmp_path)
+    assert grown.ran == 7 and len(grown.members) == 21
