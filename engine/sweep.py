@@ -203,14 +203,41 @@ def read_manifest(directory: Path) -> dict:
         data = json.loads(text)
         if data.get("format_version", 0) > SWEEP_FORMAT_VERSION:
             raise SessionError(f"{path} is from a newer clusterlab; upgrade clusterlab to continue this sweep.")
-        Config.from_dict(data["settings"])
-        Grid.from_dict(data["grid"])
+        _check_fields(path, data["settings"], data["grid"])
         return data
     except FileNotFoundError:
         raise SessionError(f"{directory} is not a sweep (it has no {SWEEP_FILE}); start one with "
                            "'clusterlab sweep NAME --seeds N'.") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SessionError(f"{path} is corrupt ({exc}); the sweep cannot be continued.") from None
+
+
+def _check_fields(path: Path, settings: dict, grid: dict) -> None:
+    """The manifest's settings and grid, each field checked alone (so that a message can name it), then each grid
+    value against the settings (k against the layer's width, say); one SessionError naming the file and field."""
+    def bad(field: str, exc: Exception) -> SessionError:
+        return SessionError(f"{path} has an invalid {field} ({str(exc).rstrip('.')}); fix it, or start another "
+                            "sweep.")
+
+    for key, value in settings.items():
+        try:
+            Config.from_dict({key: value})
+        except (ConfigError, TypeError) as exc:
+            raise bad(f"settings.{key}", exc) from None
+    try:
+        base = Config.from_dict(settings)
+    except (ConfigError, TypeError) as exc:
+        raise bad("settings", exc) from None
+    for key, values in grid.items():
+        axis = BY_KEY.get(_OLD_KEYS.get(key, key))
+        if axis is None or not isinstance(values, list):
+            raise bad(f"grid.{key}", TypeError(f"not a list of a sweep axis's values: {values!r}"))
+        try:
+            for value in axis.values(values):
+                base.replace(**{axis.field: value})
+        except (ConfigError, TypeError) as exc:
+            raise bad(f"grid.{key}", exc) from None
+    Grid.from_dict(grid)
 
 
 def read_grid(directory: Path) -> Grid:

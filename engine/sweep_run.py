@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine.config import Config
 from engine.data import check_source
-from engine.errors import ConfigError
+from engine.errors import ConfigError, SessionError
 from engine.format import fmt, null_text
 from engine.member import Progress, failed, member_result, run_member
 from engine.plan import CLUSTER, PRETRAIN
@@ -151,9 +151,12 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
 def _result(member: Member, base: Config, root: Path, reported: dict | None) -> dict:
     """A member's row: read from its session when finished, else its grid point with what the run reported (a
     failure) or that it is unfinished (stopped, or not reached)."""
-    if member_finished(root / member.name, member.kind):
-        return member_result(root / member.name, member.settings(base, root))
     grid_point = member.row()
+    if member_finished(root / member.name, member.kind):
+        try:
+            return member_result(root / member.name, member.settings(base, root))
+        except SessionError as exc:  # a damaged session.json fails its member alone, however it is damaged
+            return {**grid_point, "status": FAILED, "error": str(exc)}
     if reported is not None and reported["status"] == FAILED:
         return {**grid_point, "status": FAILED, "error": reported["error"]}
     return {**grid_point, "status": UNFINISHED}
