@@ -28,6 +28,7 @@ from engine.plan import ABLATE, CLUSTER, CONTROL, FINETUNE, PRETRAIN, SIGNIFICAN
 from engine.session import (
     MetricsLog,
     SavedState,
+    checkpoint_name,
     load_saved,
     metrics_path,
     prune_checkpoints,
@@ -220,7 +221,11 @@ class Study:
         """Checkpoint, then session.json pointing to it, then drop older checkpoints: a crash at any moment leaves
         a complete pair."""
         self.metrics.sync()
-        name = write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
+        name = checkpoint_name(self.trainer.step)
+        # The trainer's state changes only with its step: a save at the step of the last checkpoint (the plan saved
+        # before work starts, say) writes session.json alone, which is small enough to land on a nearly full disk.
+        if not (self._checkpoints and self._checkpoints[-1] == name and (self.path / name).is_file()):
+            write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
         saved = SavedState(config=self.config, step=self.trainer.step, checkpoint=name,
                            metrics_records=self.metrics.records, plan=plan, clusters=self.clusters,
                            history=self.history, last=self.figures.to_dict(), control=self.control,

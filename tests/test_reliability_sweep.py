@@ -153,3 +153,105 @@ def test_rerunning_a_sweep_with_a_smaller_grid_keeps_every_finished_member(tmp_p
     assert grid == {"seeds": [1, 2], "sources": ["weights"], "k": [2, 3], "lam": [0.0, 5.0]}
     grown = run_sweep("sw", TINY, {"seeds": [3], "lams": [0]}, root=tmp_path)
     assert grown.ran == 7 and len(grown.members) == 21
+
+
+# ----- 18: plain decimals, damaged sweep.json, one rule for a damaged member ----------------------------------------
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["sweep", "sw", "--seeds", "7,", *TINY_FLAGS], "--seeds"),
+    (["sweep", "sw", "--seeds", "1", "--k", "2,", *TINY_FLAGS], "--k"),
+    (["sweep", "sw", "--seeds", "1", "--lam", ",3", *TINY_FLAGS], "--lam"),
+    (["sweep", "sw", "--seeds", "1", "--lr", "1_0,0.1", *TINY_FLAGS], "--lr"),
+    (["sweep", "sw", "--seeds", "1_0", *TINY_FLAGS], "--seeds"),
+    (["run", "--lr", "1_0", *RUN_FLAGS], "--lr"),
+    (["reproduce", "--seeds", "1_0"], "--seeds"),
+    (["reproduce", "--epochs", "0x1"], "--epochs"),
+    (["resume", "x", "--steps", "1_0"], "--steps"),
+    (["bench", "--steps", " 5"], "--steps"),
+])
+def test_numbers_on_the_command_line_are_plain_decimals(capsys, sessions, argv, flag):
+    assert flag in _one_line_error(capsys, argv)
+    assert list(sessions.iterdir()) == []
+
+
+def test_seeds_name_one_seed_as_a_range(tmp_path):
+    from engine.axes import parse_seeds
+
+    assert parse_seeds("7..7") == [7] and parse_seeds("3..5") == [3, 4, 5] and parse_seeds("2,9") == [2, 9]
+
+
+def _damage(path: Path, where: str, key: str, value) -> None:
+    data = json.loads(path.read_text())
+    data[where][key] = value
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("where, key, value", [
+    ("grid", "seeds", "abc"), ("grid", "k", [10**30]), ("grid", "k", [40]), ("grid", "lam", "x"),
+    ("settings", "lr", "x"),
+])
+def test_a_damaged_sweep_json_names_the_file_and_the_field(capsys, sessions, where, key, value):
+    assert main(["sweep", "sw", "--seeds", "1", "--lam", "5", *TINY_FLAGS]) == 0
+    capsys.readouterr()
+    manifest = sessions / "sw" / "sweep.json"
+    _damage(manifest, where, key, value)
+    error = _one_line_error(capsys, ["sweep", "sw"])
+    assert str(manifest) in error and f"{where}.{key}" in error
+
+
+@pytest.mark.parametrize("damage", ["json", "field"])
+def test_a_member_whose_session_json_is_damaged_fails_alone(capsys, sessions, damage):
+    assert main(["sweep", "sw", "--seeds", "1", "--lam", "5", *TINY_FLAGS]) == 0
+    capsys.readouterr()
+    session = sessions / "sw.s1.weights.k2" / "session.json"
+    if damage == "json":
+        session.write_text('{"step": ')
+    else:
+        _damage(session, "config", "lr", "x")
+    assert main(["sweep", "sw", "--seeds", "1", "--lam", "5", *TINY_FLAGS, "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    members = {m["name"]: m for m in json.loads(out)["members"]}
+    assert members["sw.s1.weights.k2"]["status"] == "failed" and str(session) in members["sw.s1.weights.k2"]["error"]
+    assert members["sw.s1.weights.k2.lam5"]["status"] == "finished" and members["sw.s1"]["status"] == "finished"
+
+
+# ----- 10: out of disk at the first save --------------------------------------------------------------------------
+
+
+def test_a_full_disk_at_the_first_checkpoint_keeps_the_plan_and_says_what_to_do(make_engine, sessions, monkeypatch):
+    import errno
+    import tempfile
+
+    from engine import Engine
+    from engine import events as ev
+    from tests.conftest import Recorder
+
+    engine = make_engine("full", autosave_every=16, finetune_epochs=0)
+    real_mkstemp = tempfile.mkstemp
+
+    def full_disk(*args, prefix: str = "", **kwargs):
+        if prefix.startswith(".checkpoint-"):  # session.json (small) still fits; a checkpoint does not
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_mkstemp(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_disk)
+    recorder = Recorder()
+    engine.subscribe(recorder)
+    engine.plan_default()
+    engine.wait()
+    engine.close()
+    failed = recorder.of(ev.Failed)[0].message
+    assert "disk is full" in failed and "free some space" in failed and "clusterlab resume full" in failed
+    saved = json.loads((sessions / "full" / "session.json").read_text())
+    assert saved["step"] == 0 and [job["kind"] for job in saved["plan"]][:2] == ["pretrain", "cluster"]
+    monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)  # space freed
+    resumed = Engine.open(sessions / "full")
+    try:
+        resumed.continue_plan()
+        resumed.wait()
+        snapshot = resumed.snapshot()
+    finally:
+        resumed.close()
+    assert snapshot.step == 64 and snapshot.plan == () and snapshot.clusters is not None
