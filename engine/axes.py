@@ -10,7 +10,16 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.config import Config, check_int, check_lam, check_source, finite_number, float32, parse_hidden
+from engine.config import (
+    Config,
+    check_int,
+    check_lam,
+    check_source,
+    finite_number,
+    float32,
+    parse_hidden,
+    plain_number,
+)
 from engine.errors import ConfigError
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN
 
@@ -24,21 +33,28 @@ def num_text(value: float) -> str:
 
 
 def parse_list(flag: str, text: str, kind: type) -> list:
-    """A comma-separated list of numbers or words, each parsed as `kind`; at least one."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise ConfigError(f"{flag} needs at least one value, as a comma-separated list.")
+    """A comma-separated list of words, or of plain decimal numbers parsed as `kind`; at least one, and no empty
+    item ('2,' is a typo, not a list)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(parts):
+        raise ConfigError(f"{flag} needs comma-separated values with none empty, not {text!r}.")
     if kind is str:
         return parts
     try:
-        return [kind(p) for p in parts]
+        return [plain_number(p, kind) for p in parts]
     except ValueError:
         what = "whole numbers" if kind is int else "numbers"
-        raise ConfigError(f"{flag} must be {what}, comma-separated, not {text!r}.") from None
+        raise ConfigError(f"{flag} must be plain decimal {what}, comma-separated, not {text!r}.") from None
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'5' means five seeds, 1 to 5; a comma-separated list ('1,2,7', or '7,' for seed 7 alone) names them."""
+    """'5' means five seeds, 1 to 5; '3..5' names seeds 3 to 5 ('7..7': seed 7 alone); a comma-separated list
+    ('1,2,7') names them."""
+    if ".." in text:
+        first, last = parse_list("--seeds", text.replace("..", ",", 1), int)
+        if not 0 <= first <= last:
+            raise ConfigError(f"--seeds S..T needs 0 <= S <= T, not {text!r}.")
+        return list(range(first, last + 1))
     if "," not in text:
         count = parse_list("--seeds", text, int)[0]
         check_int("--seeds", count, 1)
@@ -122,7 +138,8 @@ class Axis:
 
 AXES: tuple[Axis, ...] = (
     Axis("seed", "seed", "--seeds", "seeds", PRETRAIN, parse_seeds, _seed, lambda v: f"s{v}",
-         "N seeds (1 to N), or a comma-separated list of seeds", "N|S,S", ordered=False, always=True),
+         "N seeds (1 to N), S..T (seeds S to T), or a comma-separated list of seeds", "N|S..T|S,S", ordered=False,
+         always=True),
     Axis("hidden", "hidden", "--hidden", "hidden", PRETRAIN, parse_shapes, _shape, lambda v: "h" + _shape_text(v),
          "hidden layer shapes, comma-separated: 32 means 32,32 and 64x32x64 names three layers (default 128,128)",
          "W,WxW", text=_shape_text),

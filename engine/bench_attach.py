@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from engine.client import Client, start_host
-from engine.config import Config
+from engine.config import Config, plain_float, plain_int
 
 CLIENT_COUNTS = (0, 1, 3)
 SIZE = (120, 40)
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "synthetic"])
     parser.add_argument("--data-dir", help="folder with MNIST's IDX files")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of 0, 1 and 3 UIs (default 3)")
-    parser.add_argument("--seconds", type=float, default=4.0, help="each window's length (default 4)")
+    parser.add_argument("--rounds", type=plain_int, default=3, help="rounds of 0, 1 and 3 UIs (default 3)")
+    parser.add_argument("--seconds", type=plain_float, default=4.0, help="each window's length (default 4)")
     parser.add_argument("--phase", default="pretrain", choices=["pretrain", "finetune"],
                         help="the phase measured: finetune holds clusters, so snapshots carry the block picture")
     parser.add_argument("--json", action="store_true")

@@ -18,7 +18,7 @@ import numpy as np
 
 from engine import planted
 from engine.clustering import cocluster_batch
-from engine.config import NULL_METHODS, Config, check_int
+from engine.config import NULL_METHODS, Config, check_int, plain_int
 from engine.measures import ALPHA, MEASURES
 from engine.significance import significance
 
@@ -146,10 +146,11 @@ def add_parser(commands) -> None:
         description="For each cluster source (weights, gradients), shuffle null (permute, rows) and measure, count "
         "how often p <= 0.05 on generated layers with no modularity (the false-positive rate, which a valid test "
         "keeps at 5%%) and with planted blocks (the power), each with its 95%% binomial interval.")
-    parser.add_argument("--trials", type=int, default=Settings.trials, help="layers per cell (default 200)")
-    parser.add_argument("--null-samples", type=int, default=Settings.null_samples,
+    parser.add_argument("--trials", type=plain_int, default=Settings.trials, help="layers per cell (default 200)")
+    parser.add_argument("--null-samples", type=plain_int, default=Settings.null_samples,
                         help="shuffles per null (default 39: a test of size exactly 0.05)")
-    parser.add_argument("--seed", type=int, default=Settings.seed, help="seed of the layers and nulls (default 0)")
+    parser.add_argument("--seed", type=plain_int, default=Settings.seed,
+                        help="seed of the layers and nulls (default 0)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 

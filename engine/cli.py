@@ -17,7 +17,7 @@ from engine import events as ev
 from engine.cli_host import COMMANDS as HOST_COMMANDS
 from engine.cli_host import add_host_parsers, attach_target, not_hosted, run_detached
 from engine.cli_sweep import add_sweep_parsers, cmd_reproduce, cmd_sweep
-from engine.config import Config, check_int
+from engine.config import Config, check_int, plain_float, plain_int
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ClusterlabError
 from engine.format import SESSION_COLUMNS, fmt, null_text, session_cells
 from engine.listing import list_sessions
@@ -66,15 +66,15 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
     run.add_argument("--detach", action="store_true", help="run in a background host and return at once, printing "
                      "the session's name (follow it with tail, attach, remote, stop)")
-    run.add_argument("--idle-exit", type=float, default=60.0, metavar="SECONDS",
+    run.add_argument("--idle-exit", type=plain_float, default=60.0, metavar="SECONDS",
                      help="with --detach: the host ends this long after its plan is done with no client attached")
     resume = commands.add_parser("resume", help="continue a saved session",
                                  description="Continue a session's unfinished plan, or train N more "
                                  "epochs/steps of its current phase (then re-cluster after more pretraining).")
     resume.add_argument("name", metavar="NAME", help="session name")
     more = resume.add_mutually_exclusive_group()
-    more.add_argument("--epochs", type=int, help="train this many more epochs")
-    more.add_argument("--steps", type=int, help="train this many more optimizer steps")
+    more.add_argument("--epochs", type=plain_int, help="train this many more epochs")
+    more.add_argument("--steps", type=plain_int, help="train this many more optimizer steps")
     resume.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
     sessions = commands.add_parser("sessions", help="list saved sessions",
                                    description="List the sessions under $CLUSTERLAB_SESSIONS or ./sessions.")
@@ -94,7 +94,7 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
                                 description="Measure the engine's training step side by side with a "
                                 "reference DataLoader loop, plus evaluation and clustering times.")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
-    bench.add_argument("--steps", type=int, default=1000, help="timed steps per loop (default 1000)")
+    bench.add_argument("--steps", type=plain_int, default=1000, help="timed steps per loop (default 1000)")
     bench.add_argument("--dataset", default="mnist", choices=["mnist", "synthetic"], help="data (default mnist)")
     bench.add_argument("--data-dir", help="folder with MNIST's IDX files")
     bench.add_argument("--study", action="store_true",

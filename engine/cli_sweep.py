@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from engine.config import check_int
+from engine.config import check_int, plain_int
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED
 from engine.options import OPTIONS, metavar
 from engine.session import check_name
@@ -36,13 +36,13 @@ def add_sweep_parsers(commands) -> None:
         description=f"MNIST, {EPOCHS} pretraining epochs, k=2 on weights and on gradients, λ 0 and 3 for "
         f"{FINETUNE_EPOCHS} finetuning epochs, as the sweep 'reproduce'; ends with each figure the reference printed "
         "beside clusterlab's mean ± 95%% CI and whether it holds up.")
-    reproduce.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
+    reproduce.add_argument("--seeds", type=plain_int, default=DEFAULT_SEEDS,
                            help=f"number of seeds (default {DEFAULT_SEEDS})")
     reproduce.add_argument("--data-dir", help="folder with MNIST's IDX files")
     reproduce.add_argument("--device", help="compute device: auto, cpu or cuda (default auto)")
-    reproduce.add_argument("--epochs", type=int, default=EPOCHS,
+    reproduce.add_argument("--epochs", type=plain_int, default=EPOCHS,
                            help=f"pretraining epochs: other than {EPOCHS} only for a smoke run")
-    reproduce.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS,
+    reproduce.add_argument("--finetune-epochs", type=plain_int, default=FINETUNE_EPOCHS,
                            help=f"finetuning epochs: other than {FINETUNE_EPOCHS} only for a smoke run")
     reproduce.add_argument("--json", action="store_true", help="print the sweep and the comparison as one JSON object")
     _add_executor_flags(reproduce)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -271,6 +272,24 @@ def plain_number(text: str, kind: type[int] | type[float]) -> int | float:
     if not _PLAIN[kind].fullmatch(text):
         raise ValueError(text)
     return kind(text)
+
+
+def plain_int(text: str) -> int:
+    """An argparse `type` for a whole number written as a plain decimal (plain_number)."""
+    return _plain_arg(text, int)
+
+
+def plain_float(text: str) -> float:
+    """An argparse `type` for a number written as a plain decimal (plain_number)."""
+    return _plain_arg(text, float)
+
+
+def _plain_arg(text: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return plain_number(text, kind)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"must be {what} written as a plain decimal, not {text!r}") from None
 
 
 def whole_number(value: object) -> bool:

@@ -63,11 +63,19 @@ def default_data_dirs(name: str) -> list[Path]:
     return dirs
 
 
-def load_dataset(name: str, data_dir: str | None, seed: int, device: torch.device) -> Dataset:
-    """Load a dataset by name onto `device`; raises DataError with one clear sentence on failure."""
+def check_source(name: str, data_dir: str | None) -> None:
+    """Before any work: --data-dir is only for sets read from files, and such a set's four files are there (found,
+    or downloaded once where no --data-dir is given); DataError with one sentence otherwise."""
     if data_dir is not None and name not in _IDX_SETS:
         raise DataError(f"--data-dir is only for datasets read from files ({', '.join(_IDX_SETS)}); "
                         f"drop it for --dataset {name}.")
+    if name in _IDX_SETS:
+        _find_idx_set(name, data_dir)
+
+
+def load_dataset(name: str, data_dir: str | None, seed: int, device: torch.device) -> Dataset:
+    """Load a dataset by name onto `device`; raises DataError with one clear sentence on failure."""
+    check_source(name, data_dir)
     if name in _IDX_SETS:
         splits, source = _idx_splits(name, data_dir)
     elif name == "digits":

@@ -17,6 +17,15 @@ class SessionError(ClusterlabError):
     """A session directory is missing, invalid, corrupt or from a newer version."""
 
 
+class WriteError(ClusterlabError, OSError):
+    """The system refused a write (a read-only folder, an immutable file, a full disk); still an OSError, so code
+    that retries a failed write (Ray's tasks) sees it as one."""
+
+    def __init__(self, message: str, errno: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 class TrainingError(ClusterlabError):
     """A job could not go on (the loss became NaN or infinite, a command made no sense)."""
 

@@ -89,6 +89,7 @@ class RayExecutor:
                  max_retries: int = MAX_RETRIES) -> None:
         require_ray()  # before the sweep starts
         self.address, self.stop, self.task, self.max_retries = address, stop or threading.Event(), task, max_retries
+        self.data_elsewhere = address is not None  # a cluster's workers read the data, which may not be here
 
     def __call__(self, settings: list[dict], report: Callable[[dict], None], progress: Progress) -> None:
         if not settings:

@@ -38,9 +38,11 @@ from engine.session_files import (
     SESSION_FILE,
     atomic_write,
     check_entry,
+    check_folder,
     checkpoint_name,
     has_session,
     is_session_file,
+    make_folder,
     metrics_path,
     odd_entry,
     open_file,
@@ -55,12 +57,12 @@ from engine.session_log import MetricsLog, check_metrics, read_metrics, record_p
 
 __all__ = [
     "FORMAT_VERSION", "JOB_KINDS", "Files", "MetricsLog", "SavedState", "SessionLock", "atomic_write",
-    "check_metrics", "check_name", "check_root", "checkpoint_name", "claim_directory",
-    "copy_metrics", "existing_name", "has_session", "load_checkpoint", "load_saved", "metrics_path", "new_name",
-    "now_iso", "pack_session", "parse_session", "peek_session", "prune_checkpoints", "read_metrics", "read_session",
-    "record_problem", "release_directory", "remove_stale_temps", "saved_checkpoint", "session_file", "session_path",
-    "sessions_root", "trim_metrics", "unpack_session", "unsaved", "validate_session", "versions",
-    "write_checkpoint", "write_json", "write_session",
+    "check_folder", "check_metrics", "check_name", "check_root", "checkpoint_name", "claim_directory",
+    "copy_metrics", "existing_name", "has_session", "load_checkpoint", "load_saved", "make_folder", "metrics_path",
+    "new_name", "now_iso", "pack_session", "parse_session", "peek_session", "prune_checkpoints", "read_bytes",
+    "read_metrics", "read_session", "record_problem", "release_directory", "remove_stale_temps", "saved_checkpoint",
+    "session_file", "session_path", "sessions_root", "trim_metrics", "unpack_session", "unsaved", "validate_session",
+    "versions", "write_checkpoint", "write_json", "write_session",
 ]
 
 # Every name an earlier version accepted, a leading '-' included: existing sessions stay openable.
@@ -173,7 +175,9 @@ def saved_checkpoint(directory: Path, saved: SavedState | dict) -> dict:
 
 def peek_session(directory: Path) -> dict | None:
     """session.json as it is now, unchecked (for a live view of a sweep another process is writing): None if
-    there is none; SessionError if it cannot be read or is no JSON object (a save being replaced, say)."""
+    there is none; SessionError if it cannot be read or is no JSON object (a save being replaced, say), or if the
+    folder is a symbolic link (never followed out of the sessions root)."""
+    check_folder(directory, "session folder")
     text = read_bytes(session_file(directory), "session file")
     if text is None:
         return None

@@ -14,7 +14,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from engine.errors import SessionError
+from engine.errors import SessionError, WriteError
 
 SESSION_FILE = "session.json"
 METRICS_FILE = "metrics.jsonl"
@@ -49,18 +49,47 @@ def is_session_file(name: str) -> bool:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory, fsync, then os.replace: all or nothing."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write via a temporary file in the same directory, fsync, then os.replace: all or nothing. A write the system
+    refuses is a WriteError saying what to do."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise unwritable(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise unwritable(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+
+
+def make_folder(path: Path) -> None:
+    """mkdir -p, with a refusal by the system as one WriteError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SessionError(f"{path} exists and is not a folder; move it away or choose another name.") from None
+    except OSError as exc:
+        raise unwritable(path, exc) from None
+
+
+def unwritable(path: Path, exc: OSError) -> WriteError:
+    """One sentence for a write the system refused: what could not be written, why, and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        then = (f"'clusterlab resume {path.parent.name}' continues from its last save" if is_session_file(path.name)
+                else "run the command again")
+        return WriteError(f"{path} cannot be written: the disk is full ({exc.strerror}); free some space, then "
+                          f"{then}.", exc.errno)
+    it = "it and " if os.path.lexists(path) else ""
+    return WriteError(f"{path} cannot be written ({exc.strerror}); make {it}{path.parent} writable, or choose "
+                      "another folder.", exc.errno)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -132,14 +161,27 @@ def check_entry(path: Path, what: str) -> None:
         raise odd_entry(path, mode, what)
 
 
+def check_folder(path: Path, what: str) -> None:
+    """A folder in the sessions root, if present, must be a folder and no symbolic link (out of the root)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SessionError(f"{path} cannot be read ({exc.strerror}).") from None
+    if not stat.S_ISDIR(mode):
+        raise odd_entry(path, mode, what)
+
+
 def odd_entry(path: Path, mode: int, what: str) -> SessionError:
     if stat.S_ISLNK(mode):
         return SessionError(
             f"{path} is a symbolic link, which clusterlab never follows in the sessions root; put the {what} itself"
             " in its place."
         )
-    kind = "a directory" if stat.S_ISDIR(mode) else "a special file (a FIFO, socket or device)"
-    return SessionError(f"{path} is {kind}, not a {what}; move it out of the session folder.")
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode)
+            else "a special file (a FIFO, socket or device)")
+    return SessionError(f"{path} is {kind}, not a {what}; move it out of the way.")
 
 
 def _fsync_dir(directory: Path) -> None:

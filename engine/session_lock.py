@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from engine.errors import SessionError
-from engine.session_files import LOCK_FILE, SESSION_FILE, is_session_file, open_file
+from engine.session_files import LOCK_FILE, SESSION_FILE, is_session_file, open_file, unwritable
 
 
 class SessionLock:
@@ -50,6 +50,8 @@ def claim_directory(path: Path) -> SessionLock:
             raise exists from None
     except NotADirectoryError:
         raise SessionError(f"{path.parent} is not a directory; set $CLUSTERLAB_SESSIONS to a folder.") from None
+    except OSError as exc:  # a read-only or full sessions root
+        raise unwritable(path, exc) from None
     try:
         lock = SessionLock(path)
     except SessionError:

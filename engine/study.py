@@ -29,6 +29,7 @@ from engine.plan import ABLATE, CLUSTER, CONTROL, FINETUNE, PRETRAIN, SIGNIFICAN
 from engine.session import (
     MetricsLog,
     SavedState,
+    checkpoint_name,
     load_saved,
     metrics_path,
     prune_checkpoints,
@@ -66,6 +67,7 @@ class Study:
         self.plan: list[Job] = []  # the saved plan this study was restored with
         self.saved_plan: list[dict] | None = None  # the plan as last written
         self._checkpoints: list[str] = []
+        self._checkpoint_sha256: str | None = None  # of the newest checkpoint, which session.json records
         records = self._restore(saved, checkpoint) if saved is not None else 0
         self.metrics = MetricsLog(metrics_path(self.path), records)
 
@@ -221,11 +223,17 @@ class Study:
         """Checkpoint, then session.json pointing to it, then drop older checkpoints: a crash at any moment leaves
         a complete pair."""
         self.metrics.sync()
-        name, sha256 = write_checkpoint(self.path, self.trainer.step, {"trainer": self.trainer.state_dict()})
+        name = checkpoint_name(self.trainer.step)
+        # The trainer's state changes only with its step: a save at the step of the last checkpoint (the plan saved
+        # before work starts, say) writes session.json alone, which is small enough to land on a nearly full disk.
+        if not (self._checkpoints and self._checkpoints[-1] == name and (self.path / name).is_file()):
+            _, self._checkpoint_sha256 = write_checkpoint(self.path, self.trainer.step,
+                                                          {"trainer": self.trainer.state_dict()})
         saved = SavedState(config=self.config, step=self.trainer.step, checkpoint=name,
                            metrics_records=self.metrics.records, plan=plan, clusters=self.clusters,
                            history=self.history, last=self.figures.to_dict(), control=self.control,
-                           ablation=self.ablation, significance=self.significance, checkpoint_sha256=sha256)
+                           ablation=self.ablation, significance=self.significance,
+                           checkpoint_sha256=self._checkpoint_sha256)
         write_session(self.path, saved, phase=phase, epoch=self.epochs_done, device=str(self.device))
         self.saved_plan = [j.to_dict() for j in plan]
         if not self._checkpoints or self._checkpoints[-1] != name:
@@ -251,6 +259,7 @@ class Study:
         last = saved.last
         self.figures = phases.Figures(last.get("test_accuracy"), last.get("train_loss"), last.get("clusterability"))
         self._checkpoints = [saved.checkpoint]
+        self._checkpoint_sha256 = saved.checkpoint_sha256
         return trim_metrics(metrics_path(self.path), saved.metrics_records)
 
     def roll_back(self) -> None:

@@ -17,6 +17,7 @@ as NAME.s1.h32x32.weights.k2.lam3).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -26,7 +27,15 @@ from engine.config import Config
 from engine.errors import ConfigError, SessionError
 from engine.measures import upgraded
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN, TRAINING
-from engine.session import atomic_write, check_name, now_iso, peek_session, write_json
+from engine.session import (
+    atomic_write,
+    check_folder,
+    check_name,
+    now_iso,
+    peek_session,
+    read_bytes,
+    write_json,
+)
 
 SWEEP_FILE = "sweep.json"
 TABLE_JSON, TABLE_CSV = "table.json", "table.csv"
@@ -122,11 +131,12 @@ def plan_members(name: str, grid: Grid) -> list[Member]:
     return members
 
 
-def check_members(name: str, base: Config, members: list[Member]) -> None:
-    """Every member name is a valid session name and every member's settings are valid (k fits the layer, say),
-    before any work starts."""
+def check_members(name: str, base: Config, members: list[Member], root: Path) -> None:
+    """Every member name is a valid session name, no member's folder is a link (out of the sessions root) or a
+    file, and every member's settings are valid (k fits the layer, say), before any work starts."""
     check_name(name)
     for member in members:
+        check_folder(root / member.name, "sweep member's session folder")
         try:
             check_name(member.name)
         except SessionError:
@@ -178,18 +188,22 @@ def _settings(config: Config, grid: Grid) -> dict:
 
 
 def is_sweep(directory: Path) -> bool:
-    return (directory / SWEEP_FILE).is_file()
+    return os.path.lexists(directory / SWEEP_FILE)  # a link too: read_manifest refuses it
 
 
 def read_manifest(directory: Path) -> dict:
-    """The raw manifest, checked for the fields this version needs; one SessionError naming the file otherwise."""
+    """The raw manifest, checked for the fields this version needs; one SessionError naming the file otherwise.
+    Neither the folder nor sweep.json is followed through a symbolic link."""
     path = directory / SWEEP_FILE
+    check_folder(directory, "sweep folder")
     try:
-        data = json.loads(path.read_text())
+        text = read_bytes(path, "sweep manifest")
+        if text is None:
+            raise FileNotFoundError
+        data = json.loads(text)
         if data.get("format_version", 0) > SWEEP_FORMAT_VERSION:
             raise SessionError(f"{path} is from a newer clusterlab; upgrade clusterlab to continue this sweep.")
-        Config.from_dict(data["settings"])
-        Grid.from_dict(data["grid"])
+        _check_fields(path, data["settings"], data["grid"])
         return data
     except FileNotFoundError:
         raise SessionError(f"{directory} is not a sweep (it has no {SWEEP_FILE}); start one with "
@@ -198,17 +212,47 @@ def read_manifest(directory: Path) -> dict:
         raise SessionError(f"{path} is corrupt ({exc}); the sweep cannot be continued.") from None
 
 
+def _check_fields(path: Path, settings: dict, grid: dict) -> None:
+    """The manifest's settings and grid, each field checked alone (so that a message can name it), then each grid
+    value against the settings (k against the layer's width, say); one SessionError naming the file and field."""
+    def bad(field: str, exc: Exception) -> SessionError:
+        return SessionError(f"{path} has an invalid {field} ({str(exc).rstrip('.')}); fix it, or start another "
+                            "sweep.")
+
+    for key, value in settings.items():
+        try:
+            Config.from_dict({key: value})
+        except (ConfigError, TypeError) as exc:
+            raise bad(f"settings.{key}", exc) from None
+    try:
+        base = Config.from_dict(settings)
+    except (ConfigError, TypeError) as exc:
+        raise bad("settings", exc) from None
+    for key, values in grid.items():
+        axis = BY_KEY.get(_OLD_KEYS.get(key, key))
+        if axis is None or not isinstance(values, list):
+            raise bad(f"grid.{key}", TypeError(f"not a list of a sweep axis's values: {values!r}"))
+        try:
+            for value in axis.values(values):
+                base.replace(**{axis.field: value})
+        except (ConfigError, TypeError) as exc:
+            raise bad(f"grid.{key}", exc) from None
+    Grid.from_dict(grid)
+
+
 def read_grid(directory: Path) -> Grid:
     return Grid.from_dict(read_manifest(directory)["grid"])
 
 
 def resolve_manifest(directory: Path, name: str, given: dict, grid_given: dict) -> tuple[Manifest, str]:
     """The sweep to run and when it was created: a new one from the flags, or the saved one continued. Settings
-    given for a saved sweep must equal its own (its members were trained with them); its grid's values may change.
+    given for a saved sweep must equal its own (its members were trained with them); values given for its grid join
+    the saved ones (a grid only grows).
     `given` holds the settings given (Config field -> value), `grid_given` the axis values given (by manifest key).
     An axis that only some sweeps have (hidden, lr, epochs) given one value is a setting, unless the saved sweep
     varies it; a saved sweep that does not vary it refuses more than one."""
     grid_given = _by_axis(grid_given)
+    check_folder(directory, "sweep folder")
     if not is_sweep(directory):
         if directory.exists() and any(directory.iterdir()):
             raise SessionError(f"{directory} exists and is not a sweep (a session of that name?); choose another "
@@ -233,7 +277,9 @@ def resolve_manifest(directory: Path, name: str, given: dict, grid_given: dict) 
         flags = ", ".join(f"--{key.replace('_', '-')} (was {before[key]!r})" for key in differ)
         raise ConfigError(f"Sweep {name} was made with other settings: {flags}. Continue it with "
                           f"'clusterlab sweep {name}' alone, or choose another name.")
-    grid = _grid(grid_given, lambda axis: old.values.get(axis.name))
+    # A grid only grows: values given join the saved ones, so a smaller grid never drops a finished member.
+    grown = {axis: [*old.values.get(axis, ()), *values] for axis, values in grid_given.items()}
+    grid = _grid(grown, lambda axis: old.values.get(axis.name))
     return Manifest(name, saved, grid), str(data.get("created_at") or now_iso())
 
 
@@ -280,8 +326,8 @@ def write_table(directory: Path, table: dict, csv_text: str) -> None:
 def read_table(directory: Path) -> dict | None:
     """The table.json the last run that reached its end wrote, or None (none yet, or one being replaced)."""
     try:
-        data = json.loads((directory / TABLE_JSON).read_text())
-    except (OSError, ValueError):
+        data = json.loads(read_bytes(directory / TABLE_JSON, "sweep table") or b"null")
+    except (OSError, ValueError, SessionError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -5,6 +5,8 @@ An executor is `executor(settings, report, progress)`: it runs `engine.member.ru
 another in this process; `engine.batched_executor.Batched` trains members of the same shapes and data as one
 stacked model; `engine.ray_executor.RayExecutor` runs them as Ray tasks. An executor must run a member only once
 its parent's result is in, and leave each member's folder under the sessions root before reporting it.
+The sweep checks that the data are there before any member runs, unless its executor's workers read
+them elsewhere (`data_elsewhere`, a Ray cluster's).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import Config
-from engine.errors import ConfigError
+from engine.data import check_source
+from engine.errors import ConfigError, SessionError
 from engine.format import fmt, null_text
 from engine.member import Progress, failed, member_result, run_member
 from engine.plan import CLUSTER, PRETRAIN
-from engine.session import SessionLock, session_path, sessions_root
+from engine.session import SessionLock, make_folder, session_path, sessions_root
 from engine.sweep import (
     FAILED,
     FINISHED,
@@ -117,8 +120,10 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
     directory = session_path(name, root)
     manifest, created = resolve_manifest(directory, name, given, grid_given)
     members = plan_members(name, manifest.grid)
-    check_members(name, manifest.base, members)
-    directory.mkdir(parents=True, exist_ok=True)
+    check_members(name, manifest.base, members, root)
+    if not getattr(executor, "data_elsewhere", False):  # else the workers read it, maybe not from this machine
+        check_source(manifest.base.dataset, manifest.base.data_dir)
+    make_folder(directory)
     lock = SessionLock(directory)  # one process runs a sweep at a time
     try:
         write_manifest(directory, manifest, created)
@@ -146,9 +151,12 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
 def _result(member: Member, base: Config, root: Path, reported: dict | None) -> dict:
     """A member's row: read from its session when finished, else its grid point with what the run reported (a
     failure) or that it is unfinished (stopped, or not reached)."""
-    if member_finished(root / member.name, member.kind):
-        return member_result(root / member.name, member.settings(base, root))
     grid_point = member.row()
+    if member_finished(root / member.name, member.kind):
+        try:
+            return member_result(root / member.name, member.settings(base, root))
+        except SessionError as exc:  # a damaged session.json fails its member alone, however it is damaged
+            return {**grid_point, "status": FAILED, "error": str(exc)}
     if reported is not None and reported["status"] == FAILED:
         return {**grid_point, "status": FAILED, "error": reported["error"]}
     return {**grid_point, "status": UNFINISHED}
