@@ -226,6 +226,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from engine.engine import Engine
 
     engine = Engine.open(path)
+    if engine.snapshot().clusters is None:  # bad input, not a failed job: say what to do instead
+        engine.close()
+        raise UsageError(f"Session {args.name} has no clusters to ablate: cluster it first (press c in "
+                         f"'clusterlab tui --session {args.name}').")
     code = _drive(lambda: engine, args.name, False, lambda e: e.ablate(), quiet=True)
     ablation = engine.snapshot().ablation
     if ablation is None:
