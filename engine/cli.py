@@ -19,7 +19,7 @@ from engine.cli_host import add_host_parsers, attach_target, not_hosted, run_det
 from engine.cli_sweep import add_sweep_parsers, cmd_reproduce, cmd_sweep
 from engine.config import Config, check_int
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ClusterlabError
-from engine.format import SESSION_COLUMNS, fmt, null_text, session_cells
+from engine.format import SESSION_COLUMNS, fmt, null_text, plan_text, session_cells
 from engine.listing import list_sessions
 from engine.options import OPTIONS, config_from_texts, metavar
 from engine.session import check_name, new_name, session_path
@@ -69,8 +69,10 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--idle-exit", type=float, default=60.0, metavar="SECONDS",
                      help="with --detach: the host ends this long after its plan is done with no client attached")
     resume = commands.add_parser("resume", help="continue a saved session",
-                                 description="Continue a session's unfinished plan, or train N more "
-                                 "epochs/steps of its current phase (then re-cluster after more pretraining).")
+                                 description="Continue a session's unfinished plan, or (with --epochs or "
+                                 "--steps) train N more epochs/steps of its current phase instead (then re-cluster "
+                                 "after more pretraining), keeping the unfinished plan for a later resume. It says "
+                                 "in one line what it will do first.")
     resume.add_argument("name", metavar="NAME", help="session name")
     more = resume.add_mutually_exclusive_group()
     more.add_argument("--epochs", type=int, help="train this many more epochs")
@@ -174,26 +176,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    more = args.epochs is not None or args.steps is not None
     for flag in ("epochs", "steps"):
         if getattr(args, flag) is not None:
             check_int(f"--{flag}", getattr(args, flag), 0)
     path = not_hosted(args.name)
     from engine.engine import Engine
 
-    def start(engine) -> None:
-        engine.continue_plan(epochs=args.epochs, steps=args.steps)
+    engine = Engine.open(path)
+    held = list(engine.snapshot().plan)
+    if not more and not held:
+        engine.close()
+        print(f"clusterlab: session {args.name} has nothing left to do; give --epochs or --steps to train "
+              "more.", file=sys.stderr)
+        if args.json:
+            _print_json(engine.snapshot())
+        return 0
 
-    if args.epochs is None and args.steps is None:
-        engine = Engine.open(path)
-        if not engine.snapshot().plan:
-            engine.close()
-            print(f"clusterlab: session {args.name} has nothing left to do; give --epochs or --steps to train "
-                  "more.", file=sys.stderr)
-            if args.json:
-                _print_json(engine.snapshot())
-            return 0
-        return _drive(lambda: engine, args.name, args.json, start)
-    return _drive(lambda: Engine.open(path), args.name, args.json, start)
+    def start(engine) -> None:  # says in one line what it will do, before the engine's first step
+        queued = engine.continue_plan(epochs=args.epochs, steps=args.steps)
+        if not more:
+            print(f"resume {args.name}: continuing its unfinished plan: {plan_text(queued)}.", file=sys.stderr)
+            return
+        kept = f"; its unfinished plan ({plan_text(held)}) stays for 'clusterlab resume {args.name}'" if held else ""
+        print(f"resume {args.name}: {plan_text(queued) if queued else 'nothing to train'}{kept}.", file=sys.stderr)
+
+    return _drive(lambda: engine, args.name, args.json, start)
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@ the p floor where a null is too small), and one sessions-table layout. The UI sh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from engine.measures import ALPHA, BY_NAME, MEASURES, PRIMARY, Measure, NullResult, shuffles_needed
 
 # (key in a `list_sessions` row, column title); the name comes first and is never cut.
@@ -96,3 +98,19 @@ def session_cells(row: dict) -> tuple[str, ...]:
         else:
             cells.append("" if value is None else str(value))
     return tuple(cells)
+
+
+def plan_text(jobs: Sequence[dict]) -> str:
+    """A plan's jobs in words: 'pretrain 86,300 steps, cluster (k=2 on weights), its shuffle null, finetune 9,380
+    steps at λ=3'; a training job counts the steps it has left."""
+    words = {"cluster": lambda j: f"cluster (k={j['k']} on {j['source']})",
+             "significance": lambda j: "its shuffle null", "ablate": lambda j: "ablation",
+             "control": lambda j: f"a λ=0 control of {j['total']:,} steps"}
+    parts = []
+    for job in jobs:
+        if job["kind"] in words:
+            parts.append(words[job["kind"]](job))
+        else:
+            lam = f" at λ={job['lam']:g}" if job["kind"] == "finetune" else ""
+            parts.append(f"{job['kind']} {job['total'] - job.get('done', 0):,} steps{lam}")
+    return ", ".join(parts) or "nothing"

@@ -254,25 +254,30 @@ def test_torn_line_and_records_after_the_checkpoint_are_dropped_on_open(template
     assert all(json.loads(line) for line in log.read_text().splitlines())
 
 
+def closed_at_step_30(path: Path, start) -> None:
+    """A session of 60 pretraining steps (evaluated every 30), `start`ed, paused and closed at step 30."""
+    engine = Engine.create(path, small_config(steps=60, eval_every=30))
+    paused = threading.Event()
+
+    def pause_at_step_30(event):
+        if isinstance(event, ev.Evaluated) and event.step == 30:
+            engine.pause()
+        if isinstance(event, ev.StateChanged) and event.state == ev.PAUSED:
+            paused.set()
+
+    engine.subscribe(pause_at_step_30)
+    start(engine)
+    assert paused.wait(30)
+    engine.close()
+
+
 def test_open_continues_the_saved_plan_exactly(sessions):
     reference = Engine.create(sessions / "ref", small_config(steps=60, eval_every=30))
     reference.train()
     assert reference.wait(30)
     reference.close()
     # a session closed halfway through its plan continues it where it stopped
-    partial = Engine.create(sessions / "partial", small_config(steps=60, eval_every=30))
-    paused = threading.Event()
-
-    def pause_at_step_30(event):
-        if isinstance(event, ev.Evaluated) and event.step == 30:
-            partial.pause()
-        if isinstance(event, ev.StateChanged) and event.state == ev.PAUSED:
-            paused.set()
-
-    partial.subscribe(pause_at_step_30)
-    partial.train()
-    assert paused.wait(30)
-    partial.close()
+    closed_at_step_30(sessions / "partial", lambda e: e.train())
     reopened = Engine.open(sessions / "partial")
     try:
         assert reopened.snapshot().step == 30
@@ -284,6 +289,27 @@ def test_open_continues_the_saved_plan_exactly(sessions):
         assert reopened.snapshot().params_sha256 == reference.snapshot().params_sha256
     finally:
         reopened.close()
+
+
+def test_resume_steps_trains_that_many_and_keeps_the_unfinished_plan(sessions, capsys):
+    closed_at_step_30(sessions / "p", lambda e: e.plan_default())
+    plan = Engine.open(sessions / "p")
+    held = plan.snapshot().plan
+    plan.close()
+    assert [j["kind"] for j in held] == ["pretrain", "cluster", "significance", "finetune"]
+    assert main(["resume", "p", "--steps", "10"]) == 0
+    said = capsys.readouterr().err.splitlines()[0]  # what it will do, in one line, before doing it
+    assert said == ("resume p: pretrain 10 steps; its unfinished plan (pretrain 30 steps, cluster (k=2 on weights), "
+                    "its shuffle null, finetune 64 steps at λ=5) stays for 'clusterlab resume p'.")
+    engine = Engine.open(sessions / "p")
+    assert engine.snapshot().step == 40 and engine.snapshot().plan == held  # 10 more, not the plan too
+    engine.close()
+    assert main(["resume", "p"]) == 0
+    said = capsys.readouterr().err.splitlines()[0]
+    assert said.startswith("resume p: continuing its unfinished plan: pretrain 30 steps, cluster")
+    engine = Engine.open(sessions / "p")
+    assert engine.snapshot().step == 40 + 30 + 64 and engine.snapshot().plan == ()
+    engine.close()
 
 
 def test_save_keeps_an_opened_sessions_unfinished_plan(sessions):
