@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -19,8 +20,8 @@ from engine.cli_host import add_host_parsers, attach_target, not_hosted, run_det
 from engine.cli_sweep import add_sweep_parsers, cmd_reproduce, cmd_sweep
 from engine.config import Config, check_int
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ClusterlabError
-from engine.format import SESSION_COLUMNS, fmt, null_text, plan_text, session_cells
-from engine.listing import list_sessions
+from engine.format import fmt, null_text, plan_text
+from engine.listing import list_sessions, print_sessions
 from engine.options import OPTIONS, config_from_texts, metavar
 from engine.session import check_name, new_name, session_path
 
@@ -80,6 +81,8 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
     resume.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
     sessions = commands.add_parser("sessions", help="list saved sessions",
                                    description="List the sessions under $CLUSTERLAB_SESSIONS or ./sessions.")
+    sessions.add_argument("--wide", action="store_true", help="every column, whole names (the default fits 80 "
+                          "columns: name, dataset, steps, accuracy, clusterability and its p)")
     sessions.add_argument("--json", action="store_true", help="print the list as JSON")
     ablate = commands.add_parser("ablate", help="silence each cluster of a saved session; per-class accuracy drops",
                                  description="Silence each cluster's output units of the studied layer in turn, "
@@ -208,24 +211,10 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     rows = list_sessions()
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if not rows:
-        console.print("No sessions yet; start one with 'clusterlab run' or 'clusterlab'.")
-        return 0
-    table = Table(box=None)
-    for key, title in SESSION_COLUMNS:
-        if key == "name":  # the one column `resume` needs whole: never cut, wrapped or shrunk
-            table.add_column(title, no_wrap=True, min_width=max(len(r["name"]) for r in rows))
-        else:
-            table.add_column(title, no_wrap=True, overflow="ellipsis")
-    for row in rows:
-        cells = session_cells(row)
-        table.add_row(*cells, style="red" if "error" in row else None)
-    console.print(table)
+    elif not rows:
+        print("No sessions yet; start one with 'clusterlab run' or 'clusterlab'.")
+    else:
+        print_sessions(rows, args.wide, shutil.get_terminal_size().columns)
     return 0
 
 

@@ -358,3 +358,32 @@ def test_a_session_is_opened_by_one_engine_at_a_time(sessions):
         Engine.open(sessions / "one")
     engine.close()
     Engine.open(sessions / "one").close()  # free again once closed
+
+
+def test_sessions_fits_80_columns_with_every_clusterability_and_its_p(sessions, capsys, monkeypatch):
+    from engine.sweep_run import run_sweep
+
+    run_sweep("a-sweep-with-a-long-name", {"dataset": "synthetic", "hidden": (16, 16), "device": "cpu", "steps": 20,
+                                           "finetune_epochs": 1}, {"seeds": [1], "lams": [5]})
+    engine = Engine.create(sessions / "trained-on", small_config(steps=20, null_samples=19))
+    engine.train()
+    engine.cluster()
+    engine.train(steps=5)  # more pretraining after the clustering: its last evaluation has no clusterability
+    assert engine.wait(30)
+    snap = engine.snapshot()
+    engine.close()
+    measured = snap.history[1]
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["sessions"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "dataset", "steps", "accuracy", "clusterability", "p"]
+    assert all(len(line) <= 80 for line in lines) and not any("…" in line for line in lines), lines
+    p = measured["significance"]["measures"]["clusterability"]["p"]
+    assert f"trained-on synthetic 25 {snap.test_accuracy:.4f} {measured['clusterability']:.4f} {p:.3g}" in [
+        " ".join(line.split()) for line in lines]
+    sweep = lines.index(next(line for line in lines if line.startswith("a-sweep-with-a-long-name ")))
+    assert "4/4 done" in lines[sweep] and lines[sweep + 1].split()[0] == ".s1"  # members under it, shortened
+    assert any(line.split()[0] == ".s1.weights.k2.lam5" for line in lines[sweep + 1:])
+    assert main(["sessions", "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert "a-sweep-with-a-long-name.s1.weights.k2.lam5" in wide and "at step" in wide and "null" in wide
