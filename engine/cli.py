@@ -23,7 +23,7 @@ from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ClusterlabE
 from engine.format import fmt, null_text, plan_text
 from engine.listing import list_sessions, print_sessions
 from engine.options import OPTIONS, config_from_texts, metavar
-from engine.session import check_name, new_name, session_path
+from engine.session import check_name, close_names, new_name, session_path
 
 # Opens the terminal UI on a session name (or a new one) with these settings; with None, attaches to NAME's host.
 UiRunner = Callable[[str | None, Config | None], int]
@@ -169,6 +169,9 @@ def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # every flag is checked before torch is even imported
     path = session_path(check_name(args.session) if args.session else new_name(config.dataset))
+    if args.session and not path.exists() and (close := close_names(args.session)):  # a typo? say, then go on
+        print(f"clusterlab: note: creating a new session {args.session} (close to the existing "
+              f"{' and '.join(close)}: 'clusterlab resume NAME' continues one).", file=sys.stderr)
     if args.detach:
         if not 0 <= args.idle_exit < float("inf"):
             raise UsageError(f"--idle-exit must be a number of seconds of at least 0, not {args.idle_exit}.")

@@ -13,7 +13,7 @@ from engine.client import Client, probe, running_hosts, start_host
 from engine.config import Config
 from engine.errors import EXIT_FAILED, ClusterlabError, ConfigError, SessionError
 from engine.protocol import check_command, event_to_wire
-from engine.session import peek_session, session_path
+from engine.session import did_you_mean, peek_session, session_path
 from engine.snapshot import Snapshot
 
 PROGRESS_EVERY_S = 1.0  # tail's text output shows training progress at most this often
@@ -51,7 +51,7 @@ def connect(name: str, attach: bool = False, client: str = "cli") -> Client:
     """A client of the host serving session `name`; SessionError (exit 2) with one sentence if none does."""
     path = session_path(name)
     if not path.is_dir():
-        raise SessionError(f"There is no session {name}; see 'clusterlab sessions'.")
+        raise SessionError(f"There is no session {name}{did_you_mean(name)}; see 'clusterlab sessions'.")
     try:
         return Client.connect(path, client=client, attach=attach)
     except SessionError:
