@@ -43,12 +43,7 @@ def _summary(directory: Path, kinds: Collection[str]) -> dict:
     except SessionError as exc:
         return {"name": directory.name, "error": str(exc)}
     last = data.get("last", {})
-    clusterability, significance, measured_at = last.get("clusterability"), data.get("significance"), None
-    for entry in reversed(data.get("history", [])):  # the latest of the session's own (not its control's)
-        if entry.get("clusterability") is not None and entry.get("phase") != CONTROL:
-            clusterability, measured_at = entry["clusterability"], entry.get("step")
-            significance = entry.get("significance")
-            break
+    clusterability, significance, measured_at = measured(data)
     return {
         "name": directory.name,
         "dataset": data["config"].get("dataset", Config.dataset),
@@ -56,10 +51,19 @@ def _summary(directory: Path, kinds: Collection[str]) -> dict:
         "step": data["step"],
         "test_accuracy": last.get("test_accuracy"),
         "clusterability": clusterability,
-        "significance": upgraded(significance),
+        "significance": significance,
         "measured_at": measured_at,
         "saved_at": data.get("saved_at"),
     }
+
+
+def measured(data: dict) -> tuple[float | None, dict | None, int | None]:
+    """A session.json's latest clusterability of its own layer (never its control's), with the null of the same
+    measurement (in today's form) and the step it was measured at; else its last evaluation's, without a step."""
+    for entry in reversed(data.get("history", [])):
+        if entry.get("clusterability") is not None and entry.get("phase") != CONTROL:
+            return entry["clusterability"], upgraded(entry.get("significance")), entry.get("step")
+    return (data.get("last") or {}).get("clusterability"), upgraded(data.get("significance")), None
 
 
 def print_sessions(rows: list[dict], wide: bool, width: int) -> None:
