@@ -84,8 +84,8 @@ def attach_target(name: str | None) -> str:
     """The session `clusterlab attach [NAME]` opens: NAME if a host serves it, else the only running host."""
     if name is not None:
         if probe(session_path(name)) is None:
-            raise SessionError(f"No host runs for {name}; open it with 'clusterlab tui --session {name}', or see "
-                               "'clusterlab ps'.")
+            raise SessionError(f"No host runs for {name}{did_you_mean(name)}; open it with 'clusterlab tui --session "
+                               f"{name}', or see 'clusterlab ps'.")
         return name
     names = [n for n, path in running_hosts() if probe(path) is not None]
     if len(names) == 1:

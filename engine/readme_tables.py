@@ -94,6 +94,40 @@ def mnist_runs_table(outputs: list[str]) -> str:
     return "\n".join(lines)
 
 
+SPEED = (  # (row, the `bench --json` figure, its format, the target and whether a value meets it)
+    ("engine step with gradient capture (steps/s)", "engine_steps_per_s", "{:,.0f}", "", None),
+    ("reference DataLoader loop (steps/s)", "reference_steps_per_s", "{:,.0f}", "", None),
+    ("speedup", "speedup", "{:.1f}x", "", None),
+    ("the step's GEMMs alone, the roofline (steps/s)", "roofline_steps_per_s", "{:,.0f}", "", None),
+    ("`roofline_share`: engine step time ÷ roofline time", "roofline_share", "{:.2f}", "≥ 0.5", lambda v: v >= 0.5),
+    ("gradient capture's share of the step", "capture_share", "{:.1%}", "≤ 15%", lambda v: v <= 0.15),
+    ("32 models one after another (model-steps/s)", "sequential_model_steps_per_s", "{:,.0f}", "", None),
+    ("1 / 8 / 32 batched models (model-steps/s)", "batched_model_steps_per_s", "{:,.0f}", "", None),
+    ("`batched_speedup` (32 models)", "batched_speedup", "{:.2f}x", "≥ 1.5", lambda v: v >= 1.5),
+    ("one test-set evaluation (ms)", "eval_ms", "{:.1f}", "≤ 20", lambda v: v <= 20),
+    ("co-clustering 128x128, k=2 (ms)", "cocluster_k2_ms", "{:.1f}", "≤ 50", lambda v: v <= 50),
+    ("co-clustering 128x128, k=8 (ms)", "cocluster_k8_ms", "{:.1f}", "≤ 50", lambda v: v <= 50),
+    ("co-clustering 1024x1024, k=8 (ms)", "cocluster_1024_k8_ms", "{:,.0f}", "< 2,000", lambda v: v < 2000),
+    ("shuffle null, 100 samples, 128x128, k=2 (s)", "null_100_s", "{:.2f}", "< 1", lambda v: v < 1),
+    ("shuffle null, 100 samples, 1024x1024, k=2 (s, estimated)", "null_1024_100_s_estimated", "{:.1f}", "", None),
+)
+
+
+def speed_table(outputs: list[str]) -> str:
+    """Two `clusterlab bench --json` runs side by side (their timings move by ±20% between runs), with targets."""
+    runs = [json.loads(out) for out in outputs]
+    lines = ["| figure | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " | target |",
+             "| --- | " + "--- | " * len(runs) + "--- |"]
+    for title, key, form, target, meets in SPEED:
+        values = [run.get(key) for run in runs]
+        cells = ["-" if v is None else " / ".join(form.format(x) for x in (v.values() if isinstance(v, dict) else [v]))
+                 for v in values]
+        if meets is not None and all(v is not None for v in values):
+            target += ": met" if all(meets(v) for v in values) else ": **not met**"
+        lines.append(f"| {title} | " + " | ".join(cells) + f" | {target} |")
+    return "\n".join(lines)
+
+
 _MNIST = "clusterlab run --dataset mnist --json"
 TABLES: dict[str, Table] = {
     "sweep-digits": Table(("clusterlab sweep s1 --dataset digits --lr 0.05 --epochs 5 --seeds 3 --k 2 --lam 0,10 "
@@ -104,14 +138,18 @@ TABLES: dict[str, Table] = {
                          f"{_MNIST} --finetune-epochs 10 --lam 3 --control"), mnist_runs_table, "a few minutes"),
     "calibrate": Table(("clusterlab calibrate --json",), calibration_table, "5-10 minutes"),
     "reproduce": Table(("clusterlab reproduce --seeds 5",), printed, "10-25 minutes"),
+    "planted": Table(("python -m engine.planted",), printed, "a few minutes"),
+    "speed": Table(("clusterlab bench --json",) * 2, speed_table, "a few minutes; timings need a quiet machine"),
 }
 
 
 def run_command(command: str, root: Path) -> str:
-    """`command` (a `clusterlab …` line) as a fresh process with its sessions in `root`; its stdout."""
+    """`command` (a `clusterlab …` or `python …` line) as a fresh process of this install with its sessions in
+    `root`; its stdout."""
     args = shlex.split(command)
     env = {**os.environ, "CLUSTERLAB_SESSIONS": str(root)}
-    done = subprocess.run([*CLUSTERLAB, *args[1:]], env=env, capture_output=True, text=True)
+    program = CLUSTERLAB if args[0] == "clusterlab" else [sys.executable]
+    done = subprocess.run([*program, *args[1:]], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{command} exited with {done.returncode}: {done.stderr.strip()[-500:]}")
     return done.stdout
@@ -133,7 +171,7 @@ def regenerate(name: str) -> str:
 
 def block(text: str, name: str) -> re.Match | None:
     """Table `name`'s block in README text: group 1 is what sits between its markers."""
-    return re.search(rf"<!-- table: {re.escape(name)} -->\n(.*?)<!-- /table -->", text, re.S)
+    return re.search(rf"^<!-- table: {re.escape(name)} -->\n(.*?)^<!-- /table -->", text, re.S | re.M)
 
 
 def table_in(text: str) -> str:
