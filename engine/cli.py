@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -19,10 +20,10 @@ from engine.cli_host import add_host_parsers, attach_target, not_hosted, run_det
 from engine.cli_sweep import add_sweep_parsers, cmd_reproduce, cmd_sweep
 from engine.config import Config, check_int, plain_float, plain_int
 from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ClusterlabError
-from engine.format import SESSION_COLUMNS, fmt, null_text, session_cells
-from engine.listing import list_sessions
+from engine.format import fmt, null_text, plan_text
+from engine.listing import list_sessions, print_sessions
 from engine.options import OPTIONS, config_from_texts, metavar
-from engine.session import check_name, new_name, session_path
+from engine.session import check_name, close_names, new_name, session_path
 
 # Opens the terminal UI on a session name (or a new one) with these settings; with None, attaches to NAME's host.
 UiRunner = Callable[[str | None, Config | None], int]
@@ -69,8 +70,10 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--idle-exit", type=plain_float, default=60.0, metavar="SECONDS",
                      help="with --detach: the host ends this long after its plan is done with no client attached")
     resume = commands.add_parser("resume", help="continue a saved session",
-                                 description="Continue a session's unfinished plan, or train N more "
-                                 "epochs/steps of its current phase (then re-cluster after more pretraining).")
+                                 description="Continue a session's unfinished plan, or (with --epochs or "
+                                 "--steps) train N more epochs/steps of its current phase instead (then re-cluster "
+                                 "after more pretraining), keeping the unfinished plan for a later resume. It says "
+                                 "in one line what it will do first.")
     resume.add_argument("name", metavar="NAME", help="session name")
     more = resume.add_mutually_exclusive_group()
     more.add_argument("--epochs", type=plain_int, help="train this many more epochs")
@@ -78,6 +81,8 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
     resume.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
     sessions = commands.add_parser("sessions", help="list saved sessions",
                                    description="List the sessions under $CLUSTERLAB_SESSIONS or ./sessions.")
+    sessions.add_argument("--wide", action="store_true", help="every column, whole names (the default fits 80 "
+                          "columns: name, dataset, steps, accuracy, clusterability and its p)")
     sessions.add_argument("--json", action="store_true", help="print the list as JSON")
     ablate = commands.add_parser("ablate", help="silence each cluster of a saved session; per-class accuracy drops",
                                  description="Silence each cluster's output units of the studied layer in turn, "
@@ -164,6 +169,9 @@ def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # every flag is checked before torch is even imported
     path = session_path(check_name(args.session) if args.session else new_name(config.dataset))
+    if args.session and not path.exists() and (close := close_names(args.session)):  # a typo? say, then go on
+        print(f"clusterlab: note: creating a new session {args.session} (close to the existing "
+              f"{' and '.join(close)}: 'clusterlab resume NAME' continues one).", file=sys.stderr)
     if args.detach:
         if not 0 <= args.idle_exit < float("inf"):
             raise UsageError(f"--idle-exit must be a number of seconds of at least 0, not {args.idle_exit}.")
@@ -174,50 +182,42 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    more = args.epochs is not None or args.steps is not None
     for flag in ("epochs", "steps"):
         if getattr(args, flag) is not None:
             check_int(f"--{flag}", getattr(args, flag), 0)
     path = not_hosted(args.name)
     from engine.engine import Engine
 
-    def start(engine) -> None:
-        engine.continue_plan(epochs=args.epochs, steps=args.steps)
+    engine = Engine.open(path)
+    held = list(engine.snapshot().plan)
+    if not more and not held:
+        engine.close()
+        print(f"clusterlab: session {args.name} has nothing left to do; give --epochs or --steps to train "
+              "more.", file=sys.stderr)
+        if args.json:
+            _print_json(engine.snapshot())
+        return 0
 
-    if args.epochs is None and args.steps is None:
-        engine = Engine.open(path)
-        if not engine.snapshot().plan:
-            engine.close()
-            print(f"clusterlab: session {args.name} has nothing left to do; give --epochs or --steps to train "
-                  "more.", file=sys.stderr)
-            if args.json:
-                _print_json(engine.snapshot())
-            return 0
-        return _drive(lambda: engine, args.name, args.json, start)
-    return _drive(lambda: Engine.open(path), args.name, args.json, start)
+    def start(engine) -> None:  # says in one line what it will do, before the engine's first step
+        queued = engine.continue_plan(epochs=args.epochs, steps=args.steps)
+        if not more:
+            print(f"resume {args.name}: continuing its unfinished plan: {plan_text(queued)}.", file=sys.stderr)
+            return
+        kept = f"; its unfinished plan ({plan_text(held)}) stays for 'clusterlab resume {args.name}'" if held else ""
+        print(f"resume {args.name}: {plan_text(queued) if queued else 'nothing to train'}{kept}.", file=sys.stderr)
+
+    return _drive(lambda: engine, args.name, args.json, start)
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     rows = list_sessions()
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if not rows:
-        console.print("No sessions yet; start one with 'clusterlab run' or 'clusterlab'.")
-        return 0
-    table = Table(box=None)
-    for key, title in SESSION_COLUMNS:
-        if key == "name":  # the one column `resume` needs whole: never cut, wrapped or shrunk
-            table.add_column(title, no_wrap=True, min_width=max(len(r["name"]) for r in rows))
-        else:
-            table.add_column(title, no_wrap=True, overflow="ellipsis")
-    for row in rows:
-        cells = session_cells(row)
-        table.add_row(*cells, style="red" if "error" in row else None)
-    console.print(table)
+    elif not rows:
+        print("No sessions yet; start one with 'clusterlab run' or 'clusterlab'.")
+    else:
+        print_sessions(rows, args.wide, shutil.get_terminal_size().columns)
     return 0
 
 
@@ -226,6 +226,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from engine.engine import Engine
 
     engine = Engine.open(path)
+    if engine.snapshot().clusters is None:  # bad input, not a failed job: say what to do instead
+        engine.close()
+        raise UsageError(f"Session {args.name} has no clusters to ablate: cluster it first (press c in "
+                         f"'clusterlab tui --session {args.name}').")
     code = _drive(lambda: engine, args.name, False, lambda e: e.ablate(), quiet=True)
     ablation = engine.snapshot().ablation
     if ablation is None:

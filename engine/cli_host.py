@@ -13,7 +13,7 @@ from engine.client import Client, probe, running_hosts, start_host
 from engine.config import Config
 from engine.errors import EXIT_FAILED, ClusterlabError, ConfigError, SessionError
 from engine.protocol import check_command, event_to_wire
-from engine.session import peek_session, session_path
+from engine.session import did_you_mean, peek_session, session_path
 from engine.snapshot import Snapshot
 
 PROGRESS_EVERY_S = 1.0  # tail's text output shows training progress at most this often
@@ -51,7 +51,7 @@ def connect(name: str, attach: bool = False, client: str = "cli") -> Client:
     """A client of the host serving session `name`; SessionError (exit 2) with one sentence if none does."""
     path = session_path(name)
     if not path.is_dir():
-        raise SessionError(f"There is no session {name}; see 'clusterlab sessions'.")
+        raise SessionError(f"There is no session {name}{did_you_mean(name)}; see 'clusterlab sessions'.")
     try:
         return Client.connect(path, client=client, attach=attach)
     except SessionError:
@@ -84,8 +84,8 @@ def attach_target(name: str | None) -> str:
     """The session `clusterlab attach [NAME]` opens: NAME if a host serves it, else the only running host."""
     if name is not None:
         if probe(session_path(name)) is None:
-            raise SessionError(f"No host runs for {name}; open it with 'clusterlab tui --session {name}', or see "
-                               "'clusterlab ps'.")
+            raise SessionError(f"No host runs for {name}{did_you_mean(name)}; open it with 'clusterlab tui --session "
+                               f"{name}', or see 'clusterlab ps'.")
         return name
     names = [n for n, path in running_hosts() if probe(path) is not None]
     if len(names) == 1:

@@ -117,24 +117,29 @@ class Engine(EngineThread):
         for job in self.study.jobs.default_plan():
             self._enqueue(job)
 
-    def continue_plan(self, epochs: int | None = None, steps: int | None = None) -> None:
-        """Run the saved, unfinished plan; with epochs/steps, first extend its current training phase."""
-        extra = 0
+    def continue_plan(self, epochs: int | None = None, steps: int | None = None) -> list[dict]:
+        """Run the saved, unfinished plan; with epochs/steps, instead train that much more of the current phase
+        (then cluster again after more pretraining), and keep the unfinished plan held for a later continue.
+        Returns the jobs it queued to run now (none if refused)."""
+        extra = None
         if epochs is not None or steps is not None:
             try:
                 extra = self.study.jobs.count(epochs, steps, 0, None)
             except ConfigError as exc:
                 self._refuse("train", str(exc))
-                return  # the plan stays held
+                return []  # the plan stays held
         with self._cv:
-            self.plan.held = False
-            if extra:
+            if extra is None:
+                self.plan.held = False
+                queued = self.plan.pending()
+            else:
                 clusters = self.study.clusters
                 again = self.study.jobs.clustering(clusters.k, clusters.source) if clusters is not None else None
-                self.plan.extend(extra, self.study.history, again, self.config.lam)
+                queued = self.plan.train_more(extra, self.study.history, again, self.config.lam)
             if self.plan.runnable():
                 self._settled = False
             self._cv.notify_all()
+            return [job.to_dict() for job in queued]
 
     def pause(self) -> None:
         """Pause the running training job at the next step boundary (nothing to do while idle)."""

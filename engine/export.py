@@ -14,7 +14,8 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import ConfigError, SessionError
-from engine.format import null_band
+from engine.format import null_band, p_cell
+from engine.listing import measured
 from engine.measures import upgraded
 from engine.picture import block_picture
 from engine.session import (
@@ -68,13 +69,13 @@ def export_session(session_dir: Path, out_dir: Path, notes: list[str] | None = N
             ablation_table = ablation_csv(ablation)
 
     written = [_write(out_dir / "metrics.csv", metrics_csv(records))]
-    written += _figure(out_dir / "curves", curves_figure, records)
+    written += _figure(out_dir / "curves", curves_figure, records, session.get("control"))
     if clusters:
         written.append(out_dir / "clusters.json")
         significance = upgraded(session.get("significance"))  # every measure against its null, as run --json
-        significance = upgraded(session.get("significance"))  # every measure against its null, as run --json
-        write_json(written[-1], {"layer": f"fc{layer}", **clusters, "significance": significance})
-        written += _figure(out_dir / "weights", weights_figure, weight, clusters, f"fc{layer}", session["step"])
+        write_json(written[-1], {"layer": f"fc{layer}", **clusters, "significance": significance}, shared=True)
+        written += _figure(out_dir / "weights", weights_figure, weight, clusters, f"fc{layer}", session["step"],
+                           measured(session))
     else:
         notes.append("No clusters yet, so no clusters.json or weights figure: cluster the layer first.")
     if ablation:
@@ -137,7 +138,8 @@ def _flat(record: dict) -> dict:
 
 
 def ablation_csv(ablation: dict) -> str:
-    """Tidy: one row per (cluster, class) with the cluster's specialisation, p and null beside each drop."""
+    """Tidy: one row per (cluster, class) with the cluster's specialisation, p and null beside each drop; clusters
+    are numbered 1..k, as everywhere else."""
     null = ablation.get("null") or {}
     columns = ["cluster", "units", "class", "baseline_accuracy", "ablated_accuracy", "drop", "null_drop_mean",
                "specialisation", "p_value", "null_specialisation_mean", "null_specialisation_std", "null_samples"]
@@ -147,7 +149,7 @@ def ablation_csv(ablation: dict) -> str:
     for i, drops in enumerate(ablation["drop"]):
         for j, (cls, base, drop) in enumerate(zip(ablation["classes"], ablation["baseline"], drops, strict=True)):
             writer.writerow([_cell(v) for v in (
-                i, _at(null.get("sizes"), i), cls, base, base - drop, drop, _at(_at(null.get("drop_mean"), i), j),
+                i + 1, _at(null.get("sizes"), i), cls, base, base - drop, drop, _at(_at(null.get("drop_mean"), i), j),
                 ablation["specialisation"][i], ablation["p_value"][i], _at(null.get("mean"), i),
                 _at(null.get("std"), i), null.get("samples"),
             )])
@@ -156,33 +158,47 @@ def ablation_csv(ablation: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------------- figures
 
-def curves_figure(records: list[dict]):
+def curves_figure(records: list[dict], control: dict | None = None):
     """Training loss, test accuracy and clusterability against the step, one colour per phase; dotted lines
-    where the layer was clustered; the shuffle null (mean +- 2 std) where significance records exist."""
+    where the layer was clustered; each tested clusterability as a marker drawn over its shuffle null (mean ± 2
+    std, a grey band or bar); the λ=0 control's end point when the session ran one."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     fig = _new_figure(COLUMN_WIDTH, 4.2)
     loss, accuracy, clust = fig.subplots(3, 1, sharex=True)
     _phase_lines(loss, records, "train", "loss", labelled=True)
     _phase_lines(accuracy, records, "eval", "test_accuracy", labelled=True)
     _phase_lines(clust, records, "eval", "clusterability", labelled=False)
     significance = [r for r in records if r.get("type") == "significance"]
-    label = "shuffle null ±2σ"
-    for _, runs in _by_phase(significance):
+    keys = []  # the clusterability panel's legend: glyphs that do not look like data
+    for phase, runs in _by_phase(significance):
         for run in runs:
             steps = np.array([r["step"] for r in run], dtype=float)
             mean, std = np.array([null_band(r) for r in run], dtype=float).T
             spread = 2 * std
             if len(run) > 1:
-                clust.fill_between(steps, mean - spread, mean + spread, color="0.6", alpha=0.4, lw=0, label=label)
+                clust.fill_between(steps, mean - spread, mean + spread, color="0.6", alpha=0.4, lw=0, zorder=1)
             else:
-                clust.errorbar(steps, mean, yerr=spread, fmt="_", color="0.45", capsize=2, lw=0.8, label=label)
-            label = None  # one legend entry for all of the band
+                clust.errorbar(steps, mean, yerr=spread, fmt="none", ecolor="0.6", elinewidth=3, capsize=0, zorder=1)
+            observed = [r.get("clusterability") for r in run]
+            if all(v is not None for v in observed):  # on top of the null, never hidden under it
+                clust.plot(steps, observed, "o", mfc="none", color=PHASE_COLORS.get(phase, "0.3"), ms=3.5, zorder=4)
+    if significance:
+        keys = [Patch(color="0.6", alpha=0.4, lw=0, label="shuffle null ±2σ"),
+                Line2D([], [], ls="none", marker="o", mfc="none", color="0.3", ms=3.5, label="tested")]
     clustered = [r for r in records if r.get("type") == "clusters"]
     for n, record in enumerate(clustered):
         for ax in (loss, accuracy, clust):
             ax.axvline(record["step"], color=PHASE_COLORS["cluster"], ls=":", lw=0.8,
                        label="clustered" if ax is loss and n == 0 else None)
         if record.get("clusterability") is not None:
-            clust.plot(record["step"], record["clusterability"], "x", color=PHASE_COLORS["cluster"], ms=4)
+            clust.plot(record["step"], record["clusterability"], "x", color=PHASE_COLORS["cluster"], ms=4, zorder=5)
+    if control and control.get("step") is not None:  # the twin's steps are not logged: its end is one point
+        for ax, key in ((accuracy, "test_accuracy"), (clust, "clusterability")):
+            if control.get(key) is not None:
+                ax.plot(control["step"], control[key], "s", color=PHASE_COLORS["control"], ms=3.5, zorder=5,
+                        label="λ=0 control" if ax is accuracy else None)
     loss.set_ylabel("training loss")
     accuracy.set_ylabel("test accuracy")
     clust.set_ylabel("clusterability")
@@ -191,16 +207,18 @@ def curves_figure(records: list[dict]):
                                                                           strict=True)}
     if handles:
         loss.legend(handles.values(), handles.keys(), frameon=False, loc="upper right")
-    if clust.get_legend_handles_labels()[1]:
-        clust.legend(frameon=False, loc="best")
+    if keys:
+        clust.legend(handles=keys, frameon=False, loc="best")
     if not any(ax.has_data() for ax in (loss, accuracy, clust)):
         loss.text(0.5, 0.5, "no metrics logged yet", ha="center", va="center", transform=loss.transAxes)
     fig.align_ylabels()
     return fig
 
 
-def weights_figure(weight: np.ndarray, clusters: dict, layer: str, step: int):
-    """|W| with rows and columns reordered by cluster, scaled to its 99th percentile, with block boundaries."""
+def weights_figure(weight: np.ndarray, clusters: dict, layer: str, step: int,
+                   found: tuple[float | None, dict | None, int | None] = (None, None, None)):
+    """|W| with rows and columns reordered by cluster, scaled to its 99th percentile, with block boundaries; the
+    title gives the clusterability `found` (listing.measured: value, null, step) against its null, with its p."""
     out_units, in_units = weight.shape
     picture = block_picture(weight, clusters["row_labels"], clusters["col_labels"], int(clusters["k"]), out_units,
                             in_units)
@@ -213,7 +231,8 @@ def weights_figure(weight: np.ndarray, clusters: dict, layer: str, step: int):
         ax.axhline(bound - 0.5, color=BOUNDARY_COLOR, lw=0.8)
     for bound in picture.col_bounds[1:-1]:
         ax.axvline(bound - 0.5, color=BOUNDARY_COLOR, lw=0.8)
-    ax.set_title(f"|W| of {layer} by cluster (k={clusters['k']}, {clusters.get('source', 'weights')}), step {step}")
+    ax.set_title(f"|W| of {layer} by cluster (k={clusters['k']}, {clusters.get('source', 'weights')}), step {step}"
+                 + _measured_line(step, *found))
     ax.set_xlabel("input unit (by cluster)")
     ax.set_ylabel("output unit (by cluster)")
     bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
@@ -226,7 +245,7 @@ def ablation_figure(ablation: dict):
     drops = 100 * np.array(ablation["drop"], dtype=float)
     k, n_classes = drops.shape
     limit = max(1.0, float(np.abs(drops).max()))
-    fig = _new_figure(COLUMN_WIDTH, 0.9 + 0.32 * k)
+    fig = _new_figure(COLUMN_WIDTH, 1.2 + 0.32 * k)
     ax = fig.subplots()
     ax.imshow(drops, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
     for (i, j), value in np.ndenumerate(drops):
@@ -235,7 +254,8 @@ def ablation_figure(ablation: dict):
     sizes = (ablation.get("null") or {}).get("sizes")
     ax.set_yticks(range(k), [f"{i + 1}" + (f" ({sizes[i]})" if sizes else "") for i in range(k)])
     ax.set_xticks(range(n_classes), [str(c) for c in ablation["classes"]])
-    ax.set_xlabel("class")
+    ax.set_xlabel("class\nU: specialisation, 1 − H(lost | class) / H(lost), 1 when\nsilencing loses whole classes; "
+                  "p: against random unit sets")
     ax.set_ylabel("cluster (units)")
     ax.set_title("accuracy drop (points) when a cluster is silenced")
     right = ax.secondary_yaxis("right")
@@ -303,6 +323,19 @@ def _by_phase(records: list[dict]) -> Iterator[tuple[str, list[list[dict]]]]:
     yield from runs.items()
 
 
+def _measured_line(step: int, clusterability: float | None, significance: dict | None, at: int | None) -> str:
+    """'\nclusterability 0.9743 vs null 0.5852 ± 0.0070, p = 0.0099', and the step it was measured at if not `step`."""
+    if clusterability is None:
+        return ""
+    line = f"\nclusterability {clusterability:.4f}"
+    if significance is None:
+        line += " (no shuffle null)"
+    else:
+        mean, std = null_band(significance)
+        line += f" vs null {mean:.4f} ± {std:.4f}, p = {p_cell(significance)}"
+    return line + (f"\n(measured at step {at})" if at is not None and at != step else "")
+
+
 def _spec_label(spec: float, p: float | None) -> str:
     return f"U={spec:.2f}" + ("" if p is None else f"\np={p:.3f}")
 
@@ -331,7 +364,7 @@ def _figure(stem: Path, build, *args) -> list[Path]:
 
 
 def _write(path: Path, data: str | bytes) -> Path:
-    atomic_write(path, data.encode() if isinstance(data, str) else data)
+    atomic_write(path, data.encode() if isinstance(data, str) else data, shared=True)  # the user's umask
     return path
 
 

@@ -3,9 +3,12 @@ the p floor where a null is too small), and one sessions-table layout. The UI sh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from engine.measures import ALPHA, BY_NAME, MEASURES, PRIMARY, Measure, NullResult, shuffles_needed
 
-# (key in a `list_sessions` row, column title); the name comes first and is never cut.
+# (key in a `list_sessions` row, column title); the name comes first and is never cut. `clusterlab sessions
+# --wide` and the UI's open screen show all of them; plain `clusterlab sessions` the compact ones, for 80 columns.
 SESSION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("name", "name"),
     ("dataset", "dataset"),
@@ -13,8 +16,14 @@ SESSION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("step", "steps"),
     ("test_accuracy", "accuracy"),
     ("clusterability", "clusterability"),
+    ("null", "null"),
+    ("p", "p"),
+    ("measured_at", "at step"),
     ("saved_at", "last saved"),
 )
+COMPACT_COLUMNS = tuple(c for c in SESSION_COLUMNS if c[0] in ("name", "dataset", "step", "test_accuracy",
+                                                                "clusterability", "p"))
+TOO_FEW = "*"  # marks a p whose null has too few shuffles to show p ≤ ALPHA (a footnote says so)
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -81,18 +90,60 @@ def null_band(significance: dict) -> tuple[float, float]:
     return one.null_mean, one.null_std or 0.0
 
 
-def session_cells(row: dict) -> tuple[str, ...]:
-    """The cells of one `list_sessions` row, in SESSION_COLUMNS order; an unreadable session says so."""
+def session_cells(row: dict, columns: Sequence[tuple[str, str]] = SESSION_COLUMNS) -> tuple[str, ...]:
+    """The cells of one `list_sessions` row in `columns`' order; an unreadable session says so, a sweep counts its
+    finished members in the steps column."""
     if "error" in row:
-        return (row["name"], "unreadable", *[""] * (len(SESSION_COLUMNS) - 2))
-    if row.get("kind") == "sweep":  # a sweep's folder: its members are the sessions named after it
-        members = f"{row['finished']}/{len(row['members'])}"
-        return (row["name"], str(row.get("dataset") or ""), "sweep", members, "", "", str(row.get("saved_at") or ""))
+        return (row["name"], "unreadable", *[""] * (len(columns) - 2))
+    sweep = row.get("kind") == "sweep"  # a sweep's folder: its members are the sessions named after it
     cells = []
-    for key, _title in SESSION_COLUMNS:
+    for key, _title in columns:
         value = row.get(key)
-        if key in ("test_accuracy", "clusterability"):
+        if sweep and key == "step":
+            cells.append(f"{row['finished']}/{len(row['members'])} done")
+        elif sweep and key == "phase":
+            cells.append("sweep")
+        elif sweep and key not in ("name", "dataset", "saved_at"):
+            cells.append("")
+        elif key in ("test_accuracy", "clusterability"):
             cells.append(fmt(value))
+        elif key == "step":
+            cells.append(f"{value:,}")
+        elif key == "null":
+            cells.append(_null_cell(row.get("significance")))
+        elif key == "p":
+            cells.append(_p_short(row.get("significance")))
         else:
             cells.append("" if value is None else str(value))
     return tuple(cells)
+
+
+def _null_cell(significance: dict | None) -> str:
+    if significance is None:
+        return "-"
+    mean, std = null_band(significance)
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def _p_short(significance: dict | None) -> str:
+    """The primary measure's p, marked TOO_FEW when its null cannot show p ≤ ALPHA; '-' without a null."""
+    if significance is None:
+        return "-"
+    found = NullResult.from_dict(significance)
+    return f"{found.p_value:.3g}" + ("" if found.can_reject else TOO_FEW)
+
+
+def plan_text(jobs: Sequence[dict]) -> str:
+    """A plan's jobs in words: 'pretrain 86,300 steps, cluster (k=2 on weights), its shuffle null, finetune 9,380
+    steps at λ=3'; a training job counts the steps it has left."""
+    words = {"cluster": lambda j: f"cluster (k={j['k']} on {j['source']})",
+             "significance": lambda j: "its shuffle null", "ablate": lambda j: "ablation",
+             "control": lambda j: f"a λ=0 control of {j['total']:,} steps"}
+    parts = []
+    for job in jobs:
+        if job["kind"] in words:
+            parts.append(words[job["kind"]](job))
+        else:
+            lam = f" at λ={job['lam']:g}" if job["kind"] == "finetune" else ""
+            parts.append(f"{job['kind']} {job['total'] - job.get('done', 0):,} steps{lam}")
+    return ", ".join(parts) or "nothing"

@@ -86,11 +86,15 @@ class Plan:
 
     jobs: list[Job] = field(default_factory=list)
     held: bool = False
+    hold_at: Job | None = None  # the plan holds again when this job is next (see train_more)
 
     def add(self, job: Job) -> None:
         if self.held:
             self.jobs.clear()
             self.held = False
+        if self.hold_at is not None:  # a new command replaces the rest that was to be held
+            del self.jobs[self._index(self.hold_at):]
+            self.hold_at = None
         self.jobs.append(job)
 
     def pending(self) -> list[Job]:
@@ -100,31 +104,39 @@ class Plan:
     def runnable(self) -> bool:
         return bool(self.jobs) and not self.held
 
-    def extend(self, extra: int, history: list[dict], reclustering: list[Job] | None, default_lam: float) -> None:
-        """Train `extra` more steps of the current training phase (the last one the session trained in) before
-        the rest of the plan; more pretraining makes the held clusters stale, so `reclustering` (the jobs that
-        cluster the layer again; None when no clusters are held) follows it."""
-        if self.jobs and self.jobs[0].kind in TRAINING:
-            self.jobs[0].total += extra
-            if self.jobs[0].kind == CONTROL and len(self.jobs) > 1 and self.jobs[1].kind == FINETUNE:
-                self.jobs[1].total += extra  # a control and its finetune take as many steps
-            return
-        phase, lam = PRETRAIN, None
-        for entry in reversed(history):
-            if entry["phase"] in (PRETRAIN, FINETUNE):
-                phase, lam = entry["phase"], entry.get("lam")
-                break
-        if phase == FINETUNE and reclustering is not None:
-            self.jobs.insert(0, Job(FINETUNE, total=extra, lam=default_lam if lam is None else lam))
-            return
-        self.jobs.insert(0, Job(PRETRAIN, total=extra))
-        if reclustering is not None and not any(j.kind == CLUSTER for j in self.jobs):
-            self.jobs[1:1] = reclustering
+    def train_more(self, extra: int, history: list[dict], reclustering: list[Job] | None,
+                   default_lam: float) -> list[Job]:
+        """Queue `extra` more steps of the current training phase (the unfinished pretraining or finetune at the
+        plan's head, else the last phase the session trained in) and hold the rest of the plan again once they are
+        done, so `train N more` never also runs what was left. More pretraining makes held clusters stale, so
+        `reclustering` (the jobs that cluster the layer again; None when no clusters are held) follows it. Returns
+        the jobs queued to run now."""
+        rest = self.jobs
+        head = rest[0] if rest and rest[0].kind in (PRETRAIN, FINETUNE) else None
+        if head is None:
+            head = Job(PRETRAIN)
+            for entry in reversed(history):
+                if entry["phase"] in (PRETRAIN, FINETUNE):
+                    head = Job(entry["phase"], lam=default_lam if entry.get("lam") is None else entry["lam"])
+                    break
+            if head.kind == FINETUNE and reclustering is None:
+                head = Job(PRETRAIN)  # a finetune needs clusters; without them, more training is pretraining
+        more = [Job(head.kind, total=extra, lam=head.lam)] if extra else []
+        if more and head.kind == PRETRAIN and reclustering is not None:
+            more += reclustering
+        self.jobs, self.held = more + rest, not more and bool(rest)
+        self.hold_at = rest[0] if more and rest else None
+        return more
 
     def finish(self, job: Job) -> None:
         """Take an ended job out of the plan (stop() may already have dropped what came after it)."""
         if self.jobs and self.jobs[0] is job:
             self.jobs.pop(0)
+        if self.hold_at is not None and (not self.jobs or self.jobs[0] is self.hold_at):
+            self.held, self.hold_at = bool(self.jobs), None
+
+    def _index(self, job: Job) -> int:
+        return next((i for i, queued in enumerate(self.jobs) if queued is job), len(self.jobs))
 
     def clusters_coming(self) -> bool:
         return any(j.kind == CLUSTER for j in self.pending())

@@ -167,6 +167,8 @@ def recovery_rate(family: Blocks, k: int, matrices: int = 200, shape: Shape = (1
                           for i, (_, rows, cols) in enumerate(samples)]))
 
 
-if __name__ == "__main__":  # README's recovery table: python -m engine.planted
+if __name__ == "__main__":  # README's recovery table: python -m engine.planted (engine/readme_tables.py runs it)
+    print("| family | k = 2 | 3 | 4 | 5 | 6 | 7 | 8 |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
     for family in RECOVERY:
-        print(family.name, " | ".join(f"{recovery_rate(family, k):.1%}" for k in range(2, 9)), flush=True)
+        print(f"| {family.name} | " + " | ".join(f"{recovery_rate(family, k):.1%}" for k in range(2, 9)) + " |",
+              flush=True)

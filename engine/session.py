@@ -9,6 +9,7 @@ session's files. Everything outside asks this module (or the modules it is split
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import io
 import json
@@ -90,6 +91,23 @@ def session_path(name: str, root: Path | None = None) -> Path:
     """The directory of the session called `name` under the sessions root (names of existing sessions that
     start with '-', which earlier versions accepted, included; check_name is the rule for new ones)."""
     return (root or sessions_root()) / existing_name(name)
+
+
+def close_names(name: str, root: Path | None = None) -> list[str]:
+    """The sessions and sweeps under the root whose names are close to `name` (a typo's likely meaning), closest
+    first; `name` itself is not among them."""
+    try:
+        with os.scandir(root or sessions_root()) as found:
+            names = [e.name for e in found if e.is_dir() and not e.name.startswith(".") and e.name != name]
+    except OSError:
+        return []
+    return difflib.get_close_matches(name, names, n=3, cutoff=0.75)
+
+
+def did_you_mean(name: str, root: Path | None = None) -> str:
+    """' (did you mean tui?)' when a session's name is close to `name`, else ''."""
+    close = close_names(name, root)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def new_name(dataset: str, root: Path | None = None) -> str:
@@ -252,7 +270,8 @@ def _read_session_file(directory: Path, kinds: Collection[str]) -> dict:
     if mode is not None and stat.S_ISLNK(mode):
         raise odd_entry(directory, mode, "session folder")
     if mode is None or not stat.S_ISDIR(mode):
-        raise SessionError(f"{directory} does not exist or is not a directory; see 'clusterlab sessions'.")
+        meant = did_you_mean(directory.name, directory.parent)
+        raise SessionError(f"{directory} does not exist or is not a directory{meant}; see 'clusterlab sessions'.")
     path = session_file(directory)
     try:
         fd = open_file(path, os.O_RDONLY, "session file")

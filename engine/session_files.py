@@ -48,9 +48,10 @@ def is_session_file(name: str) -> bool:
     return name in (SESSION_FILE, METRICS_FILE) or CHECKPOINT.fullmatch(name) is not None
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory, fsync, then os.replace: all or nothing. A write the system
-    refuses is a WriteError saying what to do."""
+def atomic_write(path: Path, data: bytes, shared: bool = False) -> None:
+    """Write via a temporary file in the same directory, fsync, then os.replace: all or nothing. The file is the
+    owner's alone (0600, as sessions stay), or with `shared` (exports, meant to be passed on) as the user's umask
+    makes a new file. A write the system refuses is a WriteError saying what to do."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
@@ -59,6 +60,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            if shared:
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -92,8 +95,16 @@ def unwritable(path: Path, exc: OSError) -> WriteError:
                       "another folder.", exc.errno)
 
 
-def write_json(path: Path, data: dict) -> None:
-    atomic_write(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+def write_json(path: Path, data: dict, shared: bool = False) -> None:
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode(), shared)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: briefly to the strictest, so a file another thread makes
+    meanwhile is only more private)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temps(directory: Path) -> list[str]:

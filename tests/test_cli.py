@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from engine import Engine
 from engine.cli import main
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, small_config
 
 FAST = ["--dataset", "synthetic", "--hidden", "16,16", "--device", "cpu"]
 
@@ -156,3 +157,12 @@ def test_every_printed_clusterability_has_its_null_and_p(sessions):
     for line in lines:
         assert "follows" in line or ("vs null" in line and " p " in line and "20 shuffles" in line), line
     assert "against the λ=0 control" in proc.stdout
+
+
+def test_ablate_without_clusters_is_bad_input(capsys, sessions):
+    engine = Engine.create(sessions / "raw", small_config(steps=5))
+    engine.train()
+    assert engine.wait(30)
+    engine.close()
+    line = one_line_error(capsys, ["ablate", "raw"])
+    assert "no clusters" in line and "clusterlab tui --session raw" in line

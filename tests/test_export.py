@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -49,6 +51,8 @@ def session(tmp_path_factory) -> Path:
     data["metrics_records"] += len(extra)
     data["ablation"] = ablation
     data["significance"] = null
+    data["control"] = {"test_accuracy": 0.25, "clusterability": 0.6, "significance": null, "step": data["step"],
+                       "params_sha256": "0" * 64}  # as a --control session holds its λ=0 twin's end
     (path / SESSION_FILE).write_text(json.dumps(data))
     return path
 
@@ -120,8 +124,9 @@ def test_clusters_json_and_ablation_csv_carry_the_sessions_numbers(session, expo
     with open(out / "ablation.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * len(ablation["classes"])
+    assert sorted({int(row["cluster"]) for row in rows}) == [1, 2]  # numbered as everywhere else
     for row in rows:
-        i, c = int(row["cluster"]), ablation["classes"].index(int(row["class"]))
+        i, c = int(row["cluster"]) - 1, ablation["classes"].index(int(row["class"]))
         assert float(row["drop"]) == ablation["drop"][i][c]
         assert float(row["specialisation"]) == ablation["specialisation"][i]
         assert float(row["p_value"]) == ablation["p_value"][i]
@@ -183,3 +188,53 @@ def test_missing_or_corrupt_sessions_raise_one_sentence(session, tmp_path):
     with pytest.raises(SessionError, match="row_labels"):
         export_session(broken, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
+
+
+def svg_text(path: Path) -> str:
+    return " ".join(t.text or "" for t in ET.parse(path).getroot().iter("{http://www.w3.org/2000/svg}text"))
+
+
+def test_figures_say_what_they_show(session, exported):
+    out = exported[0]
+    data = json.loads((session / SESSION_FILE).read_text())
+    last = data["history"][-1]  # the finetune's clusterability, with the null of that same measurement
+    null = last["significance"]["measures"]["clusterability"]
+    assert (f"clusterability {last['clusterability']:.4f} vs null {null['null_mean']:.4f} ± {null['null_std']:.4f}, "
+            f"p = {null['p']:.3g}") in svg_text(out / "weights.svg")
+    assert "U: specialisation, 1 − H(lost | class) / H(lost)" in svg_text(out / "ablation.svg")
+    assert "λ=0 control" in svg_text(out / "curves.svg")
+
+
+def test_curves_draw_the_tested_value_over_its_null_and_a_null_key_that_is_no_data_point(session):
+    from matplotlib.patches import Patch
+
+    from engine.export import curves_figure
+
+    data = json.loads((session / SESSION_FILE).read_text())
+    fig = curves_figure(read_metrics(session / METRICS_FILE), data["control"])
+    clust = fig.axes[2]
+    null = [a for a in clust.collections + clust.lines if a.get_zorder() == 1]
+    tested = [line for line in clust.lines if line.get_marker() == "o"]
+    assert null and tested and min(a.get_zorder() for a in tested) > max(a.get_zorder() for a in null)
+    tested_steps = sorted(float(x) for line in tested for x in line.get_xdata())
+    assert tested_steps == sorted(float(r["step"]) for r in read_metrics(session / METRICS_FILE)
+                                  if r["type"] == "significance")
+    keys = clust.get_legend().legend_handles
+    assert isinstance(keys[0], Patch) and keys[0].get_label() == "shuffle null ±2σ"
+    control = [line for line in fig.axes[1].lines if line.get_label() == "λ=0 control"]
+    assert control and list(control[0].get_ydata()) == [data["control"]["test_accuracy"]]
+
+
+def test_exports_follow_the_umask_and_sessions_stay_private(session, tmp_path):
+    old = os.umask(0o022)
+    try:
+        written = export_session(session, tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {"0o644"}
+    assert stat.S_IMODE((session / SESSION_FILE).stat().st_mode) in (0o600, 0o644)  # written by this test's fixture
+    engine = Engine.open(session)
+    engine.save()
+    assert engine.wait(30)
+    engine.close()
+    assert stat.S_IMODE((session / SESSION_FILE).stat().st_mode) == 0o600

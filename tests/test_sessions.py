@@ -255,25 +255,30 @@ def test_torn_line_and_records_after_the_checkpoint_are_dropped_on_open(template
     assert all(json.loads(line) for line in log.read_text().splitlines())
 
 
+def closed_at_step_30(path: Path, start) -> None:
+    """A session of 60 pretraining steps (evaluated every 30), `start`ed, paused and closed at step 30."""
+    engine = Engine.create(path, small_config(steps=60, eval_every=30))
+    paused = threading.Event()
+
+    def pause_at_step_30(event):
+        if isinstance(event, ev.Evaluated) and event.step == 30:
+            engine.pause()
+        if isinstance(event, ev.StateChanged) and event.state == ev.PAUSED:
+            paused.set()
+
+    engine.subscribe(pause_at_step_30)
+    start(engine)
+    assert paused.wait(30)
+    engine.close()
+
+
 def test_open_continues_the_saved_plan_exactly(sessions):
     reference = Engine.create(sessions / "ref", small_config(steps=60, eval_every=30))
     reference.train()
     assert reference.wait(30)
     reference.close()
     # a session closed halfway through its plan continues it where it stopped
-    partial = Engine.create(sessions / "partial", small_config(steps=60, eval_every=30))
-    paused = threading.Event()
-
-    def pause_at_step_30(event):
-        if isinstance(event, ev.Evaluated) and event.step == 30:
-            partial.pause()
-        if isinstance(event, ev.StateChanged) and event.state == ev.PAUSED:
-            paused.set()
-
-    partial.subscribe(pause_at_step_30)
-    partial.train()
-    assert paused.wait(30)
-    partial.close()
+    closed_at_step_30(sessions / "partial", lambda e: e.train())
     reopened = Engine.open(sessions / "partial")
     try:
         assert reopened.snapshot().step == 30
@@ -285,6 +290,27 @@ def test_open_continues_the_saved_plan_exactly(sessions):
         assert reopened.snapshot().params_sha256 == reference.snapshot().params_sha256
     finally:
         reopened.close()
+
+
+def test_resume_steps_trains_that_many_and_keeps_the_unfinished_plan(sessions, capsys):
+    closed_at_step_30(sessions / "p", lambda e: e.plan_default())
+    plan = Engine.open(sessions / "p")
+    held = plan.snapshot().plan
+    plan.close()
+    assert [j["kind"] for j in held] == ["pretrain", "cluster", "significance", "finetune"]
+    assert main(["resume", "p", "--steps", "10"]) == 0
+    said = capsys.readouterr().err.splitlines()[0]  # what it will do, in one line, before doing it
+    assert said == ("resume p: pretrain 10 steps; its unfinished plan (pretrain 30 steps, cluster (k=2 on weights), "
+                    "its shuffle null, finetune 64 steps at λ=5) stays for 'clusterlab resume p'.")
+    engine = Engine.open(sessions / "p")
+    assert engine.snapshot().step == 40 and engine.snapshot().plan == held  # 10 more, not the plan too
+    engine.close()
+    assert main(["resume", "p"]) == 0
+    said = capsys.readouterr().err.splitlines()[0]
+    assert said.startswith("resume p: continuing its unfinished plan: pretrain 30 steps, cluster")
+    engine = Engine.open(sessions / "p")
+    assert engine.snapshot().step == 40 + 30 + 64 and engine.snapshot().plan == ()
+    engine.close()
 
 
 def test_save_keeps_an_opened_sessions_unfinished_plan(sessions):
@@ -333,3 +359,32 @@ def test_a_session_is_opened_by_one_engine_at_a_time(sessions):
         Engine.open(sessions / "one")
     engine.close()
     Engine.open(sessions / "one").close()  # free again once closed
+
+
+def test_sessions_fits_80_columns_with_every_clusterability_and_its_p(sessions, capsys, monkeypatch):
+    from engine.sweep_run import run_sweep
+
+    run_sweep("a-sweep-with-a-long-name", {"dataset": "synthetic", "hidden": (16, 16), "device": "cpu", "steps": 20,
+                                           "finetune_epochs": 1}, {"seeds": [1], "lams": [5]})
+    engine = Engine.create(sessions / "trained-on", small_config(steps=20, null_samples=19))
+    engine.train()
+    engine.cluster()
+    engine.train(steps=5)  # more pretraining after the clustering: its last evaluation has no clusterability
+    assert engine.wait(30)
+    snap = engine.snapshot()
+    engine.close()
+    measured = snap.history[1]
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["sessions"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "dataset", "steps", "accuracy", "clusterability", "p"]
+    assert all(len(line) <= 80 for line in lines) and not any("…" in line for line in lines), lines
+    p = measured["significance"]["measures"]["clusterability"]["p"]
+    assert f"trained-on synthetic 25 {snap.test_accuracy:.4f} {measured['clusterability']:.4f} {p:.3g}" in [
+        " ".join(line.split()) for line in lines]
+    sweep = lines.index(next(line for line in lines if line.startswith("a-sweep-with-a-long-name ")))
+    assert "4/4 done" in lines[sweep] and lines[sweep + 1].split()[0] == ".s1"  # members under it, shortened
+    assert any(line.split()[0] == ".s1.weights.k2.lam5" for line in lines[sweep + 1:])
+    assert main(["sessions", "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert "a-sweep-with-a-long-name.s1.weights.k2.lam5" in wide and "at step" in wide and "null" in wide

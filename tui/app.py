@@ -20,7 +20,7 @@ from textual.binding import Binding
 from engine.client import AsyncClient, Resynced, ensure_host
 from engine.config import Config
 from engine.errors import ClusterlabError
-from engine.session import new_name, session_path
+from engine.session import close_names, new_name, session_path
 from engine.sweep import is_sweep
 from tui.messages import Command
 from tui.screens import ChoiceScreen, HelpScreen, NewSessionScreen, OpenScreen
@@ -72,8 +72,28 @@ class ClusterlabApp(App[str]):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hangup)
         if is_sweep(session_path(self.session_name)):  # `clusterlab tui --session SWEEP`: its view, no host
             self.call_after_refresh(self._show_sweep)
-        else:
+        elif not self._asked_if_typo(self.session_name):
             self._attach(self.session_name, self.config)  # connecting while the first frame is drawn
+
+    def _asked_if_typo(self, name: str) -> bool:
+        """Before creating `name` when a session's name is close to it (`--session tuil` where tui exists): ask
+        whether that one was meant; True if asked (the answer attaches)."""
+        close = [] if self.attach_only or session_path(name).exists() else close_names(name)
+        if not close:
+            return False
+
+        def answered(answer: str | None) -> None:
+            if answer is None:
+                self.switching = False
+                self.view.detached(f"[b]{name}[/b]\nnot created: o opens a session, n makes one", "")
+            else:
+                self._attach(*((name, self.config) if answer == "create" else (close[0], None)))
+
+        self.push_screen(ChoiceScreen(f"There is no session {name}, but there is {' and '.join(close)}. Open "
+                                      f"{close[0]}, or create {name}?", [("o", f"Open {close[0]}", "open"),
+                                                                         ("c", f"Create {name}", "create")]),
+                         answered)
+        return True
 
     def _hangup(self) -> None:
         """Detach; with no terminal left Textual may never finish exiting, and the run is the host's: end anyway."""

@@ -13,7 +13,7 @@ from engine.errors import ClusterlabError, ConfigError
 from engine.format import SESSION_COLUMNS, session_cells
 from engine.listing import list_sessions
 from engine.options import OPTIONS, config_from_texts
-from engine.session import check_name, new_name, session_path
+from engine.session import check_name, close_names, new_name, session_path
 
 
 class HelpScreen(ModalScreen[None]):
@@ -146,7 +146,17 @@ class NewSessionScreen(ModalScreen[tuple[str, Config] | None]):
             message.update(str(exc))
             message.add_class("-error")
             return
-        self.dismiss(result)
+        close = close_names(result[0])
+        if not close:
+            self.dismiss(result)
+            return
+        def answered(answer: str | None) -> None:
+            if answer == "create":
+                self.dismiss(result)  # not returned: Textual would await it from the question's handler
+
+        # a name one typo away from an existing session's: make sure a new one is meant (escape: back to the form)
+        self.app.push_screen(ChoiceScreen(f"A session called {' and '.join(close)} exists. Create {result[0]} as "
+                                          "well?", [("c", f"Create {result[0]}", "create")]), answered)
 
     def read_form(self) -> tuple[str, Config]:
         """The name and a validated Config; ConfigError/SessionError name the bad field as the CLI would."""
