@@ -67,7 +67,8 @@ def log_line(event: ev.Event) -> tuple[str, str] | None:
             return f"state: {event.previous} → {event.state}", "debug"
         case ev.PhaseFinished():
             accuracy = "-" if event.test_accuracy is None else f"{event.test_accuracy:.4f}"
-            return f"{event.phase} finished at step {event.step} ({event.steps} steps), accuracy {accuracy}", "info"
+            ended = "stopped" if event.stopped else "finished"
+            return f"{event.phase} {ended} at step {event.step} ({event.steps} steps), accuracy {accuracy}", "info"
         case ev.Saved() if event.reason != "autosave":
             return f"saved at step {event.step} ({event.reason})", "info"
         case ev.SignificanceFound():
