@@ -136,7 +136,7 @@ class Study:
                              samples=self.config.null_samples, seed=self.config.seed)
         if found is None:
             return None
-        result = found.to_dict()
+        result = {**found.to_dict(), "step": trainer.step}  # a figure carries the step it was measured at
         c = trainer.clusterability_of(self.mask)
         hooks.record({"type": "significance", "step": trainer.step, "phase": phase, "clusterability": c, **result})
         hooks.emit(ev.SignificanceFound(trainer.step, phase, c, result))
@@ -157,8 +157,8 @@ class Study:
             result = ablate(weights, self.config.studied_layer, self.clusters.row_labels, self.clusters.k,
                             self.data.test_x, self.data.test_y, self.data.n_classes,
                             null_samples=self.config.null_samples, seed=self.config.seed)
-        self.ablation = result.to_dict()
-        hooks.record({"type": "ablation", "step": self.trainer.step, **self.ablation})
+        self.ablation = {**result.to_dict(), "step": self.trainer.step}
+        hooks.record({"type": "ablation", **self.ablation})
         hooks.emit(ev.Ablated(self.trainer.step, self.ablation))
 
     def _run_control(self, job: Job, hooks: phases.Hooks) -> str:
@@ -280,6 +280,7 @@ class Study:
             "clusterability_chance": chance,
             "clusters": clusters,
             "cluster_step": self.cluster_step,
+            "figures_step": self.trainer.step,
             "params_sha256": params_sha256(self.trainer.model),
             "history": tuple(dict(entry) for entry in self.history),
             "config": self.config.to_dict(),
