@@ -62,6 +62,7 @@ class ClusterlabApp(App[str]):
         self.shown = asyncio.Event()  # set at the first full screen of an attached session
         self._flags_given = config != Config()  # settings given for the first session, unused if it exists
         self._keys = (True, True, None, (True, False, None))  # what check_action reads, as at the first frame
+        self._paused_to_ask = False  # q paused the run while its question is open
 
     def get_default_screen(self) -> SessionScreen:
         self.view = SessionScreen()
@@ -201,14 +202,27 @@ class ClusterlabApp(App[str]):
         if self.client is None or snap is None:
             self.exit(QUIT)  # nothing attached (or still attaching): a host started for us ends when idle
         elif state != "idle":
-            self.push_screen(ChoiceScreen(f"A job is running ({state}). Stop the run (it is saved and `clusterlab "
-                                          f"resume {snap.name}` continues it), or leave it running and detach?",
+            # Decided: the run waits for the answer (a question left open must not let it run on unseen).
+            self._paused_to_ask = "pause" in self.view.snapshot.allowed
+            if self._paused_to_ask:
+                self.post_message(Command("pause"))
+            paused = " It is paused while you choose." if self._paused_to_ask else ""
+            self.push_screen(ChoiceScreen(f"A job is running ({state}).{paused} Stop the run (it is saved and "
+                                          f"`clusterlab resume {snap.name}` continues it), or leave it running and "
+                                          "detach?",
                                           [("s", "Stop the run", "stop"), ("d", "Leave it running", "detach")]),
                              self._quit_chosen)
         else:
             self._quit_chosen("stop")
 
+    def action_help_quit(self) -> None:
+        """Ctrl+C (Textual's own binding, which only tells how to quit): the same as q."""
+        self.action_quit()
+
     def _quit_chosen(self, answer: str | None) -> None:
+        if self._paused_to_ask and answer != "stop":
+            self.post_message(Command("resume"))  # the question paused it: it goes on (sent before a detach)
+        self._paused_to_ask = False
         if answer == "detach":
             self.call_later(self.action_detach)
         elif answer == "stop" and self.client is not None:
