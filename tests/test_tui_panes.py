@@ -106,3 +106,28 @@ async def test_the_modules_tab_of_a_clustered_session_opened_small(hosts):
         await until(pilot, lambda: "by cluster (k=3)" in screen_text(app), "the title, whole at 80 columns")
         assert NO_CLUSTERS not in screen_text(app)
         await quit_app(pilot, app)
+
+
+def test_chart_axes_tick_at_round_steps_and_even_values():
+    from tui.widgets.charts import axis, step_label, value_label
+
+    got = {}
+    axis(lambda lo, hi: got.update(x=(lo, hi)), lambda ticks, labels: got.update(xt=labels), 18, 1979.5, 3,
+         step_label, whole=True)
+    assert got == {"x": (0, 2000), "xt": ["0", "1k", "2k"]}  # not "18.0 998.8 1979.5"
+    axis(lambda lo, hi: got.update(y=(lo, hi)), lambda ticks, labels: got.update(yt=(ticks, labels)), 0.4355, 0.4869,
+         6, value_label)
+    ticks, labels = got["yt"]
+    assert labels == ["0.43", "0.44", "0.45", "0.46", "0.47", "0.48", "0.49"]
+    assert len({round(b - a, 9) for a, b in zip(ticks, ticks[1:], strict=False)}) == 1  # evenly spaced
+
+
+async def test_one_clusterability_is_a_marker_with_its_value_and_the_null_band_has_a_legend(hosts):
+    clustered("charted")
+    app = client_app("charted", tui_config(), hosts)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        value = app.view.snapshot.clusterability
+        await until(pilot, lambda: f"● {value:.4f}" in screen_text(app), "the clustering's marker and value")
+        assert "── null ± 2 sd  ── mean" in screen_text(app)
+        await quit_app(pilot, app)
