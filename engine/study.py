@@ -64,6 +64,7 @@ class Study:
         self.picture_size = (32, 64)  # the block picture's largest size, rows x cols (the UI asks for its own)
         self.plan: list[Job] = []  # the saved plan this study was restored with
         self.saved_plan: list[dict] | None = None  # the plan as last written
+        self._saved_mark: str | None = None  # what was last written or read (`_mark`): unchanged, no save is due
         self._checkpoints: list[str] = []
         records = self._restore(saved, checkpoint) if saved is not None else 0
         self.metrics = MetricsLog(metrics_path(self.path), records)
@@ -227,6 +228,7 @@ class Study:
                            ablation=self.ablation, significance=self.significance)
         write_session(self.path, saved, phase=phase, epoch=self.epochs_done, device=str(self.device))
         self.saved_plan = [j.to_dict() for j in plan]
+        self._saved_mark = self._mark(plan)
         if not self._checkpoints or self._checkpoints[-1] != name:
             self._checkpoints = (self._checkpoints + [name])[-2:]
         prune_checkpoints(self.path, set(self._checkpoints))
@@ -249,7 +251,17 @@ class Study:
         last = saved.last
         self.figures = phases.Figures(last.get("test_accuracy"), last.get("train_loss"), last.get("clusterability"))
         self._checkpoints = [saved.checkpoint]
+        self._saved_mark = self._mark(saved.plan)
         return trim_metrics(metrics_path(self.path), saved.metrics_records)
+
+    def _mark(self, plan: list[Job]) -> str:
+        """Everything a save writes that can change without the step moving (a clustering adds to the history)."""
+        return repr((self.trainer.step, [j.to_dict() for j in plan], self.history, self.control, self.ablation,
+                     self.significance, self.figures.to_dict()))
+
+    def unsaved(self, plan: list[Job]) -> bool:
+        """Whether a save now would write anything new: merely opening a session (to look) must not rewrite it."""
+        return self._mark(plan) != self._saved_mark
 
     def roll_back(self) -> None:
         """Return to the last save, so that nothing bad (NaN weights, say) is saved over it."""

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from textual import on, work
@@ -63,6 +64,7 @@ class ClusterlabApp(App[str]):
         self._flags_given = config != Config()  # settings given for the first session, unused if it exists
         self._keys = (True, True, None, (True, False, None))  # what check_action reads, as at the first frame
         self._paused_to_ask = False  # q paused the run while its question is open
+        self.sweep: str | None = None  # the sweep whose member is open: escape goes back to its view
 
     def get_default_screen(self) -> SessionScreen:
         self.view = SessionScreen()
@@ -183,6 +185,8 @@ class ClusterlabApp(App[str]):
             return True if action == "help" else None  # the sweep view has keys of its own
         if action == "detach":
             return True if self.client is not None else None
+        if action == "sweep":
+            return True if self.sweep is not None else False
         if action in ("open", "new"):
             return None if self.switching else True
         return True
@@ -242,12 +246,23 @@ class ClusterlabApp(App[str]):
 
     def _open_chosen(self, name: str | None) -> None:
         if name and is_sweep(session_path(name)):
-            self.push_screen(SweepScreen(session_path(name)), self._open_chosen)  # a member chosen there opens
+            self.push_screen(SweepScreen(session_path(name)), partial(self._member_chosen, name))
         elif name and (name != self.session_name or self.client is None):
             self._new_chosen((name, None))
 
+    def _member_chosen(self, sweep: str, name: str | None) -> None:
+        """A member chosen in a sweep's view opens; escape on its screen shows the view again."""
+        self._open_chosen(name)
+        if name:
+            self.sweep = sweep
+
+    def action_sweep(self) -> None:
+        if self.sweep is not None:
+            self._open_chosen(self.sweep)
+
     def _new_chosen(self, result: tuple[str, Config | None] | None) -> None:
         if result is not None:
+            self.sweep = None
             self.attach_only = False  # another session: its host is started if none runs
             self._attach(*result)
 

@@ -51,6 +51,8 @@ class SessionScreen(Screen[None]):
         Binding("3", "tab('log')", "Log", id="tab.log", show=False, tooltip="show the engine log"),
         Binding("4", "tab('modules')", "Modules", id="tab.modules", show=False,
                 tooltip="show the layer's blocks and what silencing each cluster costs each class"),
+        Binding("escape", "app.sweep", "Sweep", id="sweep", show=False,
+                tooltip="back to the sweep's view, from a member opened there"),
     ]
 
     # `var`s, not plain reactives: a change repaints nothing by itself (the screen would be repainted whole 20 times
