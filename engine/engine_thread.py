@@ -225,9 +225,13 @@ class EngineThread:
         self._refresh_figures()
 
     def _finish(self) -> None:
-        """Final save on close; the unfinished job (if any) stays in the plan for a later resume."""
+        """Final save on close, if anything changed since the last; the unfinished job (if any) stays in the plan
+        for a later resume."""
         try:
-            self._save("close")
+            with self._cv:
+                changed = self.study.unsaved(list(self.plan.jobs))
+            if changed:
+                self._save("close")
         except Exception as exc:  # noqa: BLE001 - report, but closing must complete
             self._emit(ev.Failed("save", f"final save failed: {exc}"))
         self.study.metrics.close()

@@ -191,5 +191,8 @@ def readable(data: object) -> bool:
 
 
 def upgraded(data: dict | None) -> dict | None:
-    """A saved significance dict in today's form (old sessions still open)."""
-    return None if data is None else NullResult.from_dict(data).to_dict()
+    """A saved significance dict in today's form (old sessions still open), with the step it was found at if
+    it says."""
+    if data is None:
+        return None
+    return {**NullResult.from_dict(data).to_dict(), **({"step": data["step"]} if "step" in data else {})}

@@ -40,6 +40,9 @@ class Snapshot:
     ablation: dict | None = None  # per-class accuracy drops of each cluster (engine/ablation.py)
     significance: dict | None = None  # every measure against its shuffle null: NullResult.to_dict()
     picture: object = None  # engine.picture.BlockPicture of the studied layer by cluster, or None
+    # The step the figures (clusterability, shares, picture) were computed at: the live step moves on ahead.
+    # `significance` and `ablation` each say their own step (their "step" key).
+    figures_step: int | None = None
     allowed: frozenset[str] = field(default_factory=frozenset)
 
     def to_dict(self) -> dict:

@@ -66,6 +66,7 @@ class Study:
         self.picture_size = (32, 64)  # the block picture's largest size, rows x cols (the UI asks for its own)
         self.plan: list[Job] = []  # the saved plan this study was restored with
         self.saved_plan: list[dict] | None = None  # the plan as last written
+        self._saved_mark: str | None = None  # what was last written or read (`_mark`): unchanged, no save is due
         self._checkpoints: list[str] = []
         self._checkpoint_sha256: str | None = None  # of the newest checkpoint, which session.json records
         records = self._restore(saved, checkpoint) if saved is not None else 0
@@ -139,7 +140,7 @@ class Study:
                              samples=self.config.null_samples, seed=self.config.seed)
         if found is None:
             return None
-        result = found.to_dict()
+        result = {**found.to_dict(), "step": trainer.step}  # a figure carries the step it was measured at
         c = trainer.clusterability_of(self.mask)
         hooks.record({"type": "significance", "step": trainer.step, "phase": phase, "clusterability": c, **result})
         hooks.emit(ev.SignificanceFound(trainer.step, phase, c, result))
@@ -160,8 +161,8 @@ class Study:
             result = ablate(weights, self.config.studied_layer, self.clusters.row_labels, self.clusters.k,
                             self.data.test_x, self.data.test_y, self.data.n_classes,
                             null_samples=self.config.null_samples, seed=self.config.seed)
-        self.ablation = result.to_dict()
-        hooks.record({"type": "ablation", "step": self.trainer.step, **self.ablation})
+        self.ablation = {**result.to_dict(), "step": self.trainer.step}
+        hooks.record({"type": "ablation", **self.ablation})
         hooks.emit(ev.Ablated(self.trainer.step, self.ablation))
 
     def _run_control(self, job: Job, hooks: phases.Hooks) -> str:
@@ -236,6 +237,7 @@ class Study:
                            checkpoint_sha256=self._checkpoint_sha256)
         write_session(self.path, saved, phase=phase, epoch=self.epochs_done, device=str(self.device))
         self.saved_plan = [j.to_dict() for j in plan]
+        self._saved_mark = self._mark(plan)
         if not self._checkpoints or self._checkpoints[-1] != name:
             self._checkpoints = (self._checkpoints + [name])[-2:]
         prune_checkpoints(self.path, set(self._checkpoints))
@@ -260,7 +262,17 @@ class Study:
         self.figures = phases.Figures(last.get("test_accuracy"), last.get("train_loss"), last.get("clusterability"))
         self._checkpoints = [saved.checkpoint]
         self._checkpoint_sha256 = saved.checkpoint_sha256
+        self._saved_mark = self._mark(saved.plan)
         return trim_metrics(metrics_path(self.path), saved.metrics_records)
+
+    def _mark(self, plan: list[Job]) -> str:
+        """Everything a save writes that can change without the step moving (a clustering adds to the history)."""
+        return repr((self.trainer.step, [j.to_dict() for j in plan], self.history, self.control, self.ablation,
+                     self.significance, self.figures.to_dict()))
+
+    def unsaved(self, plan: list[Job]) -> bool:
+        """Whether a save now would write anything new: merely opening a session (to look) must not rewrite it."""
+        return self._mark(plan) != self._saved_mark
 
     def roll_back(self) -> None:
         """Return to the last save, so that nothing bad (NaN weights, say) is saved over it."""
@@ -291,6 +303,7 @@ class Study:
             "clusterability_chance": chance,
             "clusters": clusters,
             "cluster_step": self.cluster_step,
+            "figures_step": self.trainer.step,
             "params_sha256": params_sha256(self.trainer.model),
             "history": tuple(dict(entry) for entry in self.history),
             "config": self.config.to_dict(),

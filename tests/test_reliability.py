@@ -138,6 +138,7 @@ def test_wait_returns_only_after_every_event_was_delivered(make_engine):
 
 def test_close_waits_for_a_slow_save_and_says_so(make_engine, monkeypatch, capsys):
     engine = make_engine()
+    engine.study.unsaved = lambda plan: True  # a change to save (one closed as it was opened is not written)
     real_save = engine.study.save
     finished = []
 
@@ -189,3 +190,11 @@ def test_session_names_are_never_cut_at_80_columns(sessions):
     for name in names:
         assert name in out  # whole, on one line: the string `resume` needs
     assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_a_session_closed_as_it_was_opened_is_not_written_again(make_engine, sessions):
+    make_engine("same").close()
+    session = sessions / "same" / "session.json"
+    written = session.stat()
+    Engine.open(sessions / "same").close()  # opened to look (the UI viewing a sweep member), then closed
+    assert (session.stat().st_ino, session.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)

@@ -315,9 +315,11 @@ def test_the_cluster_table_shows_every_measure_against_its_null_and_a_small_null
 
     matrix = np.random.default_rng(6).standard_normal((12, 12))
     rows, cols = clustered(matrix, 2)
-    found = significance(matrix, rows, cols, 2, samples=10).to_dict()
-    lines = summary(2, "weights", 0.61, 0.5, 938, found).splitlines()
-    assert lines[0] == "k=2 on weights at step 938: clusterability 0.6100; uniform-mass chance 0.5000"
-    assert [line.split(" vs null")[0].rsplit(" ", 1)[0] for line in lines[1:4]] == [m.title for m in MEASURES]
-    assert lines[4] == "10 shuffles cannot show p ≤ 0.05; use ≥ 19"
-    assert summary(2, "weights", 0.61, 0.5, 938, None).count("\n") == 0  # before the null: one line
+    found = {**significance(matrix, rows, cols, 2, samples=10).to_dict(), "step": 1200}
+    lines = summary(2, "weights", 938, 0.61, 0.5, 1200, found).splitlines()
+    assert lines[:3] == ["k=2 on weights, found at step 938", "step 1,200: clusterability 0.6100 (uniform-mass "
+                         "chance 0.5000)", "at step 1,200, against its shuffle null:"]
+    assert [line.split(" vs null")[0].rsplit(" ", 1)[0] for line in lines[3:6]] == [m.title for m in MEASURES]
+    assert lines[6] == "10 shuffles cannot show p ≤ 0.05; use ≥ 19"
+    live = summary(2, "weights", 938, 0.64, 0.5, 1500, None, live=True)  # before the null: no p
+    assert live.splitlines()[1:] == ["step 1,500 (live): clusterability 0.6400 (uniform-mass chance 0.5000)"]

@@ -125,7 +125,7 @@ async def test_blocks_bounds_and_ablation_table_render(size):
         _, lost = cell(strips, drop_x, table_top + 3)
         red, green, blue = rgb(lost.bgcolor)
         assert red > 150 and green < 80 and blue < 80
-        assert any("|fc2| 128x128 by cluster (k=2), step 1876" in line for line in text)
+        assert any("step 1,876: |fc2| 128x128 by cluster (k=2)" in line for line in text)
 
 
 def test_narrow_table_wraps_u_and_p_between_clusters():

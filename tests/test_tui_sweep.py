@@ -21,7 +21,7 @@ from tests.test_tui_support import status_text, table_rows, until
 from tui.app import ClusterlabApp
 from tui.screens import OpenScreen
 from tui.sweep_data import SweepWatcher
-from tui.sweep_screen import SweepScreen, member_of, row_key
+from tui.sweep_screen import SweepScreen, member_of, readable_order, row_key
 
 SIZE = (80, 24)
 TINY = {"dataset": "synthetic", "hidden": (16, 16), "device": "cpu", "steps": 20, "finetune_epochs": 1,
@@ -119,10 +119,17 @@ async def test_sweep_view_at_80x24_table_chart_members(swept):
         screen = await shown(pilot, app, 8, 8)
         assert app.client is None  # no session is open behind the view
         rows = screen.query_one("#sweep-rows", DataTable)
-        # each row as the sweep's printed Markdown table has it
-        assert ["| " + " | ".join(r) + " |" for r in table_rows(rows)] == markdown(table["table"]).splitlines()[2:]
-        await until(pilot, lambda: on_screen(app, "esc Back", "finetuned   weights  2  5  2"),
-                    "the table's rows and the view's keys on screen")
+        # each row as the sweep's printed Markdown table has it, the columns read first first
+        header, cells = table_cells(table["table"])
+        order = readable_order(header)
+        assert [c.label.plain for c in rows.ordered_columns] == [header[i] for i in order]
+        assert table_rows(rows) == [[c[i] for i in order] for c in cells]
+        assert [c[0] for c in cells] == [line.split(" | ")[0][2:] for line in markdown(table["table"]).splitlines()[2:]]
+        await until(pilot, lambda: on_screen(app, "esc Back", "finetuned   weights  2  5  2", "cost vs λ=0"),
+                    "the table's rows, its cost column and the view's keys on screen")
+        await pilot.resize_terminal(120, 40)
+        await until(pilot, lambda: on_screen(app, "specialisation"), "the specialisation column whole at 120")
+        await pilot.resize_terminal(*SIZE)
         text = screen_text(app)
         assert "the last run ended" in text
         assert "t Train" not in text  # the session's keys wait until one is open
@@ -165,7 +172,7 @@ async def test_a_member_opened_from_the_view_shows_the_figures_of_its_row(swept)
         snap = app.view.snapshot
         assert (snap.test_accuracy, snap.clusterability) == (member["test_accuracy"], member["clusterability"])
         assert snap.params_sha256 == member["params_sha256"]
-        assert f"acc {row[3]}  clust {row[4]}" in status_text(app)  # the same figures on screen as in its row
+        assert f"acc {row[3]}\nclust {row[4]}" in status_text(app)  # the same figures on screen as in its row
 
         await pilot.press("o")  # the session picker lists the sweep; choosing it shows the view again
         await until(pilot, lambda: isinstance(app.screen, OpenScreen), "the session list")
@@ -259,3 +266,26 @@ async def test_failed_members_say_why(tmp_path, monkeypatch):
         assert isinstance(app.screen, SweepScreen) and not (tmp_path / "bad.s1.weights.k2").exists()
         await pilot.press("escape", "q")
         await until(pilot, lambda: app.return_code is not None, "the app to exit")
+
+
+async def test_escape_returns_from_a_member_to_the_sweep_and_viewing_it_saves_nothing(swept):
+    root, table = swept
+    name = "sw.s1.weights.k2.lam5"
+    session = root / name / "session.json"
+    saved = session.stat()
+    app = ClusterlabApp("sw", Config())
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await shown(pilot, app, 8, 8)
+        await pilot.press("3")
+        members = screen.query_one("#sweep-member-table", DataTable)
+        members.move_cursor(row=[r[0] for r in table_rows(members)].index(name))
+        await pilot.press("enter")
+        await until(pilot, lambda: app.client is not None and app.view.snapshot is not None, "the member to open")
+        await pilot.press("escape")
+        await shown(pilot, app, 8, 8)  # back in the sweep's view
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, SweepScreen) and app.session_name == name,
+                    "the member again")
+        await pilot.press("q")  # ends the member's host: nothing changed, nothing is written
+        await until(pilot, lambda: app.return_code is not None, "the app to exit")
+    assert (session.stat().st_ino, session.stat().st_mtime_ns) == (saved.st_ino, saved.st_mtime_ns)

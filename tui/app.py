@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from textual import on, work
@@ -62,6 +63,8 @@ class ClusterlabApp(App[str]):
         self.shown = asyncio.Event()  # set at the first full screen of an attached session
         self._flags_given = config != Config()  # settings given for the first session, unused if it exists
         self._keys = (True, True, None, (True, False, None))  # what check_action reads, as at the first frame
+        self._paused_to_ask = False  # q paused the run while its question is open
+        self.sweep: str | None = None  # the sweep whose member is open: escape goes back to its view
 
     def get_default_screen(self) -> SessionScreen:
         self.view = SessionScreen()
@@ -202,6 +205,8 @@ class ClusterlabApp(App[str]):
             return True if action == "help" else None  # the sweep view has keys of its own
         if action == "detach":
             return True if self.client is not None else None
+        if action == "sweep":
+            return True if self.sweep is not None else False
         if action in ("open", "new"):
             return None if self.switching else True
         return True
@@ -221,14 +226,27 @@ class ClusterlabApp(App[str]):
         if self.client is None or snap is None:
             self.exit(QUIT)  # nothing attached (or still attaching): a host started for us ends when idle
         elif state != "idle":
-            self.push_screen(ChoiceScreen(f"A job is running ({state}). Stop the run (it is saved and `clusterlab "
-                                          f"resume {snap.name}` continues it), or leave it running and detach?",
+            # Decided: the run waits for the answer (a question left open must not let it run on unseen).
+            self._paused_to_ask = "pause" in self.view.snapshot.allowed
+            if self._paused_to_ask:
+                self.post_message(Command("pause"))
+            paused = " It is paused while you choose." if self._paused_to_ask else ""
+            self.push_screen(ChoiceScreen(f"A job is running ({state}).{paused} Stop the run (it is saved and "
+                                          f"`clusterlab resume {snap.name}` continues it), or leave it running and "
+                                          "detach?",
                                           [("s", "Stop the run", "stop"), ("d", "Leave it running", "detach")]),
                              self._quit_chosen)
         else:
             self._quit_chosen("stop")
 
+    def action_help_quit(self) -> None:
+        """Ctrl+C (Textual's own binding, which only tells how to quit): the same as q."""
+        self.action_quit()
+
     def _quit_chosen(self, answer: str | None) -> None:
+        if self._paused_to_ask and answer != "stop":
+            self.post_message(Command("resume"))  # the question paused it: it goes on (sent before a detach)
+        self._paused_to_ask = False
         if answer == "detach":
             self.call_later(self.action_detach)
         elif answer == "stop" and self.client is not None:
@@ -248,12 +266,23 @@ class ClusterlabApp(App[str]):
 
     def _open_chosen(self, name: str | None) -> None:
         if name and is_sweep(session_path(name)):
-            self.push_screen(SweepScreen(session_path(name)), self._open_chosen)  # a member chosen there opens
+            self.push_screen(SweepScreen(session_path(name)), partial(self._member_chosen, name))
         elif name and (name != self.session_name or self.client is None):
             self._new_chosen((name, None))
 
+    def _member_chosen(self, sweep: str, name: str | None) -> None:
+        """A member chosen in a sweep's view opens; escape on its screen shows the view again."""
+        self._open_chosen(name)
+        if name:
+            self.sweep = sweep
+
+    def action_sweep(self) -> None:
+        if self.sweep is not None:
+            self._open_chosen(self.sweep)
+
     def _new_chosen(self, result: tuple[str, Config | None] | None) -> None:
         if result is not None:
+            self.sweep = None
             self.attach_only = False  # another session: its host is started if none runs
             self._attach(*result)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -14,6 +15,8 @@ from engine.format import SESSION_COLUMNS, session_cells
 from engine.listing import list_sessions
 from engine.options import OPTIONS, config_from_texts
 from engine.session import check_name, close_names, new_name, session_path
+
+HELP_WIDTH = 50  # the help's action column, in cells
 
 
 class HelpScreen(ModalScreen[None]):
@@ -28,14 +31,17 @@ class HelpScreen(ModalScreen[None]):
             keys = binding.key.replace("question_mark", "?").replace("f1", "F1").replace(",", " / ")
             self.rows.append((keys, binding.tooltip or binding.description))
         self.rows.append(("tab", "move to a setting; type, then enter or escape returns to the keys"))
+        self.rows.append(("^c / ^q", "ctrl+c and ctrl+q: the same as q"))
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static("Keys", classes="dialog-title")
             table: DataTable = DataTable(id="help-table", cursor_type="row")
-            table.add_columns("key", "action")
+            table.add_column("key")
+            # Wrapped, never cut: the dialog is 68 cells inside at 80 columns (keys, paddings, a scrollbar).
+            table.add_column("action", width=HELP_WIDTH)
             for key, description in self.rows:
-                table.add_row(key, description)
+                table.add_row(key, Text(description), height=None)
             yield table
             yield Static("escape, enter, q, ? or F1 closes this.", classes="dialog-hint")
 

@@ -12,18 +12,20 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.events import Key
 from textual.reactive import reactive, var
 from textual.screen import Screen
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.widgets import Header, TabbedContent, TabPane
 
 from engine import events as ev
 from engine.errors import ConfigError
 from engine.snapshot import Snapshot
 from tui.messages import Command
-from tui.state import Live, fold, live_from
+from tui.state import RUNNING, Live, fold, live_from
 from tui.widgets.charts import MetricsCharts
 from tui.widgets.clusters import ClusterTable
 from tui.widgets.control import ControlPane
+from tui.widgets.footer import FitFooter
 from tui.widgets.log import EngineLog
 from tui.widgets.modules import ModulesPane
 
@@ -42,12 +44,15 @@ class SessionScreen(Screen[None]):
         Binding("c", "cluster", "Cluster", id="cluster", tooltip="co-cluster the studied layer with k and source"),
         Binding("f", "finetune", "Finetune", id="finetune", tooltip="finetune with loss = CE - λ·clusterability"),
         Binding("s", "save", "Save", id="save", tooltip="save the session now"),
-        Binding("x", "stop", "Stop", id="stop", show=False, tooltip="stop the running job and drop the queued ones"),
-        Binding("1", "tab('charts')", "Charts", id="tab.charts", show=False, tooltip="show the charts"),
+        Binding("x", "stop", "Stop", id="stop", tooltip="stop the running job (saved) and drop the queued ones"),
+        # The footer has room for one entry for the four tabs.
+        Binding("1", "tab('charts')", "Tabs", id="tab.charts", key_display="1-4", tooltip="show the charts"),
         Binding("2", "tab('clusters')", "Clusters", id="tab.clusters", show=False, tooltip="show the cluster table"),
         Binding("3", "tab('log')", "Log", id="tab.log", show=False, tooltip="show the engine log"),
         Binding("4", "tab('modules')", "Modules", id="tab.modules", show=False,
                 tooltip="show the layer's blocks and what silencing each cluster costs each class"),
+        Binding("escape", "app.sweep", "Sweep", id="sweep", show=False,
+                tooltip="back to the sweep's view, from a member opened there"),
     ]
 
     # `var`s, not plain reactives: a change repaints nothing by itself (the screen would be repainted whole 20 times
@@ -82,7 +87,7 @@ class SessionScreen(Screen[None]):
                     yield EngineLog(id="engine-log").data_bind(SessionScreen.event)
                 with TabPane("Modules 4", id="modules"):
                     yield ModulesPane(id="modules-pane").data_bind(SessionScreen.snapshot)
-        yield Footer(compact=True)
+        yield FitFooter()
 
     @property
     def control(self) -> ControlPane:
@@ -170,6 +175,12 @@ class SessionScreen(Screen[None]):
             return False if other in allowed or action == "resume" else None
         return None
 
+    def on_key(self, event: Key) -> None:
+        """A command key that does nothing now says why, in one line (a key that acts never gets here)."""
+        actions = [b.action for b in self.BINDINGS if event.key in b.key.split(",") and b.action in COMMANDS]
+        if actions and not any(self.check_action(action, ()) for action in actions):
+            self.control.show_message(why_not(actions[0], self.snapshot, self.closing), error=True)
+
     # ----- keys ---------------------------------------------------------------------------------------------------
 
     def action_train(self) -> None:
@@ -251,3 +262,23 @@ class SessionScreen(Screen[None]):
         if size is not None and size != self._picture_size:
             self._picture_size = size
             self.post_message(Command("set_picture_size", rows=size[0], cols=size[1]))
+
+
+def why_not(action: str, snap: Snapshot | None, closing: bool) -> str:
+    """Why command `action` cannot run now, in one line."""
+    if closing:
+        return "The session is being saved and its host ended: no command now."
+    if snap is None:
+        return "No session is open: o opens one, n makes one."
+    state = snap.state
+    if action in ("pause", "resume") and state not in (*RUNNING, "paused"):
+        return "Nothing is training: space pauses or resumes a training job."
+    if action == "stop":
+        return "No job is running: x stops one."
+    if action == "save" and state == "paused":  # decided: the job saves itself (autosave, x, q), s only when idle
+        return "s saves an idle session: x stops the paused job and saves it, q saves and quits."
+    if state != "idle":
+        return f"{action.capitalize()} waits for the {state} job: space pauses it, x stops it."
+    if action == "finetune" and snap.clusters is None:
+        return "Finetuning needs clusters: press c to cluster the layer first."
+    return f"{action.capitalize()} is not possible now."

@@ -31,6 +31,18 @@ PLOTEXT = threading.Lock()  # pareto_chart draws on plotext's one global figure
 MEMBER_COLUMNS = ("member", "status", "step", "test accuracy", "clusterability", "p")
 
 
+READ_FIRST = ("cost vs λ=0", "clusterability", "specialisation")  # after test accuracy, in this order
+
+
+def readable_order(header: tuple[str, ...]) -> list[int]:
+    """Column indices for the view: test accuracy, then what a reader compares it with (its cost, the
+    clusterability, the specialisation), then the nulls and other measures, so 80 columns show the cost and
+    120 the specialisation; the DataTable scrolls sideways to the rest."""
+    at = header.index("test accuracy") + 1
+    first = [header.index(title) for title in READ_FIRST if title in header]
+    return [*range(at), *first, *(i for i in range(at, len(header)) if i not in first)]
+
+
 def row_key(row: dict) -> str:
     """A table row's key: its stage and grid point ('finetuned/weights/2/3.0')."""
     return "/".join(str(row[key]) for key in ("stage", *(axis.name for axis in table_axes([row]))))
@@ -172,8 +184,9 @@ class SweepScreen(Screen[str | None]):
         if message.state is not None:
             self.state = message.state
             header, cells = table_cells(self.state.rows)
-            fill(self.query_one("#sweep-rows", DataTable), header,
-                 [(row_key(r), c) for r, c in zip(self.state.rows, cells, strict=True)])
+            order = readable_order(header)
+            fill(self.query_one("#sweep-rows", DataTable), tuple(header[i] for i in order),
+                 [(row_key(r), tuple(c[i] for i in order)) for r, c in zip(self.state.rows, cells, strict=True)])
             fill(self.query_one("#sweep-member-table", DataTable), MEMBER_COLUMNS,
                  [(m["name"], member_cells(m)) for m in self.state.members])
             self.query_one(ParetoView).show_rows(self.state.rows)

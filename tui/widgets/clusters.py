@@ -9,6 +9,7 @@ from textual.widgets import DataTable, Static
 
 from engine.format import measure_lines
 from engine.snapshot import Snapshot
+from tui.state import RUNNING
 
 COLUMNS = (("cluster", "cluster"), ("rows", "row size"), ("cols", "col size"), ("share", "share of mass"))
 
@@ -41,8 +42,7 @@ class ClusterTable(Vertical):
             self._rows, self._shares = [], []
         self._show_summary(NO_CLUSTERS)
 
-    def show(self, *, k: int, source: str, row_sizes, col_sizes, shares, clusterability: float | None,
-             chance: float | None, step: int | None = None, significance: dict | None = None) -> None:
+    def show(self, *, k: int, source: str, row_sizes, col_sizes, shares, text: str) -> None:
         """Show these clusters; for the same clusters, only the shares change, in place, keeping the cursor."""
         table = self.query_one(DataTable)
         rows = [(str(i + 1), str(r), str(c)) for i, (r, c) in enumerate(zip(row_sizes, col_sizes, strict=True))]
@@ -56,7 +56,7 @@ class ClusterTable(Vertical):
                 if share != old:
                     table.update_cell(f"cluster-{row[0]}", "share", share)
         self._rows, self._shares = rows, texts
-        self._show_summary(summary(k, source, clusterability, chance, step, significance))
+        self._show_summary(text)
 
     def watch_snapshot(self, snap: Snapshot | None) -> None:
         """The snapshot's held clusters (their shares move with training), or none."""
@@ -64,9 +64,12 @@ class ClusterTable(Vertical):
             self.clear()
             return
         found = snap.clusters
+        null_step = snap.significance.get("step") if snap.significance is not None else None
+        live = snap.state in RUNNING and snap.figures_step != null_step
         self.show(k=found["k"], source=found["source"], row_sizes=found["row_sizes"], col_sizes=found["col_sizes"],
-                  shares=found["shares"], clusterability=snap.clusterability, chance=snap.clusterability_chance,
-                  step=snap.cluster_step, significance=snap.significance)
+                  shares=found["shares"],
+                  text=summary(found["k"], found["source"], snap.cluster_step, snap.clusterability,
+                               snap.clusterability_chance, snap.figures_step, snap.significance, live=live))
 
     def _show_summary(self, text: str) -> None:
         if text != self._summary:
@@ -74,16 +77,19 @@ class ClusterTable(Vertical):
             self.query_one("#cluster-summary", Static).update(text)
 
 
-def summary(k: int, source: str, clusterability: float | None, chance: float | None, step: int | None,
-            significance: dict | None = None) -> str:
-    """'k=2 on weights at step 938: clusterability 0.5481; uniform-mass chance 0.4993', then each measure at the
-    latest null against it on a line of its own ('clusterability 0.5481 vs null 0.5524 ± 0.0078 (z -0.55 of 100
-    shuffles, p 0.762)', ncut, Newman Q); until the null is in (or with --null-samples 0) the first line only."""
-    where = f" at step {step}" if step is not None else ""
-    text = f"k={k} on {source}{where}"
-    if clusterability is None:
-        return text
-    text += f": clusterability {clusterability:.4f}"
-    if chance is not None:
-        text += f"; uniform-mass chance {chance:.4f}"
-    return "\n".join([text, *(measure_lines(significance) if significance is not None else ())])
+def summary(k: int, source: str, cluster_step: int | None, clusterability: float | None, chance: float | None,
+            step: int | None, significance: dict | None = None, *, live: bool = False) -> str:
+    """Each figure with the step it was measured at: 'k=2 on weights, found at step 938', 'step 1,200:
+    clusterability 0.5481 (uniform-mass chance 0.4993)' (live while training: the null comes later), then the
+    shuffle null's step and each measure at it against the null ('clusterability 0.5481 vs null 0.5524 ± 0.0078
+    (z -0.55 of 100 shuffles, p 0.762)', ncut, Newman Q); without a null (or with --null-samples 0) no p."""
+    lines = [f"k={k} on {source}" + (f", found at step {cluster_step:,}" if cluster_step is not None else "")]
+    if clusterability is not None:
+        where = "" if step is None else f"step {step:,}{' (live)' if live else ''}: "
+        lines.append(f"{where}clusterability {clusterability:.4f}"
+                     + (f" (uniform-mass chance {chance:.4f})" if chance is not None else ""))
+    if significance is not None:
+        null_step = significance.get("step")
+        lines.append("its shuffle null:" if null_step is None else f"at step {null_step:,}, against its shuffle null:")
+        lines.extend(measure_lines(significance))
+    return "\n".join(lines)

@@ -15,7 +15,7 @@ from engine.errors import ConfigError
 from engine.format import fmt, p_lines
 from engine.options import BY_NAME, Option
 from engine.snapshot import Snapshot
-from tui.state import Live
+from tui.state import RUNNING, Live, p_shown
 
 STATUS_INTERVAL_S = 0.25  # progress repaints at most 4 times a second; a state change at once
 
@@ -59,7 +59,7 @@ class ControlPane(Vertical):
         self._field_error: str | None = None  # the field whose error the message line shows (not news)
         self._session: str | None = None  # the folder of the session whose settings the fields hold
         self._dirty = False  # live figures came since the status was last painted
-        self._status_lines = 5
+        self._status_rows = 0  # the status's height in rows as last laid out
 
     def compose(self) -> ComposeResult:
         yield Static("no session", id="session-info")
@@ -120,22 +120,30 @@ class ControlPane(Vertical):
         self.query_one("#session-info", Static).update(text)
 
     def show_status(self, live: Live) -> None:
-        running = live.state in ("training", "finetuning")
+        running = live.state in RUNNING
         rate = f"  {live.steps_per_s:,.0f} steps/s" if running and live.steps_per_s is not None else ""
         job = f"job {live.job_step:,}/{live.job_total:,}" if live.job_total and live.state != "idle" else "job -"
-        p, *floor = p_lines(live.significance)
+        p, *floor = p_lines(live.significance) if p_shown(live) else [""]
+        tag = p or ("live" if running and live.clusterability is not None else "")
+        measured = live.clusterability_step
+        if tag != "live" and measured is not None and measured != live.step:  # a figure of an earlier step
+            floor.insert(0, f"  measured at step {measured:,}")
         lines = [
-            f"[b]{live.state}[/b]  {live.phase}",
+            f"{live.state}  {live.phase}",
             f"step {live.step:,}  epoch {live.epoch}",
             job,
             f"loss {fmt(live.loss)}{rate}",
-            f"acc {fmt(live.accuracy)}  clust {fmt(live.clusterability)}{' ' + p if p else ''}",
+            f"acc {fmt(live.accuracy)}",
+            f"clust {fmt(live.clusterability)}{'  ' + tag if tag else ''}",
             *floor,
         ]
-        # Five lines, a sixth only while a null too small to reject is shown: a layout pass only when that changes,
-        # which keeps 4 updates a second cheap.
-        self.query_one("#status", Static).update("\n".join(lines), layout=len(lines) != self._status_lines)
-        self._status_lines = len(lines)
+        status = self.query_one("#status", Static)
+        # A layout pass only when the height changes (a p or a note wraps onto another row): 4 updates a second
+        # stay cheap, and a line that wraps is never left cut off.
+        width = max(1, status.content_region.width)
+        rows = sum(max(1, -(-len(line) // width)) for line in lines)
+        status.update(f"[b]{lines[0]}[/b]\n" + "\n".join(lines[1:]), layout=rows != self._status_rows)
+        self._status_rows = rows
 
     def show_message(self, text: str, error: bool = False) -> None:
         message = self.query_one("#message", Static)

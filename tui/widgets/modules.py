@@ -77,7 +77,7 @@ class ModulesPane(Vertical):
 
     DEFAULT_CSS = """
     ModulesPane { height: 1fr; }
-    ModulesPane #modules-title { padding: 0 1; color: $text-accent; }
+    ModulesPane #modules-title { height: 1; padding: 0 1; color: $text-accent; }
     ModulesPane #ablation-table { height: auto; padding: 0 1; }
     """
 
@@ -94,7 +94,7 @@ class ModulesPane(Vertical):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ablation: dict | None = None
-        self._title = self._title_due = NO_CLUSTERS  # the title shown, and the one to show when the tab is seen
+        self._title = NO_CLUSTERS
         self._layer = ("", "W")  # (session folder, its studied layer's name)
 
     def picture_size(self, k: int) -> tuple[int, int] | None:
@@ -107,8 +107,8 @@ class ModulesPane(Vertical):
     def show_picture(self, picture: BlockPicture, *, layer: str = "W", step: int | None = None) -> None:
         """Draw |W| of `layer` (e.g. "fc2"); the same picture again redraws nothing."""
         out, inp = picture.shape
-        where = f", step {step}" if step is not None else ""
-        self._show_title(f"|{layer}| {out}x{inp} by cluster (k={picture.k}){where}")
+        where = f"step {step:,}: " if step is not None else ""  # first: a narrow tab cuts the title's end
+        self._show_title(f"{where}|{layer}| {out}x{inp} by cluster (k={picture.k})")
         self.query_one(BlockView).show(picture)
 
     def show_ablation(self, ablation: dict) -> None:
@@ -126,7 +126,7 @@ class ModulesPane(Vertical):
         if isinstance(picture, BlockPicture):
             if self._layer[0] != snap.session:
                 self._layer = (snap.session, f"fc{Config.from_dict(snap.config).studied_layer}")
-            self.show_picture(picture, layer=self._layer[1], step=snap.step)
+            self.show_picture(picture, layer=self._layer[1], step=snap.figures_step)
         if snap.ablation is not None:
             self.show_ablation(snap.ablation)
 
@@ -138,15 +138,12 @@ class ModulesPane(Vertical):
             self.query_one("#ablation-table", Static).update(NO_ABLATION)
 
     def _show_title(self, title: str) -> None:
-        """The title line; its step moves with every save while training, so a hidden tab's waits for it to show
-        (an update lays the screen out again)."""
-        self._title_due = title
-        if self.is_on_screen and title != self._title:
+        """The title line; its step moves with every save while training: one row, cut short if need be, so an
+        update never lays the screen out again (and a hidden or small tab's is never left stale)."""
+        if title != self._title:
             self._title = title
-            self.query_one("#modules-title", Static).update(Text(title))
-
-    def on_show(self) -> None:
-        self._show_title(self._title_due)
+            self.query_one("#modules-title", Static).update(Text(title, no_wrap=True, overflow="ellipsis"),
+                                                             layout=False)
 
     def on_resize(self) -> None:
         if self.ablation is not None:
@@ -214,7 +211,9 @@ def ablation_text(ablation: dict, width: int) -> Text:
     inline = (width - LABEL_WIDTH - SPEC_WIDTH - P_WIDTH) // n >= 4
     cell = max(4, min(5, (width - LABEL_WIDTH - (SPEC_WIDTH + P_WIDTH if inline else 0)) // n))
     null = ablation.get("null") or {}
-    text = Text(f"accuracy drop (points); p vs {null.get('samples', 0)} random sets\n", style="dim")
+    where = f" at step {ablation['step']:,}" if ablation.get("step") is not None else ""
+    text = Text(f"accuracy drop (points){where}; p vs {null.get('samples', 0)} random sets\n", style="dim",
+                no_wrap=True, overflow="crop")  # a table: rows cut at a narrow width, never wrapped into others
     text.append(f"{'':<{LABEL_WIDTH}}" + "".join(f"{c:>{cell}}" for c in classes)
                 + (f"{'U':>{SPEC_WIDTH}}{'p':>{P_WIDTH}}" if inline else "") + "\n", style="bold")
     text.append(f"{'base':<{LABEL_WIDTH}}" + "".join(f"{round(100 * a):>{cell}}" for a in ablation["baseline"]),
