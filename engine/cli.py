@@ -90,6 +90,9 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
                                  "SVG) of a saved session.")
     export.add_argument("name", metavar="NAME", help="session name")
     export.add_argument("--out", metavar="DIR", help="output folder (default: the session's export/ folder)")
+    export.add_argument("--tensorboard", metavar="DIR", help="instead, write TensorBoard event files into the logdir "
+                        "DIR: every scalar of the metrics log, phases as text, the block picture, settings as "
+                        "hparams; a sweep's members as one run each (pip install -e '.[tensorboard]')")
     bench = commands.add_parser("bench", help="measure training speed against a reference loop",
                                 description="Measure the engine's training step side by side with a "
                                 "reference DataLoader loop, plus evaluation and clustering times.")
@@ -238,13 +241,20 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.export import export_session
-
     path = session_path(args.name)
-    out = Path(args.out) if args.out else path / "export"
     notes: list[str] = []
-    for written in export_session(path, out, notes):
-        print(written)
+    if args.tensorboard:
+        if args.out:
+            raise UsageError("--out and --tensorboard write different things; give one of them.")
+        from engine.tensorboard_export import export_tensorboard
+
+        written = export_tensorboard(path, Path(args.tensorboard), notes)
+    else:
+        from engine.export import export_session
+
+        written = export_session(path, Path(args.out) if args.out else path / "export", notes)
+    for file in written:
+        print(file)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return 0
