@@ -82,7 +82,7 @@ class SessionScreen(Screen[None]):
                     yield EngineLog(id="engine-log").data_bind(SessionScreen.event)
                 with TabPane("Modules 4", id="modules"):
                     yield ModulesPane(id="modules-pane").data_bind(SessionScreen.snapshot)
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)  # ^p would push Quit off at 80 columns; ? lists it
 
     @property
     def control(self) -> ControlPane:
