@@ -48,19 +48,17 @@ class Browser:
     """Headless Chromium driven over the DevTools protocol (aiohttp's websocket client): it loads a page, keeps
     what the page's websockets receive, and takes screenshots."""
 
-    def __init__(self, profile: Path, first: str) -> None:
-        """`first`: a page of the site to be watched, so that loading the watched page later keeps the renderer
-        process (a new site's page would get a new one, detaching this DevTools connection)."""
+    def __init__(self, profile: Path) -> None:
         self.process = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1280,720",
-             "--remote-debugging-port=0", f"--user-data-dir={profile}", first],
+             "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.endpoint = wait_until(self._devtools_port, "Chromium's DevTools port", 30)
 
     def _devtools_port(self) -> str | None:
         line = self.process.stderr.readline()
         assert line or self.process.poll() is None, "Chromium exited before it listened"
-        return line.split("ws://")[1].split("/")[0] if "DevTools listening on ws://" in line else None
+        return line.split("listening on ")[1].strip() if "DevTools listening on ws://" in line else None
 
     def close(self) -> None:
         self.process.kill()
@@ -71,15 +69,17 @@ class Browser:
         import aiohttp
 
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://{self.endpoint}/json/list") as reply:
-                page = next(t for t in await reply.json() if t["type"] == "page")
-            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as cdp:
+            # the browser's endpoint and a flat session on a page of our own: unlike the page's own endpoint, it
+            # stays attached when loading the page moves it to another renderer process
+            async with http.ws_connect(self.endpoint, max_msg_size=0) as cdp:
                 calls = iter(range(1, 10**6))
                 frames = bytearray()
+                session: dict = {}
 
-                async def call(method: str, **params) -> dict:
+                async def call(method: str, **params) -> dict | None:
+                    """The command's result; None for a page between two documents, which has none to give."""
                     number = next(calls)
-                    await cdp.send_json({"id": number, "method": method, "params": params})
+                    await cdp.send_json({"id": number, "method": method, "params": params, **session})
                     while True:
                         message = json.loads((await cdp.receive()).data)
                         if message.get("method") == "Network.webSocketFrameReceived":
@@ -87,15 +87,21 @@ class Browser:
                             data = response["payloadData"]
                             frames.extend(base64.b64decode(data) if response["opcode"] == 2 else data.encode())
                         elif message.get("id") == number:
+                            if "Not attached to an active page" in message.get("error", {}).get("message", ""):
+                                return None
                             assert "result" in message, f"{method}: {message}"
                             return message["result"]
 
+                target = (await call("Target.createTarget", url="about:blank"))["targetId"]
+                session["sessionId"] = (await call("Target.attachToTarget", targetId=target, flatten=True))[
+                    "sessionId"]
                 await call("Network.enable")
                 await call("Page.navigate", url=url)
                 deadline = time.monotonic() + 60
                 while True:
-                    shot = base64.b64decode((await call("Page.captureScreenshot", format="png"))["data"])
-                    if drawn(bytes(frames), shot):
+                    taken = await call("Page.captureScreenshot", format="png")
+                    shot = base64.b64decode(taken["data"]) if taken else b""
+                    if shot and drawn(bytes(frames), shot):
                         return bytes(frames), shot
                     assert time.monotonic() < deadline, f"the page never drew: {bytes(frames)[-300:]!r}"
                     await asyncio.sleep(0.25)
@@ -123,8 +129,7 @@ def test_serve_shows_the_running_session_in_a_real_browser(sessions, tmp_path):
     try:
         wait_until(lambda: accepts(port) or server.poll() is not None, "the server to listen")
         assert server.poll() is None, server.stdout.read()
-        browser = Browser(Path(tempfile.mkdtemp(dir=tmp_path, prefix="chromium-")),
-                          f"http://127.0.0.1:{port}/static/css/xterm.css")
+        browser = Browser(Path(tempfile.mkdtemp(dir=tmp_path, prefix="chromium-")))
 
         def drawn(frames: bytes, shot: bytes) -> bool:  # the app wrote the session's name and the page shows it
             return name.encode() in frames and b"training" in frames and colours(shot)[0] > 20
