@@ -145,7 +145,7 @@ def test_serve_shows_the_running_session_in_a_real_browser(sessions, tmp_path):
             browser.close()
         os.killpg(server.pid, signal.SIGINT)  # the server and the app it started for the tab
         server.wait(30)
-        run_cli("stop", name, env_sessions=sessions)
+        run_cli("stop", name, env_sessions=sessions)  # succeeds only if the host outlived the tab and the server
     assert "serving session served at http://127.0.0.1" in server.stdout.read()
 
 
