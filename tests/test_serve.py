@@ -152,3 +152,8 @@ def test_serve_shows_the_running_session_in_a_real_browser(sessions, tmp_path):
 def test_serve_refuses_a_bad_port_in_one_sentence(sessions):
     proc = run_cli("serve", "x", "--port", "70000", env_sessions=sessions, check_rc=2)
     assert proc.stderr.strip() == "clusterlab: error: --port must be a whole number from 1 to 65535, not 70000."
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = run_cli("serve", "x", "--port", str(port), env_sessions=sessions, check_rc=2)
+    assert proc.stdout == "" and proc.stderr.startswith(f"clusterlab: error: Cannot serve on 127.0.0.1:{port} (")
+    assert proc.stderr.strip().endswith("pick another --port.") and proc.stderr.count("\n") == 1

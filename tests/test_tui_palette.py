@@ -54,3 +54,15 @@ async def test_the_screenshot_key_saves_the_screen_in_the_export_folder_and_says
         (svg,) = folder.glob("*.svg")
         assert svg.read_text().startswith("<svg") and "shot" in svg.read_text()
         assert f"Screenshot saved: {svg}" in str(app.query_one("#message").content)
+
+
+async def test_export_from_the_palette_writes_the_last_save_and_says_where(hosts, tui_sessions):  # noqa: F811
+    app = client_app("exp", tui_config(), hosts)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        (export,) = [entry for entry in entries(app, app.screen) if entry.title == "Export"]
+        export.run()
+        folder = tui_sessions / "exp" / "export"
+        await until(pilot, lambda: "Exported" in str(app.query_one("#message").content), "the export", 120)
+        assert f"to {folder}." in str(app.query_one("#message").content)
+        assert (folder / "metrics.csv").is_file() and (folder / "curves.svg").is_file()

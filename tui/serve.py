@@ -7,6 +7,7 @@ client of the session's host, attached like a terminal, and a terminal and a bro
 from __future__ import annotations
 
 import shlex
+import socket
 import sys
 
 from engine.cli_host import attach_target
@@ -24,13 +25,15 @@ def serve(name: str | None, host: str, port: int) -> int:
     except ImportError:
         raise ConfigError("clusterlab serve needs the textual-serve package: pip install -e '.[serve]'.") from None
     target = check_name(name) if name else attach_target(None)
+    try:  # said before the banner, not after it
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"Cannot serve on {host}:{port} ({exc.strerror or exc}); pick another --port.") from None
     command = shlex.join([sys.executable, "-m", "tui.cli", "tui", "--session", target])
     server = Server(command, host=host, port=port, title=f"clusterlab {target}")
     print(f"clusterlab: serving session {target} at {server.public_url} (Ctrl-C ends it; the run goes on). From "
           f"another machine: ssh -L {port}:127.0.0.1:{port} THIS-HOST, then open http://127.0.0.1:{port}",
           flush=True)
-    try:
-        server.serve()
-    except OSError as exc:
-        raise ConfigError(f"Cannot serve on {host}:{port} ({exc.strerror or exc}); pick another --port.") from None
+    server.serve()
     return 0
