@@ -27,6 +27,8 @@ from engine.session import check_name, close_names, new_name, session_path
 
 # Opens the terminal UI on a session name (or a new one) with these settings; with None, attaches to NAME's host.
 UiRunner = Callable[[str | None, Config | None], int]
+# Serves the terminal UI on a session (None: the only running host's) in a browser at (host, port).
+UiServer = Callable[[str | None, str, int], int]
 
 
 class UsageError(ClusterlabError):
@@ -59,6 +61,15 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
                                      description="Attach the terminal UI to the host of a running session (without "
                                      "NAME: the only one running). 'd' detaches again; the run goes on.")
         attach.add_argument("name", metavar="NAME", nargs="?", help="session name (see 'clusterlab ps')")
+        serve = commands.add_parser("serve", help="the terminal UI in a browser (textual-serve)",
+                                    description="Serve the terminal UI on a session in a browser: each tab is one "
+                                    "more client of the session's host (started if none runs, as 'clusterlab tui "
+                                    "--session NAME' does). Without NAME: the only session whose host runs. Over "
+                                    "SSH: ssh -L PORT:127.0.0.1:PORT HOST, then open http://127.0.0.1:PORT.")
+        serve.add_argument("name", metavar="NAME", nargs="?", help="session name")
+        serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+        serve.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default 127.0.0.1: only this machine, or an SSH tunnel)")
     run = commands.add_parser("run", help="pretrain, cluster and finetune headless, in a new session",
                               description="Run the whole plan headless: pretrain, co-cluster, finetune. "
                               "The session is saved as it goes; Ctrl-C stops it resumably.")
@@ -95,6 +106,9 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
                                  "SVG) of a saved session.")
     export.add_argument("name", metavar="NAME", help="session name")
     export.add_argument("--out", metavar="DIR", help="output folder (default: the session's export/ folder)")
+    export.add_argument("--tensorboard", metavar="DIR", help="instead, write TensorBoard event files into the logdir "
+                        "DIR: every scalar of the metrics log, phases as text, the block picture, settings as "
+                        "hparams; a sweep's members as one run each (pip install -e '.[tensorboard]')")
     bench = commands.add_parser("bench", help="measure training speed against a reference loop",
                                 description="Measure the engine's training step side by side with a "
                                 "reference DataLoader loop, plus evaluation and clustering times.")
@@ -128,8 +142,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config_from_texts({option.name: getattr(args, option.name, None) for option in OPTIONS})
 
 
-def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None) -> int:
-    """Run one command; with `ui`, also `tui`, which is then the default command."""
+def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None, serve: UiServer | None = None) -> int:
+    """Run one command; with `ui`, also `tui`, which is then the default command, and `attach`; with `serve`,
+    `serve`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(with_ui=ui is not None)
     # SIGTERM (a scheduler, `kill`, `timeout`) is handled like Ctrl-C: stop at a step boundary and save.
@@ -147,6 +162,8 @@ def main(argv: Sequence[str] | None = None, ui: UiRunner | None = None) -> int:
             return ui(check_name(args.session) if args.session else None, config)
         if args.command == "attach":  # to a running host only: no settings, so nothing is created
             return ui(attach_target(args.name), None)
+        if args.command == "serve":
+            return serve(args.name, args.host, args.port)
         signal.signal(signal.SIGHUP, _raise_interrupt)  # a lost terminal saves and stops a foreground run too
         return COMMANDS[args.command](args)
     except ClusterlabError as exc:
@@ -242,13 +259,20 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.export import export_session
-
     path = session_path(args.name)
-    out = Path(args.out) if args.out else path / "export"
     notes: list[str] = []
-    for written in export_session(path, out, notes):
-        print(written)
+    if args.tensorboard:
+        if args.out:
+            raise UsageError("--out and --tensorboard write different things; give one of them.")
+        from engine.tensorboard_export import export_tensorboard
+
+        written = export_tensorboard(path, Path(args.tensorboard), notes)
+    else:
+        from engine.export import export_session
+
+        written = export_session(path, Path(args.out) if args.out else path / "export", notes)
+    for file in written:
+        print(file)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return 0

@@ -53,7 +53,7 @@ def export_session(session_dir: Path, out_dir: Path, notes: list[str] | None = N
     """
     session_dir, out_dir = Path(session_dir), Path(out_dir)
     session = read_session(session_dir)
-    config = _config(session, session_dir)
+    config = session_config(session, session_dir)
     records = read_metrics(metrics_path(session_dir))
     notes = notes if notes is not None else []
     try:
@@ -63,7 +63,7 @@ def export_session(session_dir: Path, out_dir: Path, notes: list[str] | None = N
     # everything is read and checked before anything is written: a bad session leaves no half export
     clusters, ablation = session.get("clusters"), session.get("ablation")
     layer = config.studied_layer
-    weight = _studied_weights(session, session_dir, config)[layer - 1].numpy() if clusters else None
+    weight = studied_weights(session, session_dir, config)[layer - 1].numpy() if clusters else None
     if ablation:
         with _malformed(session_dir, "ablation"):
             ablation_table = ablation_csv(ablation)
@@ -99,10 +99,10 @@ def ablate_session(session_dir: Path, null_samples: int | None = None) -> Ablati
 
     session_dir = Path(session_dir)
     session = read_session(session_dir)
-    config = _config(session, session_dir)
+    config = session_config(session, session_dir)
     if not session.get("clusters"):
         raise SessionError(f"{session_dir} has no clusters yet: cluster it first ('c' in the UI, or clusterlab run).")
-    weights = _studied_weights(session, session_dir, config)
+    weights = studied_weights(session, session_dir, config)
     layer, clusters = config.studied_layer, session["clusters"]
     data = load_dataset(config.dataset, config.data_dir, config.seed, torch.device("cpu"))
     samples = getattr(config, "null_samples", 100) if null_samples is None else null_samples
@@ -115,8 +115,8 @@ def ablate_session(session_dir: Path, null_samples: int | None = None) -> Ablati
 
 def metrics_csv(records: list[dict]) -> str:
     """One row per record, one column per key in order of first appearance (a null's measures flattened: see
-    `_flat`); absent keys are empty cells."""
-    records = [_flat(record) for record in records]
+    `flat_record`); absent keys are empty cells."""
+    records = [flat_record(record) for record in records]
     columns = list(dict.fromkeys(key for record in records for key in record))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -126,7 +126,7 @@ def metrics_csv(records: list[dict]) -> str:
     return out.getvalue()
 
 
-def _flat(record: dict) -> dict:
+def flat_record(record: dict) -> dict:
     """A null's measures as columns of their own (clusterability_null_mean, newman_q_p, …); other records as is."""
     measures = record.get("measures")
     if not isinstance(measures, dict):
@@ -267,7 +267,7 @@ def ablation_figure(ablation: dict):
 
 # ------------------------------------------------------------------------------------------------------ helpers
 
-def _config(session: dict, session_dir: Path) -> Config:
+def session_config(session: dict, session_dir: Path) -> Config:
     try:
         return Config.from_dict(session["config"])
     except (ConfigError, TypeError) as exc:
@@ -283,7 +283,7 @@ def _malformed(session_dir: Path, field: str) -> Iterator[None]:
         raise SessionError(f"{session_file(session_dir)}: its {field} is malformed ({exc!r}).") from None
 
 
-def _studied_weights(session: dict, session_dir: Path, config: Config) -> list:
+def studied_weights(session: dict, session_dir: Path, config: Config) -> list:
     """The checkpoint's Linear weights fc1..fcN as CPU tensors, checked against the session's clusters."""
     model = saved_checkpoint(session_dir, session)["trainer"].get("model") or {}
     weights = []

@@ -142,8 +142,11 @@ class Study:
             return None
         result = {**found.to_dict(), "step": trainer.step}  # a figure carries the step it was measured at
         c = trainer.clusterability_of(self.mask)
-        hooks.record({"type": "significance", "step": trainer.step, "phase": phase, "clusterability": c, **result})
-        hooks.emit(ev.SignificanceFound(trainer.step, phase, c, result))
+        # At the session's step: a control's twin ran ahead on its own copy, and its figures belong where it
+        # branched off, as its history entry does, so they read before the finetune it controls.
+        step = self.trainer.step
+        hooks.record({"type": "significance", "step": step, "phase": phase, "clusterability": c, **result})
+        hooks.emit(ev.SignificanceFound(step, phase, c, result))
         if trainer is self.trainer:
             self.significance, self._null_step = result, trainer.step
         return result

@@ -166,3 +166,16 @@ def test_ablate_without_clusters_is_bad_input(capsys, sessions):
     engine.close()
     line = one_line_error(capsys, ["ablate", "raw"])
     assert "no clusters" in line and "clusterlab tui --session raw" in line
+
+
+def test_the_run_prints_its_phases_in_the_order_they_ran(sessions):
+    """The control trains first, on a twin that runs ahead: its line comes at the step it branched from, not at
+    its twin's later step, so no line reads as if the control came after the finetune it controls."""
+    proc = run_cli("run", *FAST, "--steps", "40", "--finetune-epochs", "1", "--control", "--null-samples", "19",
+                   "--session", "ordered", env_sessions=sessions)
+    live = [line.split(":")[0].split(" at step ") for line in proc.stderr.splitlines() if " at step " in line]
+    assert [phase for phase, _ in live] == ["cluster", "control", "finetune", "finetune"], proc.stderr
+    steps = [int(step) for _, step in live]
+    assert steps == sorted(steps), proc.stderr
+    summary = [line.split()[0] for line in proc.stdout.splitlines()[1:] if " step " in line]
+    assert summary == ["pretrain", "cluster", "control", "finetune"], proc.stdout

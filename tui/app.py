@@ -24,6 +24,7 @@ from engine.errors import ClusterlabError
 from engine.session import close_names, new_name, session_path
 from engine.sweep import is_sweep
 from tui.messages import Command
+from tui.palette import ClusterlabCommands, save_screenshot
 from tui.screens import ChoiceScreen, HelpScreen, NewSessionScreen, OpenScreen
 from tui.session_screen import SessionScreen
 from tui.sweep_screen import SweepScreen
@@ -36,7 +37,7 @@ class ClusterlabApp(App[str]):
 
     CSS_PATH = "app.tcss"
     TITLE = "clusterlab"
-    ENABLE_COMMAND_PALETTE = False
+    COMMANDS = {ClusterlabCommands}  # Ctrl+P: every key's action by name (tui/palette.py)
     AUTO_FOCUS = None  # nothing focused at start, so letter keys reach the keys, not a settings field
     BINDINGS = [
         Binding("o", "open", "Open", id="open", tooltip="open another session (this one's run goes on)"),
@@ -45,6 +46,10 @@ class ClusterlabApp(App[str]):
         Binding("d", "detach", "Detach", id="detach",
                 tooltip="detach: the run goes on without this terminal; clusterlab attach NAME comes back"),
         Binding("question_mark,f1", "help", "Help", id="help", key_display="?", tooltip="list every key"),
+        Binding("ctrl+p", "command_palette", "Commands", id="palette", show=False,
+                tooltip="the command palette: every action by name, with its key"),
+        Binding("S", "screenshot", "Screenshot", id="screenshot", show=False,
+                tooltip="save the screen as SVG in the session's export folder"),
         Binding("q", "quit", "Quit", id="quit",
                 tooltip="quit and end the session's host (saved); while a job runs, asks: stop it, or detach"),
     ]
@@ -253,6 +258,16 @@ class ClusterlabApp(App[str]):
             self.leaving = QUIT
             self.view.closing_host()
             self.post_message(Command("stop-host"))  # the host saves, says bye and closes: then the app exits
+
+    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        """Textual's screenshot, into the session's export folder rather than the working directory."""
+        try:
+            written = save_screenshot(self)
+        except OSError as exc:
+            self.view.control.show_message(f"The screenshot was not saved ({exc.strerror}).", error=True)
+            return
+        self.view.control.show_message(f"Screenshot saved: {written}")
+        self.view.log_pane.add(f"screenshot saved: {written}")
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen([*SessionScreen.BINDINGS, *self.BINDINGS]))

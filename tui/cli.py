@@ -20,8 +20,15 @@ def open_ui(name: str | None, config: Config | None) -> int:
     return run_app(name, config or Config(), attach=config is None)
 
 
+def serve_ui(name: str | None, host: str, port: int) -> int:
+    """`serve`: the UI in a browser (tui/serve.py)."""
+    from tui.serve import serve
+
+    return serve(name, host, port)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return engine_main(argv, ui=open_ui)
+    return engine_main(argv, ui=open_ui, serve=serve_ui)
 
 
 def script() -> None:

@@ -87,7 +87,7 @@ class SessionScreen(Screen[None]):
                     yield EngineLog(id="engine-log").data_bind(SessionScreen.event)
                 with TabPane("Modules 4", id="modules"):
                     yield ModulesPane(id="modules-pane").data_bind(SessionScreen.snapshot)
-        yield FitFooter()
+        yield FitFooter(show_command_palette=False)  # ^p takes room the run's keys need; ? and ^p list it
 
     @property
     def control(self) -> ControlPane:

@@ -157,7 +157,7 @@ class SweepScreen(Screen[str | None]):
             with TabPane("Members 3", id="sweep-members"):
                 yield DataTable(id="sweep-member-table", cursor_type="row", zebra_stripes=True)
         yield Static("enter on a row shows its members; enter on a member opens it", id="sweep-message")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self._poll()
