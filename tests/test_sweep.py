@@ -119,7 +119,7 @@ def test_grid_parsing_and_member_tree():
 
 
 def test_every_axis_names_members_and_sets_their_config():
-    assert parse_shapes("32,64x16x8") == [[32, 32], [64, 16, 8]]
+    assert parse_shapes("32,64x16x8,8*3") == [[32, 32], [64, 16, 8], [8, 8, 8]]
     grid = _grid([1], ["weights"], [2], [3], hidden=[[16, 16], [8, 8]], lr=[0.1, 0.01], epochs=[2])
     assert grid.version == 2 and _grid([1], ["weights"], [2], [3]).version == 1
     members = plan_members("sw", grid)
