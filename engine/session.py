@@ -59,7 +59,7 @@ __all__ = [
     "now_iso", "pack_session", "parse_session", "peek_session", "prune_checkpoints", "read_metrics", "read_session",
     "record_problem", "release_directory", "remove_stale_temps", "saved_checkpoint", "session_file", "session_path",
     "sessions_root", "trim_metrics", "unpack_session", "validate_session", "versions", "write_checkpoint",
-    "write_json", "write_session",
+    "write_json", "write_session", "write_stability",
 ]
 
 # Every name an earlier version accepted, a leading '-' included: existing sessions stay openable.
@@ -154,6 +154,17 @@ def load_saved(directory: Path) -> tuple[SavedState, dict]:
 def saved_checkpoint(directory: Path, saved: SavedState | dict) -> dict:
     """The checkpoint that a save names: its SavedState, or its checked session.json (from read_session)."""
     return load_checkpoint(directory / (saved.checkpoint if isinstance(saved, SavedState) else saved["checkpoint"]))
+
+
+def write_stability(directory: Path, result: dict) -> None:
+    """Put `clusterlab stability`'s result in session.json (the UI shows it), under the session's lock."""
+    lock = SessionLock(directory)
+    try:
+        data = read_session(directory, log=False)
+        data["stability"] = result
+        write_json(session_file(directory), data)
+    finally:
+        lock.release()
 
 
 def peek_session(directory: Path) -> dict | None:
@@ -283,6 +294,7 @@ class SavedState:
     control: dict | None = None
     ablation: dict | None = None
     significance: dict | None = None
+    stability: dict | None = None  # `clusterlab stability` of the held clusters (engine/stability.py)
 
 
 def parse_session(directory: Path, data: dict) -> SavedState:
@@ -300,7 +312,8 @@ def parse_session(directory: Path, data: dict) -> SavedState:
                           history=[dict(entry) for entry in data["history"]], last=dict(data.get("last") or {}),
                           control=dict(data["control"]) if data.get("control") else None,
                           ablation=dict(data["ablation"]) if data.get("ablation") else None,
-                          significance=dict(data["significance"]) if data.get("significance") else None)
+                          significance=dict(data["significance"]) if data.get("significance") else None,
+                          stability=dict(data["stability"]) if data.get("stability") else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise SessionError(
             f"{path} is corrupt ({type(exc).__name__}: {exc}); the session cannot be opened."
@@ -326,6 +339,7 @@ def write_session(directory: Path, saved: SavedState, *, phase: str, epoch: int,
         "control": saved.control,
         "ablation": saved.ablation,
         "significance": saved.significance,
+        "stability": saved.stability,
         "device": device,
         "versions": versions(),
     })

@@ -38,6 +38,7 @@ TOP_FIELDS: Spec = {
     "step": (COUNT, True), "epoch": (COUNT, False), "checkpoint": (TEXT, True), "plan": (LIST, True),
     "history": (LIST, True), "last": (OBJECT, False), "device": (TEXT, False), "versions": (OBJECT, False),
     "control": (OBJECT_OR_NULL, False), "ablation": (OBJECT_OR_NULL, False), "significance": (NULL_OR_NONE, False),
+    "stability": (OBJECT_OR_NULL, False),
 }
 HISTORY_FIELDS: Spec = {
     "phase": (TEXT, True), "step": (COUNT, True), "steps": (COUNT, True), "test_accuracy": (SHARE_OR_NULL, True),
