@@ -63,9 +63,19 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_shapes(text: str) -> list[list[int]]:
-    """'32,64' -> two networks, every hidden layer 32 (then 64) wide, two layers; '64x32x64' names a shape."""
-    return [list(parse_hidden(",".join(part.split("x")) if "x" in part else f"{part},{part}"))
-            for part in parse_list("--hidden", text, str)]
+    """'32,64' -> two networks, every hidden layer 32 (then 64) wide, two layers; '64x32x64' names a shape;
+    '64*3' is three hidden layers of 64 (width * depth)."""
+    return [_one_shape(part) for part in parse_list("--hidden", text, str)]
+
+
+def _one_shape(part: str) -> list[int]:
+    if "*" in part:
+        width, _, depth = part.partition("*")
+        if not depth.strip().isdigit() or "x" in width:
+            raise ConfigError(f"--hidden's WIDTH*DEPTH needs one width and a whole number of layers, such as 128*3, "
+                              f"not {part!r}.")
+        return list(parse_hidden(",".join([width] * int(depth))))
+    return list(parse_hidden(",".join(part.split("x")) if "x" in part else f"{part},{part}"))
 
 
 def _seed(value: object) -> int:
@@ -141,8 +151,8 @@ AXES: tuple[Axis, ...] = (
          "N seeds (1 to N), S..T (seeds S to T), or a comma-separated list of seeds", "N|S..T|S,S", ordered=False,
          always=True),
     Axis("hidden", "hidden", "--hidden", "hidden", PRETRAIN, parse_shapes, _shape, lambda v: "h" + _shape_text(v),
-         "hidden layer shapes, comma-separated: 32 means 32,32 and 64x32x64 names three layers (default 128,128)",
-         "W,WxW", text=_shape_text),
+         "hidden layer shapes, comma-separated: 32 means 32,32, 64x32x64 names three layers and 64*3 is three "
+         "layers of 64 (default 128,128)", "W,WxW,W*D", text=_shape_text),
     Axis("lr", "lr", "--lr", "lr", PRETRAIN, lambda t: parse_list("--lr", t, float), _lr, lambda v: f"lr{num_text(v)}",
          "SGD learning rates, comma-separated (default 0.001)", text=lambda v: f"{v:g}"),
     Axis("epochs", "epochs", "--epochs", "epochs", PRETRAIN, lambda t: parse_list("--epochs", t, int), _epochs,

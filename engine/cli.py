@@ -101,6 +101,16 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
                                  "specialisation with random unit sets of the same size. Saved in the session.")
     ablate.add_argument("name", metavar="NAME", help="session name")
     ablate.add_argument("--json", action="store_true", help="print the ablation as JSON")
+    stability = commands.add_parser(
+        "stability", help="how far clusterings of one network agree (ARI, NMI) against permuted labels",
+        description="Compare the clusterings of a saved session's network: weights vs gradients, re-clustered with "
+        "other seeds, F from two disjoint halves of the data, and the held clusters vs re-clustering at each "
+        "finetune epoch; each ARI against a label-permutation null. Saved in the session (the UI's Modules tab "
+        "shows it). For a sweep: agreement of cluster sizes and per-class ablation profiles across seeds.")
+    stability.add_argument("name", metavar="NAME", help="session or sweep name")
+    stability.add_argument("--seeds", type=int, default=4, help="re-clusterings with other seeds (default 4)")
+    stability.add_argument("--samples", type=int, default=200, help="label permutations per ARI (default 200)")
+    stability.add_argument("--json", action="store_true", help="print the result as JSON")
     export = commands.add_parser("export", help="write a session's metrics, clusters, ablation and figures",
                                  description="Write metrics.csv, clusters.json, ablation.csv and figures (PNG and "
                                  "SVG) of a saved session.")
@@ -258,6 +268,26 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_stability(args: argparse.Namespace) -> int:
+    from engine import stability
+    from engine.session import write_stability
+    from engine.sweep import is_sweep
+
+    check_int("--seeds", args.seeds, 1)
+    check_int("--samples", args.samples, 1)
+    path = session_path(args.name)
+    if is_sweep(path):
+        result = stability.sweep_stability(path, args.samples)
+        text = stability.sweep_lines(result)
+    else:
+        path = not_hosted(args.name)
+        result = stability.session_stability(path, args.seeds, args.samples)
+        write_stability(path, result)
+        text = stability.lines(result)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(text))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     path = session_path(args.name)
     notes: list[str] = []
@@ -285,8 +315,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 COMMANDS = {**HOST_COMMANDS, "run": cmd_run, "resume": cmd_resume, "sessions": cmd_sessions, "bench": cmd_bench,
-            "ablate": cmd_ablate, "export": cmd_export, "sweep": cmd_sweep, "reproduce": cmd_reproduce,
-            "calibrate": calibrate.command}
+            "ablate": cmd_ablate, "export": cmd_export, "stability": cmd_stability, "sweep": cmd_sweep,
+            "reproduce": cmd_reproduce, "calibrate": calibrate.command}
 
 
 def _drive(open_engine: Callable[[], object], name: str, as_json: bool, start: Callable[[object], None],

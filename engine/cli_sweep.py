@@ -15,7 +15,7 @@ from engine.session import check_name
 
 def add_sweep_parsers(commands) -> None:
     from engine.axes import AXIS_FIELDS, add_axis_flags
-    from engine.reproduce import DEFAULT_SEEDS, EPOCHS, FINETUNE_EPOCHS
+    from engine.reproduce import DEFAULT_SEEDS, FINETUNE_EPOCHS, SETUPS
 
     sweep = commands.add_parser(  # no abbreviations: --seed must not be read as --seeds
         "sweep", allow_abbrev=False, help="a grid of seeds, k and λ as sessions, ending in a table with 95%% CIs",
@@ -31,17 +31,19 @@ def add_sweep_parsers(commands) -> None:
     for option in OPTIONS:
         if option.name not in AXIS_FIELDS:
             group.add_argument(option.flag, dest=option.name, default=None, metavar=metavar(option), help=option.help)
+    setups = ",".join(map(str, SETUPS))
     reproduce = commands.add_parser(
         "reproduce", allow_abbrev=False, help="the reference study over seeds, beside the figures it printed",
-        description=f"MNIST, {EPOCHS} pretraining epochs, k=2 on weights and on gradients, λ 0 and 3 for "
-        f"{FINETUNE_EPOCHS} finetuning epochs, as the sweep 'reproduce'; ends with each figure the reference printed "
-        "beside clusterlab's mean ± 95%% CI and whether it holds up.")
+        description=f"MNIST, pretrained {SETUPS[0]} epoch (the reference's own setup) and {SETUPS[1]} epochs, k=2 on "
+        f"weights and on gradients, λ 0 and 3 for {FINETUNE_EPOCHS} finetuning epochs, as the sweep 'reproduce'; "
+        "ends with a table per setup: each figure the reference printed beside clusterlab's mean ± 95%% CI, and "
+        "'reproduced' when the figure lies inside the 95%% range of one seed.")
     reproduce.add_argument("--seeds", type=plain_int, default=DEFAULT_SEEDS,
                            help=f"number of seeds (default {DEFAULT_SEEDS})")
     reproduce.add_argument("--data-dir", help="folder with MNIST's IDX files")
     reproduce.add_argument("--device", help="compute device: auto, cpu or cuda (default auto)")
-    reproduce.add_argument("--epochs", type=plain_int, default=EPOCHS,
-                           help=f"pretraining epochs: other than {EPOCHS} only for a smoke run")
+    reproduce.add_argument("--epochs", default=setups, metavar="N,N",
+                           help=f"the setups' pretraining epochs: other than {setups} only for a smoke run")
     reproduce.add_argument("--finetune-epochs", type=plain_int, default=FINETUNE_EPOCHS,
                            help=f"finetuning epochs: other than {FINETUNE_EPOCHS} only for a smoke run")
     reproduce.add_argument("--json", action="store_true", help="print the sweep and the comparison as one JSON object")
@@ -71,18 +73,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from engine import reproduce as ref
+    from engine.axes import parse_list
 
     check_int("--seeds", args.seeds, 1)
-    check_int("--epochs", args.epochs, 0)
+    epochs = tuple(dict.fromkeys(parse_list("--epochs", args.epochs, int)))
+    for value in epochs:
+        check_int("--epochs", value, 0)
     check_int("--finetune-epochs", args.finetune_epochs, 0)
-    name, given, grid = ref.preset(args.seeds, args.epochs, args.finetune_epochs, args.data_dir, args.device)
+    name, given, grid = ref.preset(args.seeds, epochs, args.finetune_epochs, args.data_dir, args.device)
 
     def comparison(result) -> tuple[dict, str]:
-        rows = ref.compare(result.members)
-        note = "" if ref.is_reference_run(args.epochs, args.finetune_epochs) else (
-            f"\nA smoke run ({args.epochs} + {args.finetune_epochs} epochs, not the reference's {ref.EPOCHS} + "
-            f"{ref.FINETUNE_EPOCHS}): the verdicts do not apply.")
-        return {"reference": [r.to_dict() for r in rows]}, ref.comparison_markdown(rows) + note
+        setups = ref.compare_setups(result.members, epochs, args.finetune_epochs)
+        note = "" if ref.is_reference_run(epochs, args.finetune_epochs) else (
+            f"\nA smoke run (pretrained {args.epochs}, finetuned {args.finetune_epochs} epochs, not the reference's "
+            f"{ref.FINETUNE_EPOCHS}-epoch finetune after {ref.SETUPS[0]} and {ref.SETUPS[1]}): the verdicts do not "
+            "apply.")
+        return {"setups": [s.to_dict() for s in setups]}, ref.comparison_markdown(setups) + note
 
     return _sweep(name, given, grid, args, comparison)
 

@@ -63,7 +63,7 @@ __all__ = [
     "new_name", "now_iso", "pack_session", "parse_session", "peek_session", "prune_checkpoints", "read_bytes",
     "read_metrics", "read_session", "record_problem", "release_directory", "remove_stale_temps", "saved_checkpoint",
     "session_file", "session_path", "sessions_root", "trim_metrics", "unpack_session", "unsaved", "validate_session",
-    "versions", "write_checkpoint", "write_json", "write_session",
+    "versions", "write_checkpoint", "write_json", "write_session", "write_stability",
 ]
 
 # Every name an earlier version accepted, a leading '-' included: existing sessions stay openable.
@@ -189,6 +189,17 @@ def saved_checkpoint(directory: Path, saved: SavedState | dict) -> dict:
     if isinstance(saved, SavedState):
         return load_checkpoint(directory / saved.checkpoint, saved.checkpoint_sha256)
     return load_checkpoint(directory / saved["checkpoint"], saved.get("checkpoint_sha256"))
+
+
+def write_stability(directory: Path, result: dict) -> None:
+    """Put `clusterlab stability`'s result in session.json (the UI shows it), under the session's lock."""
+    lock = SessionLock(directory)
+    try:
+        data = read_session(directory, log=False)
+        data["stability"] = result
+        write_json(session_file(directory), data)
+    finally:
+        lock.release()
 
 
 def peek_session(directory: Path) -> dict | None:
@@ -328,6 +339,7 @@ class SavedState:
     ablation: dict | None = None
     significance: dict | None = None
     checkpoint_sha256: str | None = None  # of the checkpoint's bytes; None in sessions saved before checksums
+    stability: dict | None = None  # `clusterlab stability` of the held clusters (engine/stability.py)
 
 
 def parse_session(directory: Path, data: dict) -> SavedState:
@@ -346,7 +358,8 @@ def parse_session(directory: Path, data: dict) -> SavedState:
                           control=dict(data["control"]) if data.get("control") else None,
                           ablation=dict(data["ablation"]) if data.get("ablation") else None,
                           significance=dict(data["significance"]) if data.get("significance") else None,
-                          checkpoint_sha256=data.get("checkpoint_sha256"))
+                          checkpoint_sha256=data.get("checkpoint_sha256"),
+                          stability=dict(data["stability"]) if data.get("stability") else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise SessionError(
             f"{path} is corrupt ({type(exc).__name__}: {exc}); the session cannot be opened."
@@ -373,6 +386,7 @@ def write_session(directory: Path, saved: SavedState, *, phase: str, epoch: int,
         "control": saved.control,
         "ablation": saved.ablation,
         "significance": saved.significance,
+        "stability": saved.stability,
         "device": device,
         "versions": versions(),
     })

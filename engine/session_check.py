@@ -47,6 +47,7 @@ TOP_FIELDS: Spec = {
     "history": (LIST, True), "last": (OBJECT, False), "device": (TEXT, False), "versions": (OBJECT, False),
     "control": (OBJECT_OR_NULL, False), "ablation": (OBJECT_OR_NULL, False),
     "significance": (NULL_OR_NONE, False), "checkpoint_sha256": (SHA256, False),
+    "stability": (OBJECT_OR_NULL, False),
 }
 HISTORY_FIELDS: Spec = {
     "phase": (TEXT, True), "step": (COUNT, True), "steps": (COUNT, True), "test_accuracy": (SHARE_OR_NULL, True),

@@ -39,6 +39,7 @@ class Snapshot:
     accuracy_cost: float | None = None  # control accuracy minus finetuned accuracy
     ablation: dict | None = None  # per-class accuracy drops of each cluster (engine/ablation.py)
     significance: dict | None = None  # every measure against its shuffle null: NullResult.to_dict()
+    stability: dict | None = None  # `clusterlab stability` of the held clusters (engine/stability.py)
     picture: object = None  # engine.picture.BlockPicture of the studied layer by cluster, or None
     # The step the figures (clusterability, shares, picture) were computed at: the live step moves on ahead.
     # `significance` and `ablation` each say their own step (their "step" key).

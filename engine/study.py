@@ -39,6 +39,7 @@ from engine.session import (
     write_session,
 )
 from engine.significance import significance
+from engine.stability import RECLUSTER
 from engine.trainer import Trainer
 
 
@@ -62,7 +63,9 @@ class Study:
         self.control: dict | None = None  # what the λ=0 twin of the last finetune reached
         self.ablation: dict | None = None  # the held clusters' ablation (engine/ablation.py), latest
         self.significance: dict | None = None  # the latest measures' shuffle null (NullResult.to_dict())
+        self.stability: dict | None = None  # `clusterlab stability` of the held clusters (engine/stability.py)
         self._null_step = -1  # the step `significance` was found at
+        self._recluster_step = -1  # the step of the last RECLUSTER record (one per finetune epoch's end)
         self.picture_size = (32, 64)  # the block picture's largest size, rows x cols (the UI asks for its own)
         self.plan: list[Job] = []  # the saved plan this study was restored with
         self.saved_plan: list[dict] | None = None  # the plan as last written
@@ -132,9 +135,15 @@ class Study:
     def test_null(self, phase: str, hooks: phases.Hooks, trainer: Trainer | None = None) -> dict | None:
         """Every measure of the held clusters on the layer (of `trainer`, the session's by default) against the null
         of `null_samples` shuffles that fits their source (engine/significance.py); recorded, reported, and the
-        latest kept as NullResult.to_dict() (None if off)."""
+        latest kept as NullResult.to_dict() (None if off). In a finetune it also records what re-clustering the
+        weights would find now (a RECLUSTER record, for `clusterlab stability`)."""
         trainer = trainer or self.trainer
         clusters = self.clusters
+        if trainer is self.trainer and phase == FINETUNE and self._recluster_step != trainer.step:  # `stability`
+            self._recluster_step = trainer.step
+            now = phases.cluster(trainer, clusters.k, "weights", self.config.seed)
+            hooks.record({"type": RECLUSTER, "step": trainer.step, "rows": list(now.row_labels),
+                          "cols": list(now.col_labels)})
         found = significance(trainer.weight.detach().cpu().numpy(), clusters.row_labels, clusters.col_labels,
                              clusters.k, source=clusters.source, method=self.config.null,
                              samples=self.config.null_samples, seed=self.config.seed)
@@ -211,7 +220,7 @@ class Study:
 
     def set_clusters(self, clusters: Clusters | None, step: int | None) -> None:
         if clusters != self.clusters:
-            self.ablation = self.significance = None  # they were of other clusters
+            self.ablation = self.significance = self.stability = None  # they were of other clusters
         self.clusters, self.cluster_step = clusters, step if clusters is not None else None
         self.mask = block_mask(clusters.row_labels, clusters.col_labels, self.device) if clusters else None
 
@@ -237,7 +246,7 @@ class Study:
                            metrics_records=self.metrics.records, plan=plan, clusters=self.clusters,
                            history=self.history, last=self.figures.to_dict(), control=self.control,
                            ablation=self.ablation, significance=self.significance,
-                           checkpoint_sha256=self._checkpoint_sha256)
+                           checkpoint_sha256=self._checkpoint_sha256, stability=self.stability)
         write_session(self.path, saved, phase=phase, epoch=self.epochs_done, device=str(self.device))
         self.saved_plan = [j.to_dict() for j in plan]
         self._saved_mark = self._mark(plan)
@@ -259,6 +268,7 @@ class Study:
         self.control = _upgraded(saved.control)
         self.ablation = saved.ablation
         self.significance = upgraded(saved.significance)
+        self.stability = saved.stability
         self.plan = saved.plan
         self.saved_plan = [j.to_dict() for j in saved.plan]
         last = saved.last
@@ -314,6 +324,7 @@ class Study:
             "accuracy_cost": self.accuracy_cost(),
             "ablation": self.ablation,
             "significance": self.significance,
+            "stability": self.stability,
             "picture": self.picture(),
         }
 

@@ -17,6 +17,7 @@ from textual.widgets import Static
 from engine.config import Config
 from engine.picture import BlockPicture
 from engine.snapshot import Snapshot
+from engine.stability import summary
 
 HALF_BLOCK = "▀"  # foreground paints the upper matrix row of a terminal row, background the lower one
 # A viridis-like ramp (dark blue to yellow) for |W| / scale; block boundaries are drawn in a colour it never has.
@@ -25,6 +26,7 @@ RAMP = ((0.0, (68, 1, 84)), (0.25, (59, 82, 139)), (0.5, (33, 145, 140)), (0.75,
 BOUNDARY = (255, 64, 64)
 NO_CLUSTERS = "No clusters yet: press c to cluster the layer."
 NO_ABLATION = "No ablation yet: it runs after clustering."
+NO_STABILITY = "Stability not measured: clusterlab stability NAME (with the session closed)."
 # Columns of the ablation table besides the classes: row label, specialisation, p.
 LABEL_WIDTH, SPEC_WIDTH, P_WIDTH = 4, 6, 7
 
@@ -79,6 +81,7 @@ class ModulesPane(Vertical):
     ModulesPane { height: 1fr; }
     ModulesPane #modules-title { height: 1; padding: 0 1; color: $text-accent; }
     ModulesPane #ablation-table { height: auto; padding: 0 1; }
+    ModulesPane #stability-line { height: auto; padding: 0 1; }
     """
 
     class PictureWanted(Message):
@@ -90,10 +93,12 @@ class ModulesPane(Vertical):
         yield Static(NO_CLUSTERS, id="modules-title")
         yield BlockView(id="block-view")
         yield Static(NO_ABLATION, id="ablation-table")
+        yield Static(NO_STABILITY, id="stability-line")
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ablation: dict | None = None
+        self._stability = NO_STABILITY
         self._title = NO_CLUSTERS
         self._layer = ("", "W")  # (session folder, its studied layer's name)
 
@@ -129,6 +134,14 @@ class ModulesPane(Vertical):
             self.show_picture(picture, layer=self._layer[1], step=snap.figures_step)
         if snap.ablation is not None:
             self.show_ablation(snap.ablation)
+        self._show_stability(
+            NO_STABILITY if snap.stability is None else f"{summary(snap.stability)} (step {snap.stability['step']})")
+
+    def _show_stability(self, text: str) -> None:
+        """The line of `clusterlab stability`'s ARIs, repainted only when it changes."""
+        if text != self._stability:
+            self._stability = text
+            self.query_one("#stability-line", Static).update(text)
 
     def clear(self) -> None:
         self.query_one(BlockView).show(None)
@@ -136,6 +149,7 @@ class ModulesPane(Vertical):
         if self.ablation is not None:
             self.ablation = None
             self.query_one("#ablation-table", Static).update(NO_ABLATION)
+        self._show_stability(NO_STABILITY)
 
     def _show_title(self, title: str) -> None:
         """The title line; its step moves with every save while training: one row, cut short if need be, so an
