@@ -9,6 +9,7 @@ import numpy as np
 
 from engine.clustering import _canonical, _kmeans, single_threaded
 from engine.errors import TrainingError
+from engine.measures import _blocks
 
 ALGORITHM = "spectral-network"
 # A connected component with fewer units than this share of an equal cluster (total / k) is a speck, placed after
@@ -101,8 +102,6 @@ def chance_level(units: Sequence[Sequence[int]], k: int) -> float:
 def cluster_shares(layers: Sequence[np.ndarray], units: Sequence[Sequence[int]], k: int) -> list[float]:
     """Each cluster's share of the whole network's squared weight mass (edges inside it; they sum to its
     clusterability)."""
-    from engine.measures import _blocks
-
     squared = [np.square(np.asarray(w, dtype=np.float64))[None] for w in layers]
     inside, _, _ = _blocks(squared, [np.asarray(group)[None] for group in units], k)
     total = max(sum(float(s.sum()) for s in squared), np.finfo(np.float64).tiny)

@@ -109,7 +109,7 @@ class Study:
         kept = sum(int(m.sum()) for m in self.keep) / sum(m.numel() for m in self.keep)
         hooks.emit(ev.LogLine("info", f"pruned the smallest {self.config.prune:.0%} of the weights ({kept:.1%} kept, "
                                       f"per layer {', '.join(f'{float(m.float().mean()):.1%}' for m in self.keep)}): "
-                                      f"test accuracy {before} -> {self.figures.test_accuracy:.4f}"))
+                                      f"test accuracy {before or 0:.4f} -> {self.figures.test_accuracy:.4f}"))
 
     def _run_cluster(self, job: Job, hooks: phases.Hooks) -> str:
         started = time.perf_counter()
