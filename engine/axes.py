@@ -112,6 +112,12 @@ def _lr(value: object) -> float:
     return float(value)
 
 
+def _prune(value: object) -> float:
+    if not finite_number(value) or not 0 <= value < 1:
+        raise ConfigError(f"--prune must be shares of the weights from 0 to below 1, not {value!r}.")
+    return float(value)
+
+
 def _epochs(value: object) -> int:
     check_int("--epochs", value, 0)
     return value
@@ -157,6 +163,9 @@ AXES: tuple[Axis, ...] = (
          "SGD learning rates, comma-separated (default 0.001)", text=lambda v: f"{v:g}"),
     Axis("epochs", "epochs", "--epochs", "epochs", PRETRAIN, lambda t: parse_list("--epochs", t, int), _epochs,
          lambda v: f"e{v}", "pretraining epochs, comma-separated (default 5)", "N,N"),
+    Axis("prune", "prune", "--prune", "prune", PRETRAIN, lambda t: parse_list("--prune", t, float), _prune,
+         lambda v: f"p{num_text(v)}", "shares of the weights pruned at the end of pretraining, comma-separated "
+         "(default 0)", text=lambda v: f"{v:g}"),
     Axis("source", "cluster_on", "--cluster-on", "sources", CLUSTER, lambda t: parse_list("--cluster-on", t, str),
          _source, str, "weights and/or gradients, comma-separated (default weights)", "SOURCES", ordered=False,
          always=True, default=lambda base: [base.cluster_on]),

@@ -118,6 +118,8 @@ class Batched:
 
 def _group_key(settings: dict) -> str:
     config = dict(settings["config"])
+    if config.get("layer") == "all" or config.get("prune"):  # their steps are a session's own: they run alone
+        return json.dumps(settings["name"])
     seed, _ = config.pop("seed"), config.pop("lam")
     return json.dumps([settings["kind"], config, seed if config["dataset"] in SEEDED_DATA else None], sort_keys=True)
 

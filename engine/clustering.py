@@ -29,7 +29,9 @@ CLIP_QUANTILE, REFINE_ITER = 0.99, 5
 
 @dataclass(frozen=True)
 class Clusters:
-    """Row (output unit) and column (input unit) labels of one layer; label i names block i on both sides."""
+    """Row (output unit) and column (input unit) labels of one layer; label i names block i on both sides. Clusters
+    of a whole network (`--layer all`) also hold `units`, the labels of every unit group (inputs first); their
+    rows and columns are then the studied layer's groups (what the ablation and the picture use)."""
 
     k: int
     source: str
@@ -37,11 +39,18 @@ class Clusters:
     col_labels: tuple[int, ...]
     algorithm: str = "legacy"
     svd: str = "randomized"
+    units: tuple[tuple[int, ...], ...] | None = None
 
     @classmethod
     def found(cls, k: int, source: str, result: Coclustering) -> Clusters:
         """The clusters of one `cocluster` result, made from `source` ("weights" or "gradients")."""
         return cls(k, source, tuple(result.rows.tolist()), tuple(result.cols.tolist()), ALGORITHM, result.svd)
+
+    @classmethod
+    def of_network(cls, k: int, groups: list[np.ndarray], layer: int, algorithm: str) -> Clusters:
+        """A whole network's clusters from the labels of its unit groups; `layer` (1-based) is the studied one."""
+        units = tuple(tuple(int(v) for v in group) for group in groups)
+        return cls(k, "weights", units[layer], units[layer - 1], algorithm, "exact", units)
 
     @property
     def row_sizes(self) -> list[int]:
@@ -50,6 +59,11 @@ class Clusters:
     @property
     def col_sizes(self) -> list[int]:
         return np.bincount(self.col_labels, minlength=self.k).tolist()
+
+    @property
+    def group_sizes(self) -> list[list[int]] | None:
+        """A whole network's cluster sizes in each unit group (inputs first); None for one layer's clusters."""
+        return None if self.units is None else [np.bincount(g, minlength=self.k).tolist() for g in self.units]
 
     def to_dict(self) -> dict:
         return {
@@ -61,6 +75,7 @@ class Clusters:
             "col_sizes": self.col_sizes,
             "row_labels": list(self.row_labels),
             "col_labels": list(self.col_labels),
+            **({} if self.units is None else {"units": [list(group) for group in self.units]}),
         }
 
     @classmethod
@@ -72,6 +87,7 @@ class Clusters:
             col_labels=tuple(int(v) for v in data["col_labels"]),
             algorithm=str(data.get("algorithm", "legacy")),
             svd=str(data.get("svd", "randomized")),
+            units=None if data.get("units") is None else tuple(tuple(int(v) for v in g) for g in data["units"]),
         )
 
 

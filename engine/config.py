@@ -13,8 +13,10 @@ from engine.errors import ConfigError
 
 DATASETS = ("mnist", "fashion-mnist", "digits", "synthetic")
 SOURCES = ("weights", "gradients")
-NULL_METHODS = ("permute", "rows")  # shuffle every entry of the layer, or within each row
+# Shuffle every entry of each layer, within each row, or only the non-zero entries (for pruned networks).
+NULL_METHODS = ("permute", "rows", "layer_nonzero")
 DEVICES = ("auto", "cpu", "cuda")
+ALL = "all"  # --layer all: cluster the whole network as one graph
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.401298464324817e-45  # the smallest float32 above 0 (subnormal)
 # scikit-learn's k-means (a RandomState) takes seeds up to 2**32 - 1, less than torch takes: the clustering bounds it.
@@ -60,7 +62,7 @@ class Config:
     dataset: str = "mnist"
     data_dir: str | None = None
     hidden: tuple[int, ...] = (128, 128)
-    layer: int | None = None
+    layer: int | str | None = None  # a hidden-to-hidden layer's 1-based index, or "all": the whole network
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 42
@@ -76,6 +78,8 @@ class Config:
     control: bool = False  # before finetuning, train a λ=0 twin for the same steps: the accuracy baseline
     null: str = "rows"  # how the layer is shuffled for the significance null (rows: calibrated on every layer)
     null_samples: int = 100  # shuffles re-co-clustered for each p-value; 0 turns the null off
+    prune: float = 0.0  # share of all weights zeroed (smallest |w| first) at the end of pretraining, kept zero after
+    prune_recover: int = 0  # epochs right after pruning, its zeros held (without --prune: plain extra epochs)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", parse_hidden(self.hidden))
@@ -121,18 +125,33 @@ class Config:
             )
         check_lam(self.lam)
         n_layers = len(self.hidden) + 1
-        if self.layer is not None and not (isinstance(self.layer, int) and 2 <= self.layer <= n_layers - 1):
+        if isinstance(self.layer, str) and self.layer != ALL and _PLAIN[int].fullmatch(self.layer):
+            object.__setattr__(self, "layer", int(self.layer))  # the text of a UI field or a flag
+        if self.layer is not None and self.layer != ALL and not (
+                whole_number(self.layer) and 2 <= self.layer <= n_layers - 1):
             raise ConfigError(
                 f"--layer must name a hidden-to-hidden layer, 2 to {n_layers - 1} for --hidden "
-                f"{','.join(map(str, self.hidden))}, not {self.layer!r}."
+                f"{','.join(map(str, self.hidden))}, or be 'all' (the whole network), not {self.layer!r}."
             )
+        if self.whole_network and self.cluster_on != "weights":
+            raise ConfigError("--layer all clusters the network's weights only; use --cluster-on weights.")
         check_k(self.k, self.layer_shape)
+        if not finite_number(self.prune) or not 0 <= self.prune < 1:
+            raise ConfigError(f"--prune must be a share of the weights from 0 to below 1 (like 0.9), "
+                              f"not {self.prune!r}.")
+        check_int("--prune-recover", self.prune_recover, 0)
         check_memory(self)
 
     @property
+    def whole_network(self) -> bool:
+        """Whether the clusters are the whole network's (`--layer all`), not one layer's."""
+        return self.layer == ALL
+
+    @property
     def studied_layer(self) -> int:
-        """1-based index of the studied Linear layer (fc2 for two hidden layers)."""
-        if self.layer is not None:
+        """1-based index of the studied Linear layer (fc2 for two hidden layers); with `--layer all`, the middle
+        one, whose units the ablation silences, the picture shows and the gradient statistic F describes."""
+        if self.layer is not None and self.layer != ALL:
             return self.layer
         return 2 + (len(self.hidden) - 2) // 2
 

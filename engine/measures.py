@@ -9,61 +9,76 @@ the UI imports this module.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 ALPHA = 0.05  # a test "rejects" when p <= ALPHA; with n shuffles that needs 1 / (n + 1) <= ALPHA
 
-# A batched measure: weights (n, rows, cols), row labels (n, rows), column labels (n, cols), k -> float64 (n,).
-BatchMeasure = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
+# A batched measure of layered graphs: layers (each (n, out_l, in_l), layer l joining unit group l to group l + 1)
+# and labels (each (n, units_g), one per unit group: the first layer's inputs first), k -> float64 (n,). A single
+# layer W (out x in) is the graph [W] with labels [cols, rows]; a whole MLP is [W_1, ..., W_L] with its L + 1 groups.
+GraphMeasure = Callable[[Sequence[np.ndarray], Sequence[np.ndarray], int], np.ndarray]
+_TINY = np.finfo(np.float64).tiny
 
 
-def clusterability_batch(weights: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
-    """Share of each matrix's squared mass inside its clusters' diagonal blocks, float64 (n,); 0 for an all-zero
-    matrix."""
-    squared = np.square(np.asarray(weights, dtype=np.float64))
-    inside, _, _ = _diagonal_blocks(squared, rows, cols, k)
-    return inside.sum(axis=1) / np.maximum(squared.sum(axis=(1, 2)), np.finfo(np.float64).tiny)
+def clusterability_graph(layers: Sequence[np.ndarray], labels: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Share of each graph's squared edge mass inside its clusters (edges whose two units share a label), float64
+    (n,); 0 for an all-zero graph. For one layer: the share of sum W^2 in the diagonal blocks."""
+    inside, _, _ = _blocks([np.square(np.asarray(w, dtype=np.float64)) for w in layers], labels, k)
+    total = sum(np.square(np.asarray(w, dtype=np.float64)).sum(axis=(1, 2)) for w in layers)
+    return sum(block.sum(axis=1) for block in inside) / np.maximum(total, _TINY)
 
 
-def ncut_batch(weights: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
-    """Normalised cut (Shi & Malik; Filan et al. 2021) of each matrix's bipartite graph, float64 (n,).
+def ncut_graph(layers: Sequence[np.ndarray], labels: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Normalised cut (Shi & Malik; Filan et al. 2021) of each graph of |W|, float64 (n,).
 
-    The graph's nodes are the layer's output units (rows) and input units (columns), its edges weigh |W_ij|, and
-    cluster c is the node set R_c + C_c. ncut = sum_c cut(c) / vol(c): cut(c) is the weight of the edges leaving
-    c, vol(c) the summed degree of its nodes, so cut(c) = vol(c) - 2 * (the mass of block c). 0 is perfectly
-    modular, k the worst; a cluster with no edges at all (vol 0) adds 0.
+    The nodes are the units, the edges weigh |W_ij|, and cluster c is the set of units labelled c (for one layer:
+    R_c + C_c). ncut = sum_c cut(c) / vol(c): cut(c) is the weight of the edges leaving c, vol(c) the summed degree
+    of its nodes, so cut(c) = vol(c) - 2 * (the mass of the edges inside c). 0 is perfectly modular, k the worst;
+    a cluster with no edges at all (vol 0) adds 0.
     """
-    inside, row_mass, col_mass = _diagonal_blocks(np.abs(np.asarray(weights, dtype=np.float64)), rows, cols, k)
-    volume = row_mass + col_mass
-    cut = volume - 2.0 * inside
+    inside, out_mass, in_mass = _blocks([np.abs(np.asarray(w, dtype=np.float64)) for w in layers], labels, k)
+    volume = sum(out_mass) + sum(in_mass)
+    cut = volume - 2.0 * sum(inside)
     return np.where(volume > 0, cut / np.where(volume > 0, volume, 1.0), 0.0).sum(axis=1)
 
 
-def newman_q_batch(weights: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
-    """Barber's (2007) bipartite modularity of each matrix's graph of |W| with the k joint blocks, float64 (n,).
+def newman_q_graph(layers: Sequence[np.ndarray], labels: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Barber's (2007) bipartite modularity of each graph of |W| with the k clusters, float64 (n,), taken layer by
+    layer for a layered graph.
 
-    Q = sum_c [ e_c / m - (a_c / m) (b_c / m) ]: m the total edge weight, e_c the weight inside block c, a_c the
-    degree of its rows, b_c of its columns (the null model keeps every unit's degree). 1 - 1/k for k equal,
-    separate, uniform blocks; about 0 for labels unrelated to the weights; 0 for an all-zero matrix.
+    For one layer Q = sum_c [ e_c / m - (a_c / m) (b_c / m) ]: m the total edge weight, e_c the weight inside
+    block c, a_c the degree of its rows, b_c of its columns (the null model keeps every unit's degree). For layers
+    l = 1..L (edges only between consecutive groups) the null model keeps every unit's degree within each layer:
+    Q = sum_l sum_c [ e_lc / m - a_lc b_lc / (m m_l) ], m the whole graph's weight, m_l the layer's; one layer gives
+    Barber's Q exactly. 1 - 1/k for k equal, separate, uniform blocks; about 0 for labels unrelated to the weights;
+    0 for an all-zero graph.
     """
-    inside, row_mass, col_mass = _diagonal_blocks(np.abs(np.asarray(weights, dtype=np.float64)), rows, cols, k)
-    total = np.maximum(row_mass.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
-    return (inside / total - (row_mass / total) * (col_mass / total)).sum(axis=1)
+    masses = [np.abs(np.asarray(w, dtype=np.float64)) for w in layers]
+    inside, out_mass, in_mass = _blocks(masses, labels, k)
+    per_layer = [mass.sum(axis=(1, 2))[:, None] for mass in masses]
+    total = np.maximum(sum(per_layer), _TINY)
+    return sum((e / total - a * b / np.maximum(total * m, _TINY)).sum(axis=1)
+               for e, a, b, m in zip(inside, out_mass, in_mass, per_layer, strict=True))
 
 
-def _diagonal_blocks(mass: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                     k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per cluster (n, k): the mass of its diagonal block, of its rows and of its columns."""
-    rows_hot = np.asarray(rows)[..., None] == np.arange(k)  # (n, r, k)
-    cols_hot = (np.asarray(cols)[..., None] == np.arange(k)).astype(np.float64)  # (n, c, k)
-    per_row = np.matmul(mass, cols_hot)  # (n, r, k): each row's mass towards each cluster's columns
-    inside = np.where(rows_hot, per_row, 0.0).sum(axis=1)
-    row_mass = np.where(rows_hot, per_row.sum(axis=2, keepdims=True), 0.0).sum(axis=1)
-    col_mass = np.matmul(mass.sum(axis=1)[:, None, :], cols_hot)[:, 0]
-    return inside, row_mass, col_mass
+def _blocks(masses: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+            k: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per layer, per cluster (n, k): the mass of the layer's edges inside the cluster, of its output units' edges
+    in the layer, and of its input units'."""
+    if len(labels) != len(masses) + 1:
+        raise ValueError(f"{len(masses)} layers need {len(masses) + 1} groups of labels, not {len(labels)}")
+    inside, out_mass, in_mass = [], [], []
+    for mass, cols, rows in zip(masses, labels[:-1], labels[1:], strict=True):
+        rows_hot = np.asarray(rows)[..., None] == np.arange(k)  # (n, r, k)
+        cols_hot = (np.asarray(cols)[..., None] == np.arange(k)).astype(np.float64)  # (n, c, k)
+        per_row = np.matmul(mass, cols_hot)  # (n, r, k): each row's mass towards each cluster's columns
+        inside.append(np.where(rows_hot, per_row, 0.0).sum(axis=1))
+        out_mass.append(np.where(rows_hot, per_row.sum(axis=2, keepdims=True), 0.0).sum(axis=1))
+        in_mass.append(np.matmul(mass.sum(axis=1)[:, None, :], cols_hot)[:, 0])
+    return inside, out_mass, in_mass
 
 
 @dataclass(frozen=True)
@@ -72,9 +87,13 @@ class Measure:
 
     name: str  # the key in every JSON, record and table
     title: str  # how people see it named
-    batch: BatchMeasure
+    graph: GraphMeasure
     higher_is_modular: bool
     digits: int = 4
+
+    def batch(self, weights: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
+        """The measure of a batch of single layers (n, r, c) under row labels (n, r) and column labels (n, c)."""
+        return self.graph([weights], [cols, rows], k)
 
     def as_modular(self, null: np.ndarray, observed: float) -> np.ndarray:
         """Which null values are at least as modular as the observed one (what a p-value counts)."""
@@ -85,9 +104,9 @@ class Measure:
 
 
 MEASURES: tuple[Measure, ...] = (
-    Measure("clusterability", "clusterability", clusterability_batch, higher_is_modular=True),
-    Measure("ncut", "ncut", ncut_batch, higher_is_modular=False),
-    Measure("newman_q", "Newman Q", newman_q_batch, higher_is_modular=True),
+    Measure("clusterability", "clusterability", clusterability_graph, higher_is_modular=True),
+    Measure("ncut", "ncut", ncut_graph, higher_is_modular=False),
+    Measure("newman_q", "Newman Q", newman_q_graph, higher_is_modular=True),
 )
 BY_NAME = {m.name: m for m in MEASURES}
 # The measure the regulariser raises, the charts draw and single-figure views show: chosen, not derived.
@@ -96,7 +115,12 @@ PRIMARY = "clusterability"
 
 def measure_all(weights: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> dict[str, np.ndarray]:
     """Every measure of a batch (n, r, c) under its labels (n, r), (n, c): name -> float64 (n,)."""
-    return {m.name: m.batch(weights, rows, cols, k) for m in MEASURES}
+    return measure_graph([weights], [cols, rows], k)
+
+
+def measure_graph(layers: Sequence[np.ndarray], labels: Sequence[np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """Every measure of a batch of layered graphs (see GraphMeasure): name -> float64 (n,)."""
+    return {m.name: m.graph(layers, labels, k) for m in MEASURES}
 
 
 # ----- a null's result ---------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ Progress = Callable[[str, float], None]  # (member name, share of its job done)
 
 # The jobs a new member runs, by kind; each takes its k, source and λ from the member's config.
 MEMBER_JOBS: dict[str, Callable[[Study], list[Job]]] = {
-    PRETRAIN: lambda study: [study.jobs.pretrain()],
+    PRETRAIN: lambda study: study.jobs.pretraining(),
     CLUSTER: lambda study: study.jobs.clustering(),
     FINETUNE: lambda study: [study.jobs.finetune()],
 }

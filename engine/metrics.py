@@ -17,12 +17,27 @@ def block_mask(row_labels: Sequence[int], col_labels: Sequence[int], device=None
     return rows[:, None] == cols[None, :]
 
 
-def clusterability(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Differentiable share of sum(W^2) inside the mask; 0 for an all-zero layer instead of 0/0."""
-    squared = weight.square()
-    total = squared.sum()
-    inside = torch.where(mask, squared, torch.zeros((), dtype=squared.dtype, device=squared.device)).sum()
-    return inside / total.clamp_min(torch.finfo(squared.dtype).tiny)
+def block_masks(clusters, device=None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The regulariser's mask of `clusters` (engine.clustering.Clusters): the studied layer's block mask, or for a
+    whole network's clusters a tuple of one per layer (W_l's rows are group l + 1, its columns group l)."""
+    if clusters.units is None:
+        return block_mask(clusters.row_labels, clusters.col_labels, device)
+    groups = clusters.units
+    return tuple(block_mask(rows, cols, device) for cols, rows in zip(groups[:-1], groups[1:], strict=True))
+
+
+def clusterability(weight: torch.Tensor | Sequence[torch.Tensor],
+                   mask: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """Differentiable share of sum(W^2) inside the mask, of one layer or (sequences of weights and masks) of a
+    whole network's layers together; 0 for all-zero weights instead of 0/0."""
+    if isinstance(mask, torch.Tensor):
+        weight, mask = [weight], [mask]
+    inside = total = None
+    for w, m in zip(weight, mask, strict=True):
+        squared = w.square()
+        part = torch.where(m, squared, torch.zeros((), dtype=squared.dtype, device=squared.device)).sum()
+        inside, total = (part, squared.sum()) if inside is None else (inside + part, total + squared.sum())
+    return inside / total.clamp_min(torch.finfo(total.dtype).tiny)
 
 
 def cluster_shares(weight: torch.Tensor, row_labels: Sequence[int], col_labels: Sequence[int], k: int) -> list[float]:

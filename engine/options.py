@@ -76,8 +76,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("data_dir", "--data-dir", str,
            "folder with the dataset's four IDX files, .gz or not, flat or torchvision layout", "PATH"),
     Option("hidden", "--hidden", str, "hidden layer widths, comma-separated (default 128,128)", "W,W"),
-    Option("layer", "--layer", int,
-           "studied Linear layer, 1-based; must be hidden-to-hidden (default: the middle one)"),
+    Option("layer", "--layer", str,
+           "studied Linear layer, 1-based; must be hidden-to-hidden (default: the middle one); 'all' clusters the "
+           "whole network as one graph (Filan et al.'s construction)", "N|all"),
     Option("lr", "--lr", float, "SGD learning rate (default 0.001)"),
     Option("batch_size", "--batch-size", int, "batch size (default 64)"),
     Option("seed", "--seed", int, "seed of weights, batch order and the null (default 42)"),
@@ -96,9 +97,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("control", "--control", bool, "before finetuning, train a λ=0 twin for the same steps from the same state "
            "and data order: the control the finetuned accuracy is compared with"),
     Option("null", "--null", str, f"shuffle for the significance null: {' or '.join(NULL_METHODS)} (permute: every "
-           "entry of the layer; rows: within each row, keeping each unit's weights) (default rows)", "SHUFFLE"),
+           "entry of the layer, of each layer with --layer all; rows: within each row, keeping each unit's weights; "
+           "layer_nonzero: only the non-zero entries, for pruned networks) (default rows)", "SHUFFLE"),
     Option("null_samples", "--null-samples", int,
            "shuffled layers re-co-clustered for each p-value; 0 turns the null off (default 100)"),
+    Option("prune", "--prune", float, "share of all weights to zero at the end of pretraining, smallest |w| first "
+           "(global magnitude pruning); they stay zero through every later step (default 0: no pruning)"),
+    Option("prune_recover", "--prune-recover", int,
+           "epochs of training right after pruning, the pruned weights held at zero; without --prune plain "
+           "extra pretraining, so a sweep over --prune trains every member as long (default 0)"),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 

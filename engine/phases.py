@@ -15,10 +15,12 @@ import numpy as np
 import torch
 
 from engine import events as ev
+from engine import network_graph
 from engine.clustering import Clusters, cocluster
 from engine.errors import TrainingError
 from engine.metrics import chance_level, cluster_shares
 from engine.plan import Job
+from engine.prune import hold
 from engine.trainer import Trainer
 
 REPORT_INTERVAL_S = 0.05  # at most ~20 progress events per second, however fast the loop runs
@@ -92,6 +94,7 @@ class TrainSettings:
     eval_every: int = 400
     autosave_every: int = 500
     evaluate_end: bool = True
+    keep: tuple[torch.Tensor, ...] | None = None  # a pruned network's masks (one per layer): its zeros stay zero
 
 
 @dataclass
@@ -124,6 +127,8 @@ def run(trainer: Trainer, lanes: list[Lane], settings: TrainSettings) -> str:
                 return ended
             last_report, reported_at_step = time.monotonic(), trainer.step
         trainer.train_step(settings.mask, settings.lam, settings.capture)
+        if settings.keep is not None:
+            hold(trainer.weights, settings.keep)
         for lane in lanes:
             lane.job.done += 1
         step, last = trainer.step, lanes[0].job.done == lanes[0].job.total
@@ -187,7 +192,11 @@ def _report(trainer: Trainer, lanes: list[Lane], settings: TrainSettings, since:
 
 
 def cluster(trainer: Trainer, k: int, source: str, seed: int) -> Clusters:
-    """Co-cluster the studied layer's weights, or F, the gradient importance captured while pretraining."""
+    """Co-cluster the studied layer's weights, or F, the gradient importance captured while pretraining; with
+    `--layer all`, spectrally cluster the whole network's graph (engine/network_graph.py)."""
+    if trainer.config.whole_network:
+        groups = network_graph.cluster_network([w.detach().double().cpu().numpy() for w in trainer.weights], k, seed)
+        return Clusters.of_network(k, [g[0] for g in groups], trainer.config.studied_layer, network_graph.ALGORITHM)
     if source == "weights":
         result = cocluster(trainer.weight.detach().double().cpu().numpy(), k, seed=seed)
     else:
@@ -209,7 +218,11 @@ class ClusterFigures:
     shares: tuple[float, ...]
 
 
-def cluster_figures(trainer: Trainer, clusters: Clusters, mask: torch.Tensor) -> ClusterFigures:
+def cluster_figures(trainer: Trainer, clusters: Clusters, mask: torch.Tensor | tuple) -> ClusterFigures:
+    if clusters.units is not None:  # the whole network's
+        layers = [w[0].detach().cpu().numpy() for w in trainer.weights]
+        return ClusterFigures(trainer.clusterability_of(mask), network_graph.chance_level(clusters.units, clusters.k),
+                              tuple(network_graph.cluster_shares(layers, clusters.units, clusters.k)))
     rows, cols = clusters.row_labels, clusters.col_labels
     return ClusterFigures(trainer.clusterability_of(mask), chance_level(rows, cols, clusters.k),
                           tuple(cluster_shares(trainer.weight, rows, cols, clusters.k)))

@@ -38,6 +38,12 @@ class Jobs:
     def pretrain(self, epochs: int | None = None, steps: int | None = None) -> Job:
         return Job(PRETRAIN, total=self.count(epochs, steps, self.config.epochs, self.config.steps))
 
+    def pretraining(self) -> list[Job]:
+        """The config's pretraining: its pretrain job, then with --prune-recover the recovery epochs (a second
+        pretrain job, run with the pruned weights held at zero; pruning happens at each pretrain job's end)."""
+        recover = [Job(PRETRAIN, total=self.config.prune_recover * self.steps_per_epoch)]
+        return [self.pretrain(), *(recover if self.config.prune_recover else [])]
+
     def cluster(self, k: int | None = None, source: str | None = None) -> Job:
         checked = self.config.replace(**_given(k=k, cluster_on=source))
         return Job(CLUSTER, k=checked.k, source=checked.cluster_on)
@@ -64,7 +70,7 @@ class Jobs:
     def default_plan(self) -> list[Job]:
         """The config's whole plan: pretrain, cluster, and finetune if it has epochs (after its control if the
         config asks for one)."""
-        jobs = [self.pretrain(), *self.clustering()]
+        jobs = [*self.pretraining(), *self.clustering()]
         if self.config.finetune_epochs > 0:
             finetune = self.finetune()
             jobs += [self.control(finetune), finetune] if self.config.control else [finetune]

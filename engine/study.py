@@ -23,9 +23,10 @@ from engine.data import load_dataset
 from engine.device import all_cores, configure_threads, resolve_device
 from engine.errors import SessionError, TrainingError
 from engine.measures import upgraded
-from engine.metrics import block_mask
+from engine.metrics import block_masks
 from engine.picture import BlockPicture, block_picture
 from engine.plan import ABLATE, CLUSTER, CONTROL, FINETUNE, PRETRAIN, SIGNIFICANCE, Job, Jobs
+from engine.prune import kept, prune_global
 from engine.session import (
     MetricsLog,
     SavedState,
@@ -38,7 +39,7 @@ from engine.session import (
     write_checkpoint,
     write_session,
 )
-from engine.significance import significance
+from engine.significance import network_significance, significance
 from engine.stability import RECLUSTER
 from engine.trainer import Trainer
 
@@ -57,7 +58,8 @@ class Study:
         self.jobs = Jobs(config, self.trainer.steps_per_epoch)
         self.clusters: Clusters | None = None
         self.cluster_step: int | None = None
-        self.mask: torch.Tensor | None = None
+        self.mask: torch.Tensor | tuple[torch.Tensor, ...] | None = None  # a tuple for a whole network
+        self.keep: tuple[torch.Tensor, ...] | None = None  # a pruned network's masks of the weights it kept
         self.history: list[dict] = []
         self.figures = phases.Figures()
         self.control: dict | None = None  # what the λ=0 twin of the last finetune reached
@@ -90,9 +92,12 @@ class Study:
         hooks.emit(ev.LogLine("info", f"{job.kind}: steps {job.done + 1}-{job.total} of this job from step "
                                       f"{self.trainer.step + 1}"))
         settings = phases.TrainSettings(job.kind, mask, lam, capture=job.kind == PRETRAIN,
-                                        eval_every=self.config.eval_every, autosave_every=self.config.autosave_every)
+                                        eval_every=self.config.eval_every, autosave_every=self.config.autosave_every,
+                                        keep=self.keep)
         watched = _EpochNull(self, hooks) if mask is not None else hooks
         outcome = phases.train(self.trainer, job, settings, self.figures, watched)
+        if outcome == "done" and job.kind == PRETRAIN and self.config.prune:
+            self._prune(hooks)
         if outcome in ("done", "stopped"):
             found = None
             if mask is not None:  # the finetuned clusterability, with its null
@@ -102,6 +107,16 @@ class Study:
         if outcome == "done" and job.kind == FINETUNE:
             self._ablate(hooks)
         return outcome
+
+    def _prune(self, hooks: phases.Hooks) -> None:
+        """Global magnitude pruning at the end of pretraining (engine/prune.py); the zeros are held from then on."""
+        before = self.figures.test_accuracy
+        self.keep = prune_global([w[0] for w in self.trainer.weights], self.config.prune)
+        self.figures.test_accuracy = self.trainer.evaluate()
+        kept = sum(int(m.sum()) for m in self.keep) / sum(m.numel() for m in self.keep)
+        hooks.emit(ev.LogLine("info", f"pruned the smallest {self.config.prune:.0%} of the weights ({kept:.1%} kept, "
+                                      f"per layer {', '.join(f'{float(m.float().mean()):.1%}' for m in self.keep)}): "
+                                      f"test accuracy {before or 0:.4f} -> {self.figures.test_accuracy:.4f}"))
 
     def _run_cluster(self, job: Job, hooks: phases.Hooks) -> str:
         started = time.perf_counter()
@@ -138,15 +153,20 @@ class Study:
         latest kept as NullResult.to_dict() (None if off). In a finetune it also records what re-clustering the
         weights would find now (a RECLUSTER record, for `clusterlab stability`)."""
         trainer = trainer or self.trainer
-        clusters = self.clusters
-        if trainer is self.trainer and phase == FINETUNE and self._recluster_step != trainer.step:  # `stability`
+        clusters, config = self.clusters, self.config
+        if (clusters.units is None and trainer is self.trainer and phase == FINETUNE
+                and self._recluster_step != trainer.step):  # for `clusterlab stability`
             self._recluster_step = trainer.step
-            now = phases.cluster(trainer, clusters.k, "weights", self.config.seed)
+            now = phases.cluster(trainer, clusters.k, "weights", config.seed)
             hooks.record({"type": RECLUSTER, "step": trainer.step, "rows": list(now.row_labels),
                           "cols": list(now.col_labels)})
-        found = significance(trainer.weight.detach().cpu().numpy(), clusters.row_labels, clusters.col_labels,
-                             clusters.k, source=clusters.source, method=self.config.null,
-                             samples=self.config.null_samples, seed=self.config.seed)
+        if clusters.units is not None:  # the whole network's graph, each layer shuffled on its own
+            found = network_significance([w[0].detach().cpu().numpy() for w in trainer.weights], clusters.units,
+                                         clusters.k, method=config.null, samples=config.null_samples, seed=config.seed)
+        else:
+            found = significance(trainer.weight.detach().cpu().numpy(), clusters.row_labels, clusters.col_labels,
+                                 clusters.k, source=clusters.source, method=config.null,
+                                 samples=config.null_samples, seed=config.seed)
         if found is None:
             return None
         result = {**found.to_dict(), "step": trainer.step}  # a figure carries the step it was measured at
@@ -188,7 +208,7 @@ class Study:
         figures = phases.Figures()
         hooks.emit(ev.LogLine("info", f"control: a λ=0 twin trains {job.total} steps from step {twin.step}"))
         settings = phases.TrainSettings(CONTROL, self.mask, 0.0, eval_every=self.config.eval_every,
-                                        autosave_every=2**62)
+                                        autosave_every=2**62, keep=self.keep)
         # The twin's steps run ahead of the session's own: its progress is shown live but not logged, so the
         # metrics log keeps one step axis (a resume cuts it by step).
         outcome = phases.train(twin, job, settings, figures, _Unlogged(hooks))
@@ -222,7 +242,7 @@ class Study:
         if clusters != self.clusters:
             self.ablation = self.significance = self.stability = None  # they were of other clusters
         self.clusters, self.cluster_step = clusters, step if clusters is not None else None
-        self.mask = block_mask(clusters.row_labels, clusters.col_labels, self.device) if clusters else None
+        self.mask = block_masks(clusters, self.device) if clusters else None
 
     @property
     def epochs_done(self) -> int:
@@ -264,6 +284,9 @@ class Study:
         if saved.step != self.trainer.step:
             raise SessionError(f"{session_file(self.path)} and its checkpoint disagree on the step.")
         self.set_clusters(saved.clusters, _cluster_step(saved.history))
+        # Pruning ends every finished pretrain job; its zeros were held since, so they are the mask.
+        pruned = self.config.prune and any(e["phase"] == PRETRAIN and not e.get("stopped") for e in saved.history)
+        self.keep = kept([w[0] for w in self.trainer.weights]) if pruned else None
         self.history = [_upgraded(entry) for entry in saved.history]  # older sessions' nulls in today's form
         self.control = _upgraded(saved.control)
         self.ablation = saved.ablation
@@ -304,6 +327,8 @@ class Study:
             found = phases.cluster_figures(self.trainer, self.clusters, self.mask)
             clusters = {"k": self.clusters.k, "source": self.clusters.source, "row_sizes": self.clusters.row_sizes,
                         "col_sizes": self.clusters.col_sizes, "shares": list(found.shares)}
+            if self.clusters.units is not None:  # the whole network's: each unit group's cluster sizes
+                clusters |= {"algorithm": self.clusters.algorithm, "group_sizes": self.clusters.group_sizes}
             chance, clusterability = found.chance, found.clusterability
         return {
             "session": str(self.path),

@@ -146,12 +146,14 @@ def check_members(name: str, base: Config, members: list[Member], root: Path) ->
 
 
 def member_finished(directory: Path, kind: str) -> bool:
-    """A member is finished when its session has no plan left and its history holds its phases, in order."""
+    """A member is finished when its session has no plan left and its history holds its phases, in order (a phase
+    run as two jobs, pretraining and its recovery after pruning, counts once)."""
     try:
         data = peek_session(directory)
         phases = [e["phase"] for e in data["history"]
                   if e.get("phase") in (*TRAINING, CLUSTER) and not e.get("stopped")]
-        return not data["plan"] and tuple(phases) == PHASES[kind]
+        ran = tuple(p for i, p in enumerate(phases) if not i or p != phases[i - 1])  # recovery is a 2nd pretrain
+        return not data["plan"] and ran == PHASES[kind]
     except (SessionError, KeyError, TypeError):
         return False
 

@@ -27,6 +27,7 @@ from engine.device import all_cores
 from engine.errors import ConfigError, SessionError
 from engine.metrics import clusterability
 from engine.model import build_mlp, studied_weight
+from engine.regulariser import network_terms, regularised
 
 # Raw studied-layer gradients are kept in a (K, M, out, in) buffer and folded into F by one batched reduction every
 # K steps; K shrinks for wide layers so the buffer stays near _PENDING_ELEMENTS floats per model.
@@ -147,6 +148,8 @@ class Trainer:
         update is exactly SGD on the batch loss (the order of the in-place updates changes nothing).
         """
         weights, mm, addmm_ = shard.weights, shard.mm, shard.addmm_
+        # A whole network's masks (a tuple) regularise every layer: their terms come from this step's weights.
+        terms = network_terms(weights, *regulariser) if regulariser and isinstance(regulariser[0], tuple) else None
         if shard.m:
             x, y = x.view(shard.m, -1, x.shape[1]), y.view(shard.m, -1, 1)
         acts = [x]
@@ -162,32 +165,39 @@ class Trainer:
         for i in range(len(weights) - 1, -1, -1):
             w = weights[i]
             d_in = mm(d, w) if i else None
-            if i == self._studied:
+            if i == self._studied and terms is None:
                 # Unfused, so that capturing (writing g to grad_out) leaves the update bit-identical.
                 g = mm(d.mT, acts[i], out=grad_out) if grad_out is not None else mm(d.mT, acts[i])
                 if regulariser is not None:  # w is still this step's weight: only later layers were updated
-                    g = _regularised(g, w, *regulariser)
+                    g = regularised(g, w, *regulariser)
                 w.add_(g, alpha=-self.lr)
             else:
                 addmm_(w, d.mT, acts[i], alpha=-self.lr)
+                if terms is not None:
+                    w.add_(terms[i], alpha=self.lr)
             if i:
                 d = torch.ops.aten.threshold_backward(d_in, acts[i], 0)  # ReLU's backward, as autograd does it
 
-    def _regulariser(self, mask: torch.Tensor | None, lam) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """Each shard's masks and λs to regularise with (None: no model is), made once per (mask, lam) pair."""
+    def _regulariser(self, mask: torch.Tensor | tuple | None, lam) -> list[tuple] | None:
+        """Each shard's masks and λs to regularise with (None: no model is), made once per (mask, lam) pair; a
+        tuple of masks, one per layer, regularises the whole network's clusterability."""
         if mask is None:
             return None
         cached_mask, cached_lam, regulariser = self._regulariser_for
         if mask is cached_mask and lam is cached_lam:
             return regulariser
         lams = torch.as_tensor(lam, dtype=self.weight.dtype).reshape(-1)
-        shape = tuple(self.weights[self._studied].shape[1 if self.n_models == 1 else 0 :])
-        if tuple(mask.shape) != shape or lams.numel() != self.n_models:
-            raise ConfigError(f"Regularised steps need masks of shape {shape} and a λ per model.")
+        network = isinstance(mask, tuple)
+        shapes = [tuple(w.shape[1 if self.n_models == 1 else 0 :])
+                  for w in (self.weights if network else [self.weights[self._studied]])]
+        if [tuple(m.shape) for m in (mask if network else [mask])] != shapes or lams.numel() != self.n_models:
+            raise ConfigError(f"Regularised steps need masks of shape {', '.join(map(str, shapes))} and a λ per "
+                              "model.")
         regulariser = None
         if bool((lams != 0).any()):
             lams = lams.to(self.device).view((-1, 1, 1) if self.n_models > 1 else (1, 1))
-            regulariser = [(mask[shard.at], lams[shard.at]) if shard.m else (mask, lams) for shard in self._shards]
+            at = (lambda m, shard: tuple(x[shard.at] for x in m)) if network else (lambda m, shard: m[shard.at])
+            regulariser = [(at(mask, shard), lams[shard.at]) if shard.m else (mask, lams) for shard in self._shards]
         self._regulariser_for = (mask, lam, regulariser)
         return regulariser
 
@@ -312,8 +322,10 @@ class Trainer:
         return self.accuracies()[self._single()]
 
     @torch.no_grad()
-    def clusterabilities(self, mask: torch.Tensor) -> list[float]:
+    def clusterabilities(self, mask: torch.Tensor | tuple) -> list[float]:
         """Each model's clusterability under its mask (the mask `train_step` takes; one host sync)."""
+        if isinstance(mask, tuple):  # a whole network's: a session's one model (groups never hold one)
+            return [self.clusterability_of(mask)]
         studied = self.weights[self._studied]
         masks = mask.view(studied.shape)
         return torch.stack([clusterability(w, m) for w, m in zip(studied, masks, strict=True)]).tolist()
@@ -321,6 +333,8 @@ class Trainer:
     @torch.no_grad()
     def clusterability_of(self, mask: torch.Tensor) -> float:
         """The one model's `clusterabilities` (without stacking: the engine asks this often)."""
+        if isinstance(mask, tuple):
+            return clusterability([w[self._single()] for w in self.weights], mask).item()
         return clusterability(self.weights[self._studied][self._single()], mask).item()
 
     def member_model(self, i: int) -> nn.Sequential:
@@ -431,19 +445,3 @@ def default_workers(device: torch.device) -> int:
     if device.type != "cpu":
         return 1
     return max(1, (os.cpu_count() or 1) // torch.get_num_threads())
-
-
-def _regularised(g: torch.Tensor, w: torch.Tensor, masks: torch.Tensor, lams: torch.Tensor) -> torch.Tensor:
-    """g - lams[m] * d clusterability_m / dW_m for every model.
-
-    The gradient of inside/total is formed with the very operations autograd runs for
-    `engine.metrics.clusterability` (1/total on the mask, -(inside/total)/total everywhere, times 2W), and addcmul
-    rounds like add_(alpha=-lam): each model's update is bit-identical to autograd's. A model with λ = 0 keeps g
-    exactly.
-    """
-    squared = w.square()
-    zero = torch.zeros((), dtype=w.dtype, device=w.device)
-    inside = torch.where(masks, squared, zero).sum((-2, -1), keepdim=True)
-    total = squared.sum((-2, -1), keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-    grad_squared = torch.where(masks, 1 / total, zero) + -((inside / total) / total)
-    return torch.where(lams != 0, g.addcmul(grad_squared * (2 * w), -lams), g)

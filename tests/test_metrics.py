@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.clustering import cocluster
-from engine.measures import BY_NAME, MEASURES, clusterability_batch, ncut_batch, newman_q_batch
+from engine.measures import BY_NAME, MEASURES
 from engine.metrics import block_mask, chance_level, cluster_shares, clusterability
 
 
@@ -18,7 +18,7 @@ def one(batch, weight, rows, cols, k: int) -> float:
 
 
 def ncut(weight, rows, cols, k: int) -> float:
-    return one(ncut_batch, weight, rows, cols, k)
+    return one(BY_NAME["ncut"].batch, weight, rows, cols, k)
 
 
 def test_hand_computed_clusterability_and_chance():
@@ -90,8 +90,8 @@ def test_batched_measures_equal_the_single_ones():
     rng = np.random.default_rng(3)
     weights = rng.standard_normal((5, 9, 7))
     rows, cols = rng.integers(0, 3, (5, 9)), rng.integers(0, 3, (5, 7))
-    batch = clusterability_batch(weights, rows, cols, 3)
-    ncuts = ncut_batch(weights, rows, cols, 3)
+    batch = BY_NAME["clusterability"].batch(weights, rows, cols, 3)
+    ncuts = BY_NAME["ncut"].batch(weights, rows, cols, 3)
     for i in range(5):
         one = clusterability(torch.as_tensor(weights[i]), block_mask(rows[i], cols[i])).item()
         assert batch[i] == pytest.approx(one, rel=1e-12)
@@ -103,37 +103,38 @@ def test_batched_measures_equal_the_single_ones():
             vol = a[r].sum() + a[:, k_].sum()
             expected += (vol - 2 * a[np.ix_(r, k_)].sum()) / vol
         assert ncuts[i] == pytest.approx(expected, rel=1e-12)
-    assert clusterability_batch(np.zeros((1, 2, 2)), np.zeros((1, 2), int), np.zeros((1, 2), int), 1)[0] == 0.0
+    zeros = np.zeros((1, 2), int)
+    assert BY_NAME["clusterability"].batch(np.zeros((1, 2, 2)), zeros, zeros, 1)[0] == 0.0
 
 
 def test_hand_computed_newman_q():
     # |W| = [[1, 2], [3, 4]], rows and columns in blocks {r0, c0} and {r1, c1}: m = 10, row degrees 3 and 7,
     # column degrees 4 and 6, inside 1 + 4. Q = 5/10 - (3*4 + 7*6)/100 = 0.5 - 0.54
     weight = np.array([[1.0, -2.0], [3.0, 4.0]])
-    assert one(newman_q_batch, weight, [0, 1], [0, 1], 2) == pytest.approx(-0.04)
+    assert one(BY_NAME["newman_q"].batch, weight, [0, 1], [0, 1], 2) == pytest.approx(-0.04)
     # the other way round: inside 2 + 3 = 5 again, degrees pair as 3*6 + 7*4 = 46: Q = 0.5 - 0.46
-    assert one(newman_q_batch, weight, [0, 1], [1, 0], 2) == pytest.approx(0.04)
+    assert one(BY_NAME["newman_q"].batch, weight, [0, 1], [1, 0], 2) == pytest.approx(0.04)
     # one block holding everything: nothing is better than the degree-preserving null
-    assert one(newman_q_batch, weight, [0, 0], [0, 0], 1) == pytest.approx(0.0)
+    assert one(BY_NAME["newman_q"].batch, weight, [0, 0], [0, 0], 1) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_newman_q_of_perfect_blocks_is_one_minus_one_over_k(k):
     weight = np.kron(np.eye(k), np.ones((5, 3)))
     rows, cols = np.repeat(np.arange(k), 5), np.repeat(np.arange(k), 3)
-    assert one(newman_q_batch, weight, rows, cols, k) == pytest.approx(1 - 1 / k)
-    assert one(newman_q_batch, np.zeros((4, 4)), [0, 0, 1, 1], [0, 1, 0, 1], 2) == 0.0
+    assert one(BY_NAME["newman_q"].batch, weight, rows, cols, k) == pytest.approx(1 - 1 / k)
+    assert one(BY_NAME["newman_q"].batch, np.zeros((4, 4)), [0, 0, 1, 1], [0, 1, 0, 1], 2) == 0.0
 
 
 def test_newman_q_of_a_random_matrix_is_near_zero():
     rng = np.random.default_rng(7)
     weights = rng.standard_normal((50, 128, 128))
     rows, cols = rng.integers(0, 4, (50, 128)), rng.integers(0, 4, (50, 128))
-    q = newman_q_batch(weights, rows, cols, 4)
+    q = BY_NAME["newman_q"].batch(weights, rows, cols, 4)
     assert abs(q.mean()) < 0.002 and q.std() < 0.01, (q.mean(), q.std())
     # even the co-clustering of a random matrix finds only a little: far from a planted block's 1 - 1/k
     found = cocluster(weights[0], 2, seed=0)
-    assert 0 < one(newman_q_batch, weights[0], found.rows, found.cols, 2) < 0.1
+    assert 0 < one(BY_NAME["newman_q"].batch, weights[0], found.rows, found.cols, 2) < 0.1
 
 
 def test_the_registry_declares_each_measure_once_with_its_direction():

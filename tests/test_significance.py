@@ -21,10 +21,10 @@ from engine.format import null_text, p_lines
 from engine.listing import list_sessions
 from engine.measures import (
     ALPHA,
+    BY_NAME,
     MEASURES,
     MeasureNull,
     NullResult,
-    clusterability_batch,
     shuffles_needed,
     significant,
     upgraded,
@@ -149,7 +149,7 @@ def test_shuffles_permute_all_entries_or_within_rows():
     rng = np.random.default_rng(0)
     weight = np.arange(12.0).reshape(3, 4)
     for method in ("permute", "rows"):
-        order = sig._shuffle_orders(weight.shape, method, 5, rng)
+        order = sig._shuffle_orders(weight, method, 5, rng)
         assert order.shape == (5, 12)
         for o in order:
             assert sorted(o.tolist()) == list(range(12))  # a permutation of the layer's entries
@@ -234,11 +234,11 @@ def test_mnist_null_agrees_with_an_independent_implementation():
     ours = significance(weight, rows, cols, 2, samples=40, seed=config.seed)
 
     reference = []
-    for order in sig._shuffle_orders(weight.shape, "permute", 40, np.random.default_rng(config.seed)):
+    for order in sig._shuffle_orders(weight, "permute", 40, np.random.default_rng(config.seed)):
         shuffled = weight.ravel()[order].reshape(weight.shape)
         ref_rows, ref_cols = reference_coclustering(shuffled, 2)
-        reference.append(clusterability_batch(shuffled[None], ref_rows[None], ref_cols[None], 2)[0])
-    observed = clusterability_batch(weight[None], rows[None], cols[None], 2)[0]
+        reference.append(BY_NAME["clusterability"].batch(shuffled[None], ref_rows[None], ref_cols[None], 2)[0])
+    observed = BY_NAME["clusterability"].batch(weight[None], rows[None], cols[None], 2)[0]
     reference_p = (np.sum(np.array(reference) >= observed) + 1) / 41
     assert ours.measures["clusterability"].null_mean == pytest.approx(np.mean(reference), abs=0.01)
     assert (ours.p_value < 0.05) == (reference_p < 0.05)

@@ -130,7 +130,7 @@ def test_every_axis_names_members_and_sets_their_config():
     config = first.config(Config(**TINY))
     assert (config.hidden, config.lr, config.epochs, config.lam, config.seed) == ((16, 16), 0.1, 2, 3.0, 1)
     # every axis's flag parses into the grid key it is saved under
-    assert {a.key for a in AXES} == {"seeds", "hidden", "lr", "epochs", "sources", "k", "lam"}
+    assert {a.key for a in AXES} == {"seeds", "hidden", "lr", "epochs", "prune", "sources", "k", "lam"}
 
 
 def test_hidden_is_an_axis_with_its_own_column(tmp_path):
@@ -163,7 +163,7 @@ def test_a_sweep_saved_before_axes_were_declared_continues(tmp_path):
     base = Config.from_dict(manifest["settings"])
     for member in members:
         saved = json.loads((root / member.name / "session.json").read_text())["config"]
-        assert member.config(base).to_dict() == saved
+        assert member.config(base) == Config.from_dict(saved)  # fields added since read as their defaults
     counting = Counting()
     grown = run_sweep("old", {}, {"seeds": [1, 2]}, root=root, executor=counting)
     assert grown.skipped == 4 and counting.given == ["old.s2", "old.s2.weights.k2", "old.s2.weights.k2.lam0",
