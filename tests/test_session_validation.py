@@ -379,7 +379,7 @@ def test_one_bad_session_never_breaks_the_listing(session):
     assert "'history[0].phase'" in errors["c"] and "Invalid session name" in errors["bad name"]
     assert rows[names.index("x")] == {"name": "x", "dataset": "synthetic", "phase": "finetune", "step": 20,
                                       "test_accuracy": 0.5, "clusterability": 0.6, "significance": None,
-                                      "saved_at": "2026-11-26T16:15:02+0000"}
+                                      "measured_at": 20, "saved_at": "2026-11-26T16:15:02+0000"}
 
 
 def test_a_sessions_root_that_is_a_file(tmp_path, monkeypatch):

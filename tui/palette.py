@@ -73,8 +73,12 @@ def _bindings(node: DOMNode, bindings) -> Iterator[Entry]:
     for binding in bindings:
         action, params = _parsed(binding.action)
         if action != "command_palette" and node.check_action(action, params):
-            key = binding.key_display or node.app.get_key_display(binding)
-            yield Entry(binding.description, key, binding.tooltip, partial(node.run_action, binding.action))
+            if action == "tab":  # the footer's one "1-4 Tabs" entry: the palette names each tab, with its own key
+                yield Entry(str(params[0]).capitalize(), binding.key, binding.tooltip,
+                            partial(node.run_action, binding.action))
+            else:
+                key = binding.key_display or node.app.get_key_display(binding)
+                yield Entry(binding.description, key, binding.tooltip, partial(node.run_action, binding.action))
 
 
 def _parsed(action: str) -> tuple[str, tuple]:

@@ -26,7 +26,7 @@ RAMP = ((0.0, (68, 1, 84)), (0.25, (59, 82, 139)), (0.5, (33, 145, 140)), (0.75,
 BOUNDARY = (255, 64, 64)
 NO_CLUSTERS = "No clusters yet: press c to cluster the layer."
 NO_ABLATION = "No ablation yet: it runs after clustering."
-NO_STABILITY = "Stability not measured: clusterlab stability NAME (with the session closed)."
+NO_STABILITY = "Stability not measured: clusterlab stability {name} (with the session closed)."
 # Columns of the ablation table besides the classes: row label, specialisation, p.
 LABEL_WIDTH, SPEC_WIDTH, P_WIDTH = 4, 6, 7
 
@@ -93,12 +93,12 @@ class ModulesPane(Vertical):
         yield Static(NO_CLUSTERS, id="modules-title")
         yield BlockView(id="block-view")
         yield Static(NO_ABLATION, id="ablation-table")
-        yield Static(NO_STABILITY, id="stability-line")
+        yield Static("", id="stability-line")
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ablation: dict | None = None
-        self._stability = NO_STABILITY
+        self._stability = ""
         self._title = NO_CLUSTERS
         self._layer = ("", "W")  # (session folder, its studied layer's name)
 
@@ -134,8 +134,8 @@ class ModulesPane(Vertical):
             self.show_picture(picture, layer=self._layer[1], step=snap.figures_step)
         if snap.ablation is not None:
             self.show_ablation(snap.ablation)
-        self._show_stability(
-            NO_STABILITY if snap.stability is None else f"{summary(snap.stability)} (step {snap.stability['step']})")
+        self._show_stability(NO_STABILITY.format(name=snap.name) if snap.stability is None
+                             else f"{summary(snap.stability)} (step {snap.stability['step']})")
 
     def _show_stability(self, text: str) -> None:
         """The line of `clusterlab stability`'s ARIs, repainted only when it changes."""
@@ -149,7 +149,7 @@ class ModulesPane(Vertical):
         if self.ablation is not None:
             self.ablation = None
             self.query_one("#ablation-table", Static).update(NO_ABLATION)
-        self._show_stability(NO_STABILITY)
+        self._show_stability("")
 
     def _show_title(self, title: str) -> None:
         """The title line; its step moves with every save while training: one row, cut short if need be, so an
