@@ -116,7 +116,8 @@ def ablate_session(session_dir: Path, null_samples: int | None = None) -> Ablati
 def metrics_csv(records: list[dict]) -> str:
     """One row per record, one column per key in order of first appearance (a null's measures flattened: see
     `flat_record`); absent keys are empty cells."""
-    records = [flat_record(record) for record in records]
+    # a clustering's block picture is a figure (weights.png, TensorBoard's image), not a column
+    records = [{k: v for k, v in flat_record(record).items() if k != "picture"} for record in records]
     columns = list(dict.fromkeys(key for record in records for key in record))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

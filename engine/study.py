@@ -43,6 +43,8 @@ from engine.significance import network_significance, significance
 from engine.stability import RECLUSTER
 from engine.trainer import Trainer
 
+LOGGED_PICTURE = (32, 64)  # the block picture each clustering logs, rows x cols at most (about 12 KB of JSON)
+
 
 class Study:
     """The state a session saves, and the job handlers that change it."""
@@ -126,7 +128,9 @@ class Study:
         self.figures.clusterability = found.clusterability
         hooks.record({"type": "clusters", "step": self.trainer.step, "k": clusters.k, "source": clusters.source,
                       "row_sizes": clusters.row_sizes, "col_sizes": clusters.col_sizes, "shares": list(found.shares),
-                      "clusterability": found.clusterability, "chance": found.chance})
+                      "clusterability": found.clusterability, "chance": found.chance,
+                      # the blocks as found (later weights replace the checkpoint): exports draw one per clustering
+                      "picture": [[round(v, 3) for v in row] for row in self.picture(LOGGED_PICTURE).values]})
         hooks.emit(ev.LogLine("info", f"clusters (k={clusters.k}, {clusters.source}) in "
                                       f"{time.perf_counter() - started:.3f} s: clusterability "
                                       f"{found.clusterability:.3f} (uniform-mass chance {found.chance:.3f}; "
@@ -353,13 +357,13 @@ class Study:
             "picture": self.picture(),
         }
 
-    def picture(self) -> BlockPicture | None:
-        """|W| of the studied layer reordered by cluster, pooled to `picture_size`."""
+    def picture(self, size: tuple[int, int] | None = None) -> BlockPicture | None:
+        """|W| of the studied layer reordered by cluster, pooled to `size` (the UI's `picture_size` by default)."""
         if self.clusters is None:
             return None
         weight = self.trainer.weight.detach().cpu().numpy()
         return block_picture(weight, self.clusters.row_labels, self.clusters.col_labels, self.clusters.k,
-                             *self.picture_size)
+                             *(size or self.picture_size))
 
     def accuracy_cost(self) -> float | None:
         """Control accuracy minus finetuned accuracy, once a finetune has run after its control."""

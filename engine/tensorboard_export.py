@@ -111,7 +111,8 @@ def _results(history: list[dict]) -> dict:
 
 def _write_run(writer, run: _Run) -> None:
     """Every number of every metrics record as a scalar `TYPE/KEY` (a null's measures flattened: significance/
-    ncut_p …), each phase's end as text, the block picture and the results at the session's step."""
+    ncut_p …), each phase's end as text, the block picture of each clustering and at the session's step, and the
+    results at the session's step."""
     for record in run.records:
         kind, step = record.get("type"), int(record.get("step", 0))
         for key, value in flat_record(record).items():
@@ -119,7 +120,13 @@ def _write_run(writer, run: _Run) -> None:
                 writer.add_scalar(f"{kind}/{key}", value, step)
         if kind == "phase":
             writer.add_text("phases", _phase_text(record), step)
-    if run.picture is not None:
+    pictured = set()
+    for record in run.records:  # each clustering's blocks as found, then the layer now under the held clusters
+        if record.get("type") == "clusters" and record.get("picture"):
+            writer.add_image("weights/by_cluster", _colored(np.array(record["picture"], dtype=float)),
+                             int(record["step"]), dataformats="HWC")
+            pictured.add(int(record["step"]))
+    if run.picture is not None and run.step not in pictured:
         writer.add_image("weights/by_cluster", run.picture, run.step, dataformats="HWC")
     for key, value in run.results.items():  # the scalars the hparams view reads its metrics from
         writer.add_scalar(key, value, run.step)

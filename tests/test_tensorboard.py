@@ -56,8 +56,10 @@ def test_a_session_exports_every_scalar_its_phases_picture_and_settings(sessions
     p = run.Scalars("significance/clusterability_p")
     assert all(1 / 20 <= e.value <= 1 for e in p) and [e.step for e in p] == [64, 128]
     assert [t.split(" ended")[0] for t in texts(run, "phases")] == ["pretrain", "cluster", "control", "finetune"]
-    (image,) = run.Images("weights/by_cluster")
-    assert image.step == 128 and (image.width, image.height) == (32, 32)  # fc2 of a 32-32 MLP
+    # one picture per clustering (the blocks as found at step 64), and the finetuned layer under them at the end
+    images = run.Images("weights/by_cluster")
+    assert [(i.step, i.width, i.height) for i in images] == [(64, 32, 32), (128, 32, 32)]  # fc2 of a 32-32 MLP
+    assert images[0].encoded_image_string != images[1].encoded_image_string
     settings = session_hparams(run)
     assert settings["lr"] == pytest.approx(0.001) and settings["hidden"] == "32,32" and settings["control"] == 1
     assert hparams_metadata.EXPERIMENT_TAG in run.PluginTagToContent("hparams")  # a lone run is its own experiment
