@@ -19,7 +19,7 @@ from engine.cli_host import COMMANDS as HOST_COMMANDS
 from engine.cli_host import add_host_parsers, attach_target, not_hosted, run_detached
 from engine.cli_sweep import add_sweep_parsers, cmd_reproduce, cmd_sweep
 from engine.config import Config, check_int, plain_float, plain_int
-from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ClusterlabError
+from engine.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ClusterlabError, ConfigError
 from engine.format import fmt, null_text, plan_text
 from engine.listing import list_sessions, print_sessions
 from engine.options import OPTIONS, config_from_texts, metavar
@@ -67,7 +67,7 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
                                     "--session NAME' does). Without NAME: the only session whose host runs. Over "
                                     "SSH: ssh -L PORT:127.0.0.1:PORT HOST, then open http://127.0.0.1:PORT.")
         serve.add_argument("name", metavar="NAME", nargs="?", help="session name")
-        serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+        serve.add_argument("--port", type=plain_int, default=8000, help="port (default 8000)")
         serve.add_argument("--host", default="127.0.0.1",
                            help="address to listen on (default 127.0.0.1: only this machine, or an SSH tunnel)")
     run = commands.add_parser("run", help="pretrain, cluster and finetune headless, in a new session",
@@ -108,8 +108,8 @@ def build_parser(with_ui: bool = False) -> argparse.ArgumentParser:
         "finetune epoch; each ARI against a label-permutation null. Saved in the session (the UI's Modules tab "
         "shows it). For a sweep: agreement of cluster sizes and per-class ablation profiles across seeds.")
     stability.add_argument("name", metavar="NAME", help="session or sweep name")
-    stability.add_argument("--seeds", type=int, default=4, help="re-clusterings with other seeds (default 4)")
-    stability.add_argument("--samples", type=int, default=200, help="label permutations per ARI (default 200)")
+    stability.add_argument("--seeds", type=plain_int, default=4, help="re-clusterings with other seeds (default 4)")
+    stability.add_argument("--samples", type=plain_int, default=200, help="label permutations per ARI (default 200)")
     stability.add_argument("--json", action="store_true", help="print the result as JSON")
     export = commands.add_parser("export", help="write a session's metrics, clusters, ablation and figures",
                                  description="Write metrics.csv, clusters.json, ablation.csv and figures (PNG and "
@@ -275,6 +275,9 @@ def cmd_stability(args: argparse.Namespace) -> int:
 
     check_int("--seeds", args.seeds, 1)
     check_int("--samples", args.samples, 1)
+    for flag, value, most in (("--seeds", args.seeds, 1000), ("--samples", args.samples, 100_000)):
+        if value > most:  # each is a re-clustering or a row of permuted labels held at once: bounded, not a crash
+            raise ConfigError(f"{flag} must be at most {most:,}, not {value:,}.")
     path = session_path(args.name)
     if is_sweep(path):
         result = stability.sweep_stability(path, args.samples)

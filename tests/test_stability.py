@@ -101,8 +101,11 @@ def test_a_finetuned_session_is_compared_four_ways_saved_and_shown(sessions, cap
 def test_stability_refuses_bad_input_in_one_sentence(sessions, capsys):
     assert main(["stability", "nothing"]) == 2
     assert main(["stability", "nothing", "--samples", "0"]) == 2
+    assert main(["stability", "nothing", "--samples", "10000000"]) == 2  # never tried: it would fill the memory
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "--samples" in err[1]
+    assert len(err) == 3 and "--samples" in err[1] and "at most 100,000" in err[2]
+    assert main(["stability", "nothing", "--seeds", "1e3"]) == 2
+    assert "plain decimal" in capsys.readouterr().err
 
 
 def test_a_sweep_compares_cluster_sizes_and_ablation_profiles_across_seeds(sessions, capsys):
