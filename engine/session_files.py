@@ -162,25 +162,22 @@ def read_bytes(path: Path, what: str) -> bytes | None:
 
 def check_entry(path: Path, what: str) -> None:
     """A file of the session, if present, must be a regular file and no symbolic link."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise SessionError(f"{path} cannot be read ({exc.strerror}).") from None
-    if not stat.S_ISREG(mode):
-        raise odd_entry(path, mode, what)
+    _check_kind(path, what, stat.S_ISREG)
 
 
 def check_folder(path: Path, what: str) -> None:
     """A folder in the sessions root, if present, must be a folder and no symbolic link (out of the root)."""
+    _check_kind(path, what, stat.S_ISDIR)
+
+
+def _check_kind(path: Path, what: str, is_kind) -> None:
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     except OSError as exc:
         raise SessionError(f"{path} cannot be read ({exc.strerror}).") from None
-    if not stat.S_ISDIR(mode):
+    if not is_kind(mode):
         raise odd_entry(path, mode, what)
 
 
