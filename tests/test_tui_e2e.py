@@ -160,9 +160,10 @@ def test_the_modules_tab_shows_the_blocks_and_the_ablation(tmp_path, size):
         tmux.keys("c")
         tmux.wait_for(lambda s: "Clusters found" in s and "idle" in s, "clusters, their null and ablation")
         tmux.keys("4")
-        screen = tmux.wait_for(lambda s: "by cluster (k=2)" in s and "accuracy drop" in s, "the Modules tab")
-        picture_rows = [line for line in screen.splitlines() if line.count("▀") >= 10]
-        assert len(picture_rows) >= 4  # the reordered |W| as half-block cells
+        # the picture is drawn at the size the tab has, which the UI asks the host for once the tab is shown
+        screen = tmux.wait_for(lambda s: "by cluster (k=2)" in s and "accuracy drop" in s
+                               and len([line for line in s.splitlines() if line.count("▀") >= 10]) >= 4,
+                               "the Modules tab with the reordered |W| as half-block cells")
         right = [line.split("▕")[-1].strip() for line in screen.splitlines() if "▀" not in line]
         assert {"1", "2"} <= {cells.split()[0] for cells in right if cells.split()}  # a drop row per cluster
 

@@ -26,7 +26,7 @@ RAMP = ((0.0, (68, 1, 84)), (0.25, (59, 82, 139)), (0.5, (33, 145, 140)), (0.75,
 BOUNDARY = (255, 64, 64)
 NO_CLUSTERS = "No clusters yet: press c to cluster the layer."
 NO_ABLATION = "No ablation yet: it runs after clustering."
-NO_STABILITY = "Stability not measured: clusterlab stability {name} (with the session closed)."
+NO_STABILITY = "stability: not measured; clusterlab stability {name}"
 # Columns of the ablation table besides the classes: row label, specialisation, p.
 LABEL_WIDTH, SPEC_WIDTH, P_WIDTH = 4, 6, 7
 
