@@ -57,6 +57,12 @@ class Tmux:
                 raise AssertionError(f"timed out waiting for {what}; screen:\n{text}")
             time.sleep(0.1)
 
+    def ui_pid(self) -> int:
+        """The pid of the command the pane's shell runs (the clusterlab UI)."""
+        shell = subprocess.run([*self.tmux, "display-message", "-p", "-t", self.name, "#{pane_pid}"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return int(Path(f"/proc/{shell}/task/{shell}/children").read_text().split()[0])
+
     def kill(self) -> None:
         """End the terminal and everything in it, as a dropped SSH connection does (the UI gets SIGHUP)."""
         subprocess.run([*self.tmux, "kill-server"], capture_output=True)
@@ -176,8 +182,14 @@ def test_a_dropped_terminal_leaves_the_run_going_and_attach_comes_back_to_it(tmp
         first.wait_for(lambda s: "Quit" in s and "idle" in s, "the UI attached to an idle host")
         first.keys("t")
         first.wait_for(lambda s: "training" in s and "steps/s" in s, "training")
+        ui = first.ui_pid()
+        first.keys("4")  # the drop comes in the middle of drawing another tab
     finally:
         first.kill()  # the terminal is gone: the UI gets SIGHUP
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{ui}").exists() and Path(f"/proc/{ui}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the UI process outlived its terminal"  # detached, it must end
+        time.sleep(0.05)
     session = host_sessions / "drop"
     step = host_step(session)
     deadline = time.monotonic() + 30

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -104,9 +105,13 @@ class ClusterlabApp(App[str]):
         return True
 
     def _hangup(self) -> None:
-        """Detach; with no terminal left Textual may never finish exiting, and the run is the host's: end anyway."""
+        """Detach; with no terminal left Textual may never finish exiting, and the run is the host's: end anyway.
+        The deadline is a thread of its own: a write to the dead terminal can block the event loop itself (Textual's
+        writer queue fills once its thread is gone), so a timer on the loop would never fire."""
         self.call_later(self.action_detach)
-        asyncio.get_running_loop().call_later(2.0, os._exit, 0)
+        deadline = threading.Timer(2.0, os._exit, args=(0,))
+        deadline.daemon = True
+        deadline.start()
 
     def _show_sweep(self) -> None:
         self.switching, self.sub_title = False, self.session_name
