@@ -383,3 +383,21 @@ def test_reproduce_smoke_on_mnist(sessions):
     assert figures["finetuned accuracy (λ=3)"]["verdict"] == "cannot tell from fewer than two seeds"
     assert 0.3 < figures["clusterability, k=2 on weights"]["mean"] < 1
     assert compare(result["members"])[0].estimate.n == 1
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_width_and_depth_on_mnist_each_get_their_rows(sessions):
+    """The README's width x depth question, small: two widths by two depths on MNIST, every shape its own rows."""
+    from tests.conftest import MNIST_DIR
+
+    proc = run_cli("sweep", "wd", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--device", "cpu",
+                   "--hidden", "16*2,32*2,16*3", "--seeds", "2", "--lr", "0.05", "--steps", "200",
+                   "--finetune-epochs", "0", "--null-samples", "19", "--json", env_sessions=sessions, timeout=600)
+    table = json.loads(proc.stdout)["table"]
+    clustered = {tuple(r["hidden"]): r for r in table if r["stage"] == "clustered"}
+    assert set(clustered) == {(16, 16), (32, 32), (16, 16, 16)}
+    for row in clustered.values():
+        assert row["seeds"] == [1, 2] and 0 < row["clusterability"] < 1
+        assert row["clusterability_tested"] == 2 and 0 < row["clusterability_null_mean"] < 1  # beside its null
+    assert all(r["test_accuracy"] > 0.5 for r in table if r["stage"] == "pretrained")  # it learned MNIST
