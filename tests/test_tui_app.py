@@ -221,7 +221,9 @@ async def test_q_while_training_asks_stop_ends_the_host_saved_and_resumable(host
         await quit_while_training(pilot, app)
         send_key(app, "escape")
         await until(pilot, lambda: not isinstance(app.screen, ChoiceScreen), "the question to close")
-        assert app.return_code is None and hosts.engine("busy").state == "training"
+        # the question paused the run; closing it sends resume, which the host takes in its own time
+        await until(pilot, lambda: hosts.engine("busy").state == "training", "the run to go on")
+        assert app.return_code is None
         send_key(app, "q")
         await until(pilot, lambda: isinstance(app.screen, ChoiceScreen), "the quit question")
         send_key(app, "s")

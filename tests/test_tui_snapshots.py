@@ -16,6 +16,7 @@ from engine.config import Config
 from tests.test_tui_support import InProcessHosts, tui_config, until
 from tui.app import ClusterlabApp
 from tui.widgets.charts import MetricsCharts
+from tui.widgets.control import ControlPane
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,8 @@ def app(finished, monkeypatch):
     monkeypatch.setenv("CLUSTERLAB_SESSIONS", "sessions")  # relative: the log's session path is the same each run
     monkeypatch.setattr("tui.widgets.log.time", types.SimpleNamespace(strftime=lambda _format: "12:00:00"))
     monkeypatch.setattr("engine.host.os", types.SimpleNamespace(**{**vars(os), "getpid": lambda: 4242}))
+    show_status = ControlPane.show_status  # masked in every status drawn, also from a snapshot after run_before's
+    monkeypatch.setattr(ControlPane, "show_status", lambda pane, live: show_status(pane, replace(live, loss=None)))
     hosts = InProcessHosts()
     yield ClusterlabApp("snap", Config(), ensure=hosts.ensure)
     hosts.close()
@@ -47,8 +50,7 @@ def shown(tab: str, *texts: str):
     async def run_before(pilot) -> None:
         app = pilot.app
         await until(pilot, lambda: app.shown.is_set() and app.view.live.state == "idle", "the session shown")
-        app.view.live = replace(app.view.live, loss=None)  # masked: see the module's docstring
-        app.view.control.show_status(app.view.live)
+        app.view.control.show_status(app.view.live)  # the loss masked: see the module's docstring and `app`
         charts = app.query_one(MetricsCharts)
         charts.data.loss.clear()
         charts.redraw(force=True)

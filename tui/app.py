@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 from textual import on, work
@@ -22,18 +21,18 @@ from textual.binding import Binding
 from engine.client import AsyncClient, Resynced, ensure_host
 from engine.config import Config
 from engine.errors import ClusterlabError
-from engine.session import close_names, new_name, session_path
+from engine.session import new_name, session_path
 from engine.sweep import is_sweep
+from tui.leaving import DETACHED, QUIT, Leaving
 from tui.messages import Command
+from tui.navigation import Navigation
 from tui.palette import ClusterlabCommands, save_screenshot
-from tui.screens import ChoiceScreen, HelpScreen, NewSessionScreen, OpenScreen
+from tui.screens import HelpScreen
 from tui.session_screen import SessionScreen
 from tui.sweep_screen import SweepScreen
 
-DETACHED, QUIT = "detached", "quit"  # how the app ended: the run goes on, or the host was ended (saved)
 
-
-class ClusterlabApp(App[str]):
+class ClusterlabApp(Navigation, Leaving, App[str]):
     """Attached to one session's host at a time; `o` and `n` detach from it and attach to another."""
 
     CSS_PATH = "app.tcss"
@@ -84,26 +83,6 @@ class ClusterlabApp(App[str]):
         elif not self._asked_if_typo(self.session_name):
             self._attach(self.session_name, self.config)  # connecting while the first frame is drawn
 
-    def _asked_if_typo(self, name: str) -> bool:
-        """Before creating `name` when a session's name is close to it (`--session tuil` where tui exists): ask
-        whether that one was meant; True if asked (the answer attaches)."""
-        close = [] if self.attach_only or session_path(name).exists() else close_names(name)
-        if not close:
-            return False
-
-        def answered(answer: str | None) -> None:
-            if answer is None:
-                self.switching = False
-                self.view.detached(f"[b]{name}[/b]\nnot created: o opens a session, n makes one", "")
-            else:
-                self._attach(*((name, self.config) if answer == "create" else (close[0], None)))
-
-        self.push_screen(ChoiceScreen(f"There is no session {name}, but there is {' and '.join(close)}. Open "
-                                      f"{close[0]}, or create {name}?", [("o", f"Open {close[0]}", "open"),
-                                                                         ("c", f"Create {name}", "create")]),
-                         answered)
-        return True
-
     def _hangup(self) -> None:
         """Detach; with no terminal left Textual may never finish exiting, and the run is the host's: end anyway.
         The deadline is a thread of its own: a write to the dead terminal can block the event loop itself (Textual's
@@ -112,11 +91,6 @@ class ClusterlabApp(App[str]):
         deadline = threading.Timer(2.0, os._exit, args=(0,))
         deadline.daemon = True
         deadline.start()
-
-    def _show_sweep(self) -> None:
-        self.switching, self.sub_title = False, self.session_name
-        self.view.detached(f"[b]sweep {self.session_name}[/b]\nno session open: o opens one, n makes one", "")
-        self._open_chosen(self.session_name)
 
     # ----- attaching: the host's updates go to the session screen's reactive state ------------------------------
 
@@ -229,41 +203,6 @@ class ClusterlabApp(App[str]):
             await client.close()
         self.exit(DETACHED if client is not None else QUIT)
 
-    def action_quit(self) -> None:
-        snap, state = self.view.snapshot, self.view.live.state  # the live state: a snapshot lags its events 50 ms
-        if self.leaving is not None:
-            return
-        if self.client is None or snap is None:
-            self.exit(QUIT)  # nothing attached (or still attaching): a host started for us ends when idle
-        elif state != "idle":
-            # Decided: the run waits for the answer (a question left open must not let it run on unseen).
-            self._paused_to_ask = "pause" in self.view.snapshot.allowed
-            if self._paused_to_ask:
-                self.post_message(Command("pause"))
-            paused = " It is paused while you choose." if self._paused_to_ask else ""
-            self.push_screen(ChoiceScreen(f"A job is running ({state}).{paused} Stop the run (it is saved and "
-                                          f"`clusterlab resume {snap.name}` continues it), or leave it running and "
-                                          "detach?",
-                                          [("s", "Stop the run", "stop"), ("d", "Leave it running", "detach")]),
-                             self._quit_chosen)
-        else:
-            self._quit_chosen("stop")
-
-    def action_help_quit(self) -> None:
-        """Ctrl+C (Textual's own binding, which only tells how to quit): the same as q."""
-        self.action_quit()
-
-    def _quit_chosen(self, answer: str | None) -> None:
-        if self._paused_to_ask and answer != "stop":
-            self.post_message(Command("resume"))  # the question paused it: it goes on (sent before a detach)
-        self._paused_to_ask = False
-        if answer == "detach":
-            self.call_later(self.action_detach)
-        elif answer == "stop" and self.client is not None:
-            self.leaving = QUIT
-            self.view.closing_host()
-            self.post_message(Command("stop-host"))  # the host saves, says bye and closes: then the app exits
-
     def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
         """Textual's screenshot, into the session's export folder rather than the working directory."""
         try:
@@ -277,34 +216,6 @@ class ClusterlabApp(App[str]):
     def action_help(self) -> None:
         self.push_screen(HelpScreen([*SessionScreen.BINDINGS, *self.BINDINGS]))
 
-    def action_open(self) -> None:
-        self.push_screen(OpenScreen(), self._open_chosen)
-
-    def action_new(self) -> None:
-        config = self.view.control.config if self.client is not None else self.config
-        self.push_screen(NewSessionScreen(config), self._new_chosen)
-
-    def _open_chosen(self, name: str | None) -> None:
-        if name and is_sweep(session_path(name)):
-            self.push_screen(SweepScreen(session_path(name)), partial(self._member_chosen, name))
-        elif name and (name != self.session_name or self.client is None):
-            self._new_chosen((name, None))
-
-    def _member_chosen(self, sweep: str, name: str | None) -> None:
-        """A member chosen in a sweep's view opens; escape on its screen shows the view again."""
-        self._open_chosen(name)
-        if name:
-            self.sweep = sweep
-
-    def action_sweep(self) -> None:
-        if self.sweep is not None:
-            self._open_chosen(self.sweep)
-
-    def _new_chosen(self, result: tuple[str, Config | None] | None) -> None:
-        if result is not None:
-            self.sweep = None
-            self.attach_only = False  # another session: its host is started if none runs
-            self._attach(*result)
 
 
 def run_app(name: str | None, config: Config, attach: bool = False) -> int:
