@@ -136,6 +136,8 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
     def accept(base: Config, counts: dict[str, int]) -> None:
         sizes.append(sweep_size(name, base, counts))
         sizes[-1].check(yes)
+        if sizes[-1].large:  # accepted with --yes: planning it takes a while, so it is told now
+            display.note(sizes[-1].line())
 
     manifest, created = resolve_manifest(directory, name, given, grid_given, accept)
     members = plan_members(name, manifest.grid)
@@ -154,7 +156,8 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
             if fresh:  # a new sweep's folder holds nothing but its lock: a rerun must find no folder in the way
                 release_directory(directory, lock)
             raise
-        display.note(sizes[-1].line())  # once every check and write has passed: a refusal stays one sentence
+        if not sizes[-1].large:  # told once every check and write has passed: a refusal stays one sentence
+            display.note(sizes[-1].line())
         todo = [m for m in members if not member_finished(root / m.name, m.kind)]
         display.start(members, manifest.base, {m.name for m in members} - {m.name for m in todo})
         reported: dict[str, dict] = {}

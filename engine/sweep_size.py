@@ -31,6 +31,11 @@ class SweepSize:
     def members(self) -> int:
         return self.pretrainings + self.clusterings + self.finetunings
 
+    @property
+    def large(self) -> bool:
+        """More members than a sweep may have without --yes."""
+        return self.members > CONFIRM_ABOVE
+
     def estimate(self) -> str:
         return (f"rough estimate: up to {_bytes(self.disk_bytes)} of checkpoints and {_duration(self.seconds)} of "
                 f"training at {STEPS_PER_S:,} steps/s")
@@ -44,7 +49,7 @@ class SweepSize:
 
     def check(self, yes: bool) -> None:
         """Refuse (one sentence) a sweep of more than CONFIRM_ABOVE members that --yes did not accept."""
-        if self.members > CONFIRM_ABOVE and not yes:
+        if self.large and not yes:
             raise ConfigError(f"Sweep {self.name} has {self.members:,} members ({self.estimate()}), more than "
                               f"{CONFIRM_ABOVE:,}: add --yes to start it.")
 

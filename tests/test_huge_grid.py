@@ -64,22 +64,24 @@ def test_sigterm_while_a_large_grid_is_planned_stops_at_once(sessions, monkeypat
     monkeypatch.setattr(engine.sweep, "check_folder", signal_on_the_1000th)
     assert main(["sweep", "mid", "--seeds", "5000", "--k", "2", "--lam", "0", "--yes", *TINY_FLAGS]) == 130
     out, err = capsys.readouterr()
-    assert err == INTERRUPTED.format("mid") + "\n" and out == ""
+    assert err.splitlines() == [err.splitlines()[0], INTERRUPTED.format("mid")] and out == ""
+    assert err.startswith("Sweep mid: 15,000 members (5,000 pretrainings, ")  # told as soon as it was counted
     assert 1000 <= len(checked) < 15000 and list(sessions.iterdir()) == []  # stopped at once; nothing written
 
 
 def test_sigterm_once_a_large_sweep_has_said_its_size_stops_it_before_any_member(sessions):
     proc = clusterlab(["sweep", "mid", "--seeds", "50000", "--k", "2", "--lam", "0", "--yes", *TINY_FLAGS],
                       sessions)
-    told = proc.stderr.readline()  # said once the grid is planned, checked and its manifest written; members follow
+    told = proc.stderr.readline()  # said as soon as it is counted: planning 150,000 members, the manifest follow
     assert told.startswith("Sweep mid: 150,000 members (50,000 pretrainings, 50,000 clusterings, 50,000 "
                            "finetunings); rough estimate: up to ")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and out == "" and err == INTERRUPTED.format("mid") + "\n"
-    assert [p.name for p in sessions.iterdir()] == ["mid"]  # the sweep's folder, and no member started
-    assert sorted(p.name for p in (sessions / "mid").iterdir()) == [".lock", "sweep.json"]
-    assert len(json.loads((sessions / "mid" / "sweep.json").read_text())["members"]) == 150_000
+    left = [p.name for p in sessions.iterdir()]
+    assert left in ([], ["mid"])  # no member started
+    if left:  # the signal came after the manifest: it is whole
+        assert len(json.loads((sessions / "mid" / "sweep.json").read_text())["members"]) == 150_000
 
 
 def test_sigterm_while_the_manifest_is_written_leaves_nothing_and_the_rerun_runs(sessions, monkeypatch, capsys):
