@@ -44,11 +44,11 @@ _STYLE = {"font.size": FONT_PT, "axes.titlesize": FONT_PT, "axes.labelsize": FON
 def export_session(session_dir: Path, out_dir: Path, notes: list[str] | None = None) -> list[Path]:
     """Write the session's data and figures into out_dir (created if needed); returns the files written.
 
-    Always: metrics.csv (every record of the metrics log, one column per key seen; a null's measures flattened;
-    lists and objects as JSON) and curves.png/.svg. With clusters: clusters.json (with the latest null of every
-    measure) and weights.png/.svg (the studied layer's |W| at the checkpoint, reordered by cluster). With an
-    ablation: ablation.csv and ablation.png/.svg. A piece the session does not have yet is skipped with one
-    sentence appended to `notes`; a missing or corrupt session raises
+    Always: metrics.csv (every record of the metrics log up to the save read, one column per key seen; a null's
+    measures flattened; lists and objects as JSON) and curves.png/.svg. With clusters: clusters.json (with the
+    latest null of every measure) and weights.png/.svg (the studied layer's |W| at the checkpoint, reordered by
+    cluster). With an ablation: ablation.csv and ablation.png/.svg. A piece the session does not have yet is
+    skipped with one sentence appended to `notes`; a missing or corrupt session raises
     SessionError. Each file is written atomically; matplotlib is imported on first use, not with the module.
     """
     session_dir, out_dir = Path(session_dir), Path(out_dir)
