@@ -7,7 +7,7 @@ this list; adding an axis is one `Axis(...)` entry in AXES. Values are kept as J
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from engine.config import (
@@ -47,19 +47,41 @@ def parse_list(flag: str, text: str, kind: type) -> list:
         raise ConfigError(f"{flag} must be plain decimal {what}, comma-separated, not {text!r}.") from None
 
 
-def parse_seeds(text: str) -> list[int]:
+@dataclass(frozen=True)
+class Span:
+    """Seeds as two numbers, not a list: `head` (a saved sweep's seeds), then those of the range `tail` not among
+    them. `--seeds 100000000` is counted (len) and refused or accepted before any list of it is made."""
+
+    head: tuple
+    tail: range
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.tail) - sum(1 for v in set(self.head) if v in self.tail)
+
+    def __iter__(self) -> Iterator:
+        yield from dict.fromkeys(self.head)
+        seen = set(self.head)
+        yield from (v for v in self.tail if v not in seen)
+
+
+def parse_seeds(text: str) -> Span | list[int]:
     """'5' means five seeds, 1 to 5; '3..5' names seeds 3 to 5 ('7..7': seed 7 alone); a comma-separated list
-    ('1,2,7') names them."""
+    ('1,2,7') names them. A count or a range stays a Span (two numbers) until the sweep's size is accepted."""
     if ".." in text:
         first, last = parse_list("--seeds", text.replace("..", ",", 1), int)
         if not 0 <= first <= last:
             raise ConfigError(f"--seeds S..T needs 0 <= S <= T, not {text!r}.")
-        return list(range(first, last + 1))
+        return Span((), range(first, last + 1))
     if "," not in text:
         count = parse_list("--seeds", text, int)[0]
         check_int("--seeds", count, 1)
-        return list(range(1, count + 1))
+        return Span((), range(1, count + 1))
     return parse_list("--seeds", text, int)
+
+
+def joined(first: Iterable, then: Span | list) -> Span | list:
+    """`first`'s values then `then`'s, a Span kept a Span (a saved sweep's seeds and a --seeds N given again)."""
+    return Span((*first, *then.head), then.tail) if isinstance(then, Span) else [*first, *then]
 
 
 def parse_shapes(text: str) -> list[list[int]]:
@@ -145,11 +167,16 @@ class Axis:
     also: tuple = ()  # values always in the grid (λ=0, the control)
     label: str = ""  # the table's header, if not the name
 
-    def values(self, given: list) -> tuple:
+    def values(self, given: Iterable) -> tuple:
         """The axis's grid values: checked, distinct, with `also`, ascending if `ordered`."""
         checked = [self.check(v) for v in [*given, *self.also]]
         distinct = list({_hashable(v): v for v in checked}.values())
         return tuple(sorted(distinct) if self.ordered else distinct)
+
+    def count(self, given: Iterable) -> int:
+        """How many values `values(given)` holds, a Span counted without listing it (its values are whole numbers
+        of 0 or more already, and distinct)."""
+        return len(given) if isinstance(given, Span) else len(self.values(given))
 
 
 AXES: tuple[Axis, ...] = (

@@ -51,6 +51,10 @@ def add_sweep_parsers(commands) -> None:
 
 
 def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
+    from engine.sweep_size import CONFIRM_ABOVE
+
+    parser.add_argument("--yes", action="store_true",
+                        help=f"start a sweep of more than {CONFIRM_ABOVE:,} members (its size is told first)")
     parser.add_argument("--executor", default="inprocess", metavar="inprocess|batched|ray",
                         help="how members run: one after another here (default); members of the same shapes and "
                         "data trained as one stacked model (batched); or as tasks on a Ray cluster (ray)")
@@ -95,18 +99,23 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def _sweep(name: str, given: dict, grid: dict, args: argparse.Namespace,
            extra: Callable[[object], tuple[dict, str]] | None = None) -> int:
-    """Run a sweep with progress on stderr, on the executor `args` names; SIGINT/SIGTERM stop it resumably. Prints
-    the table (and `extra`'s)."""
+    """Run a sweep with progress on stderr, on the executor `args` names, after a line with its size (one of more
+    than CONFIRM_ABOVE members needs --yes); SIGINT/SIGTERM stop it resumably, or at once while no member runs.
+    Prints the table (and `extra`'s)."""
     import threading
 
-    from engine.sweep_run import SweepDisplay, make_executor, run_sweep, stop_on_signals
+    from engine.sweep_run import SweepDisplay, make_executor, run_sweep
     from engine.sweep_table import markdown, pareto_chart
 
     stop = threading.Event()
     display = SweepDisplay(name)
     executor = make_executor(args.executor, stop, args.ray_address, display.note)
-    with stop_on_signals(stop):
-        result = run_sweep(name, given, grid, executor=executor, display=display)
+    try:
+        result = run_sweep(name, given, grid, executor=executor, display=display, yes=args.yes, stop=stop)
+    except KeyboardInterrupt:  # SIGINT or SIGTERM while no member ran (planning, the manifest, the table)
+        print(f"clusterlab: sweep {name} interrupted; nothing is half-written: run the same command again to "
+              "continue it.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     more, text = extra(result) if extra else ({}, "")
     if args.json:
         print(json.dumps({**result.to_dict(), **more}, indent=2))

@@ -228,13 +228,31 @@ def estimate_memory(config: Config) -> int:
     dataset, a training batch's activations and gradients, and the test set's activations during evaluation.
     """
     widths = (_INPUTS, *config.hidden, _CLASSES)
-    out_w, in_w = config.layer_shape
-    weights = 4 * sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
-    state = weights + 8 * in_w * in_w + 4 * max(out_w * in_w, _PENDING_FLOATS)
+    state = _state_bytes(config)
     batch = min(config.batch_size, _TRAIN)  # a batch never holds more than the training set
     activations = 4 * batch * (sum(widths) + 2 * max(widths)) + 4 * _TEST * 2 * max(widths)
     data = (4 * _INPUTS + 8) * (_TRAIN + _TEST)  # float32 images and int64 labels
     return 2 * state + activations + data + 4 * config.batch_size
+
+
+def checkpoint_bytes(config: Config) -> int:
+    """Bytes of one checkpoint of `config` at most, for a dataset of MNIST's shape: the training state (see
+    estimate_memory) and the data order (an int64 per training image)."""
+    return _state_bytes(config) + 8 * _TRAIN
+
+
+def steps_per_epoch(config: Config) -> int:
+    """Optimizer steps in an epoch of a training set of MNIST's size (the largest)."""
+    return -(-_TRAIN // config.batch_size)
+
+
+def _state_bytes(config: Config) -> int:
+    """The float32 weights, the float64 gradient statistic S (in x in, of the studied layer) and the buffer of raw
+    gradients not yet folded into S."""
+    widths = (_INPUTS, *config.hidden, _CLASSES)
+    out_w, in_w = config.layer_shape
+    weights = 4 * sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    return weights + 8 * in_w * in_w + 4 * max(out_w * in_w, _PENDING_FLOATS)
 
 
 def available_memory() -> int | None:

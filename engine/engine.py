@@ -21,12 +21,11 @@ from engine.session import (
     SavedState,
     SessionLock,
     claim_directory,
-    parse_session,
+    load_saved,
     read_metrics,
     read_session,
     release_directory,
     remove_stale_temps,
-    saved_checkpoint,
 )
 from engine.snapshot import Snapshot
 from engine.study import Study, params_sha256
@@ -71,14 +70,15 @@ class Engine(EngineThread):
     def open(cls, path: str | Path) -> Engine:
         """Open an existing session exactly where it was last saved."""
         path = Path(path)
-        saved = parse_session(path, read_session(path))
-        if saved.config.device == "cuda" and not cuda_available():
-            # Saved on a GPU, continued here on the CPU (and on a GPU again wherever there is one).
-            saved.config = saved.config.replace(device="auto")
+        read_session(path, log=False)  # not a session, or a damaged session.json: refused before a lock file is made
         lock = SessionLock(path)
         try:
             remove_stale_temps(path)  # left by a process killed mid-save; ours to delete now that we hold the lock
-            checkpoint = saved_checkpoint(path, saved)
+            # Read under the lock: the save another process may have made since the check above is the one to open.
+            saved, checkpoint = load_saved(path)
+            if saved.config.device == "cuda" and not cuda_available():
+                # Saved on a GPU, continued here on the CPU (and on a GPU again wherever there is one).
+                saved.config = saved.config.replace(device="auto")
             return cls(path, saved.config, lock, saved, checkpoint)
         except ClusterlabError as exc:
             lock.release()

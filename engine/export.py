@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +23,7 @@ from engine.session import (
     atomic_write,
     metrics_path,
     read_metrics,
-    read_session,
-    saved_checkpoint,
+    read_snapshot,
     session_file,
     write_json,
 )
@@ -44,46 +44,54 @@ _STYLE = {"font.size": FONT_PT, "axes.titlesize": FONT_PT, "axes.labelsize": FON
 def export_session(session_dir: Path, out_dir: Path, notes: list[str] | None = None) -> list[Path]:
     """Write the session's data and figures into out_dir (created if needed); returns the files written.
 
-    Always: metrics.csv (every record of the metrics log, one column per key seen; a null's measures flattened;
-    lists and objects as JSON) and curves.png/.svg. With clusters: clusters.json (with the latest null of every
-    measure) and weights.png/.svg (the studied layer's |W| at the checkpoint, reordered by cluster). With an
-    ablation: ablation.csv and ablation.png/.svg. A piece the session does not have yet is skipped with one
-    sentence appended to `notes`; a missing or corrupt session raises
+    Always: metrics.csv (every record of the metrics log up to the save read, one column per key seen; a null's
+    measures flattened; lists and objects as JSON) and curves.png/.svg. With clusters: clusters.json (with the
+    latest null of every measure) and weights.png/.svg (the studied layer's |W| at the checkpoint, reordered by
+    cluster). With an ablation: ablation.csv and ablation.png/.svg. A piece the session does not have yet is
+    skipped with one sentence appended to `notes`; a missing or corrupt session raises
     SessionError. Each file is written atomically; matplotlib is imported on first use, not with the module.
     """
     session_dir, out_dir = Path(session_dir), Path(out_dir)
-    session = read_session(session_dir)
+    # Everything is read and checked before anything is written: a bad session leaves no half export. One save's
+    # session.json and checkpoint, even while another process is saving the session (read_snapshot).
+    session, state = read_snapshot(session_dir)
     config = session_config(session, session_dir)
-    records = read_metrics(metrics_path(session_dir))
+    # The save's records (read_session checked that the log's first ones are valid): not those a run added since.
+    records = read_metrics(metrics_path(session_dir))[:session["metrics_records"]]
     notes = notes if notes is not None else []
+    clusters, ablation = session.get("clusters"), session.get("ablation")
+    layer = config.studied_layer
+    weight = studied_weights(session, state, session_dir, config)[layer - 1].numpy() if clusters else None
+    if ablation:
+        with _malformed(session_dir, "ablation"):
+            ablation_table = ablation_csv(ablation)
+    made = next((p for p in [*reversed(out_dir.parents), out_dir] if not p.exists()), None)  # the first new folder
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SessionError(f"Cannot create the export folder {out_dir} ({exc.strerror}); pick another --out.") from None
-    # everything is read and checked before anything is written: a bad session leaves no half export
-    clusters, ablation = session.get("clusters"), session.get("ablation")
-    layer = config.studied_layer
-    weight = studied_weights(session, session_dir, config)[layer - 1].numpy() if clusters else None
-    if ablation:
-        with _malformed(session_dir, "ablation"):
-            ablation_table = ablation_csv(ablation)
-
-    written = [_write(out_dir / "metrics.csv", metrics_csv(records))]
-    written += _figure(out_dir / "curves", curves_figure, records, session.get("control"))
-    if clusters:
-        written.append(out_dir / "clusters.json")
-        significance = upgraded(session.get("significance"))  # every measure against its null, as run --json
-        write_json(written[-1], {"layer": f"fc{layer}", **clusters, "significance": significance}, shared=True)
-        written += _figure(out_dir / "weights", weights_figure, weight, clusters, f"fc{layer}", session["step"],
-                           measured(session))
-    else:
-        notes.append("No clusters yet, so no clusters.json or weights figure: cluster the layer first.")
-    if ablation:
-        written.append(_write(out_dir / "ablation.csv", ablation_table))
-        with _malformed(session_dir, "ablation"):
-            written += _figure(out_dir / "ablation", ablation_figure, ablation)
-    else:
-        notes.append("No ablation yet, so no ablation.csv or ablation figure: run 'clusterlab ablate' first.")
+    written: list[Path] = []
+    try:
+        written.append(_write(out_dir / "metrics.csv", metrics_csv(records)))
+        written += _figure(out_dir / "curves", curves_figure, records, session.get("control"))
+        if clusters:
+            written.append(out_dir / "clusters.json")
+            significance = upgraded(session.get("significance"))  # every measure against its null, as run --json
+            write_json(written[-1], {"layer": f"fc{layer}", **clusters, "significance": significance}, shared=True)
+            written += _figure(out_dir / "weights", weights_figure, weight, clusters, f"fc{layer}", session["step"],
+                               measured(session))
+        else:
+            notes.append("No clusters yet, so no clusters.json or weights figure: cluster the layer first.")
+        if ablation:
+            written.append(_write(out_dir / "ablation.csv", ablation_table))
+            with _malformed(session_dir, "ablation"):
+                written += _figure(out_dir / "ablation", ablation_figure, ablation)
+        else:
+            notes.append("No ablation yet, so no ablation.csv or ablation figure: run 'clusterlab ablate' first.")
+    except BaseException:
+        if made is not None:  # a failed export leaves no folder of its own behind; an existing --out keeps its files
+            shutil.rmtree(made, ignore_errors=True)
+        raise
     return written
 
 
@@ -98,11 +106,11 @@ def ablate_session(session_dir: Path, null_samples: int | None = None) -> Ablati
     from engine.device import all_cores
 
     session_dir = Path(session_dir)
-    session = read_session(session_dir)
+    session, state = read_snapshot(session_dir)
     config = session_config(session, session_dir)
     if not session.get("clusters"):
         raise SessionError(f"{session_dir} has no clusters yet: cluster it first ('c' in the UI, or clusterlab run).")
-    weights = studied_weights(session, session_dir, config)
+    weights = studied_weights(session, state, session_dir, config)
     layer, clusters = config.studied_layer, session["clusters"]
     data = load_dataset(config.dataset, config.data_dir, config.seed, torch.device("cpu"))
     samples = getattr(config, "null_samples", 100) if null_samples is None else null_samples
@@ -284,9 +292,10 @@ def _malformed(session_dir: Path, field: str) -> Iterator[None]:
         raise SessionError(f"{session_file(session_dir)}: its {field} is malformed ({exc!r}).") from None
 
 
-def studied_weights(session: dict, session_dir: Path, config: Config) -> list:
-    """The checkpoint's Linear weights fc1..fcN as CPU tensors, checked against the session's clusters."""
-    model = saved_checkpoint(session_dir, session)["trainer"].get("model") or {}
+def studied_weights(session: dict, state: dict, session_dir: Path, config: Config) -> list:
+    """The Linear weights fc1..fcN of the checkpoint `state` (read_snapshot's, with `session`) as CPU tensors,
+    checked against the session's clusters."""
+    model = state["trainer"].get("model") or {}
     weights = []
     while f"fc{len(weights) + 1}.weight" in model:
         weights.append(model[f"fc{len(weights) + 1}.weight"])

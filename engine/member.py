@@ -24,9 +24,8 @@ from engine.session import (
     copy_metrics,
     has_session,
     load_saved,
-    read_session,
+    read_snapshot,
     release_directory,
-    saved_checkpoint,
 )
 from engine.study import Study, state_sha256
 from engine.sweep import FAILED, FINISHED, PHASES, UNFINISHED, member_figures, member_finished
@@ -185,8 +184,7 @@ def _parent_kind(kind: str) -> str:
 def member_result(path: Path, settings: dict) -> dict:
     """A finished member's row: its grid point, final figures and parameters' hash, and the significance and
     ablation figures its session holds (None where it has none)."""
-    data = read_session(path)
-    state = saved_checkpoint(path, data)
+    data, state = read_snapshot(path)
     return {
         "name": settings["name"], "kind": settings["kind"], **point_of(settings), "status": FINISHED,
         "step": data["step"], "params_sha256": state_sha256(state["trainer"]["model"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.axes import Span
 from engine.plan import CLUSTER, FINETUNE, PRETRAIN
 from engine.stats import Estimate, mean_ci, paired_difference, prediction_interval
 from engine.sweep import FINISHED
@@ -30,7 +31,7 @@ def preset(seeds: int, epochs: tuple[int, ...] = SETUPS, finetune_epochs: int = 
     settings = {"dataset": "mnist", "hidden": (128, 128), "lr": 1e-3, "batch_size": 64,
                 "finetune_epochs": finetune_epochs}
     settings.update({key: value for key, value in (("data_dir", data_dir), ("device", device)) if value is not None})
-    grid = {"seeds": list(range(1, seeds + 1)), "epochs": list(epochs), "sources": ["weights", "gradients"],
+    grid = {"seeds": Span((), range(1, seeds + 1)), "epochs": list(epochs), "sources": ["weights", "gradients"],
             "k": [K], "lam": [0.0, LAM]}
     name = NAME if is_reference_run(epochs, finetune_epochs) else (
         f"{NAME}-e{'-'.join(map(str, epochs))}-f{finetune_epochs}")

@@ -61,14 +61,15 @@ __all__ = [
     "check_folder", "check_metrics", "check_name", "check_root", "checkpoint_name", "claim_directory",
     "copy_metrics", "existing_name", "has_session", "load_checkpoint", "load_saved", "make_folder", "metrics_path",
     "new_name", "now_iso", "pack_session", "parse_session", "peek_session", "prune_checkpoints", "read_bytes",
-    "read_metrics", "read_session", "record_problem", "release_directory", "remove_stale_temps", "saved_checkpoint",
-    "session_file", "session_path", "sessions_root", "trim_metrics", "unpack_session", "unsaved", "validate_session",
-    "versions", "write_checkpoint", "write_json", "write_session", "write_stability",
+    "read_metrics", "read_session", "read_snapshot", "record_problem", "release_directory", "remove_stale_temps",
+    "saved_checkpoint", "session_file", "session_path", "sessions_root", "trim_metrics", "unpack_session", "unsaved",
+    "validate_session", "versions", "write_checkpoint", "write_json", "write_session", "write_stability",
 ]
 
 # Every name an earlier version accepted, a leading '-' included: existing sessions stay openable.
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 Files = dict[str, bytes]  # a session folder's files as bytes, by name (pack_session / unpack_session)
+SNAPSHOT_TRIES = 20  # saves of a running session a reader follows before it says the session is running
 
 
 def sessions_root() -> Path:
@@ -177,10 +178,37 @@ def read_session(directory: Path, kinds: Collection[str] = JOB_KINDS, *, log: bo
     return data
 
 
+def read_snapshot(directory: Path, kinds: Collection[str] = JOB_KINDS, *, log: bool = True) -> tuple[dict, dict]:
+    """session.json (read_session) and the checkpoint it names, as one save wrote them, even while another process
+    is saving the session. Each save deletes the checkpoint two saves back (prune_checkpoints), so the checkpoint a
+    reader's session.json names may be gone (or rewritten) by the time it is read: then session.json, which has
+    moved on, is read again. Only a checkpoint that fails while session.json still names it is the session's own
+    damage; a session saved over again and again while it is read is said to be running."""
+    data = read_session(directory, kinds, log=log)
+    for _ in range(SNAPSHOT_TRIES):
+        try:
+            return data, saved_checkpoint(directory, data)
+        except SessionError as exc:
+            newer = read_session(directory, kinds, log=log)
+            if _save_of(newer) == _save_of(data):
+                raise exc from None
+            data = newer
+    raise SessionError(
+        f"{directory} is running: another clusterlab saved it {SNAPSHOT_TRIES} times while it was being read; try"
+        " again when it has stopped, or with a larger --autosave-every."
+    )
+
+
 def load_saved(directory: Path) -> tuple[SavedState, dict]:
-    """A saved session to continue: its checked, typed session.json and the checkpoint it names."""
-    saved = parse_session(directory, read_session(directory))
-    return saved, saved_checkpoint(directory, saved)
+    """A saved session to continue or to read: its checked, typed session.json and the checkpoint it names, one
+    consistent save even while another process is saving it (read_snapshot)."""
+    data, state = read_snapshot(directory)
+    return parse_session(directory, data), state
+
+
+def _save_of(data: dict) -> tuple:
+    """What tells two saves' checkpoints apart."""
+    return data["checkpoint"], data.get("checkpoint_sha256")
 
 
 def saved_checkpoint(directory: Path, saved: SavedState | dict) -> dict:

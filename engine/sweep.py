@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
-from engine.axes import AXES, BY_KEY, STAGES, Axis
+from engine.axes import AXES, BY_KEY, STAGES, Axis, Span, joined
 from engine.config import Config
 from engine.errors import ConfigError, SessionError
 from engine.measures import upgraded
@@ -48,6 +49,7 @@ FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 PHASES = {PRETRAIN: (PRETRAIN,), CLUSTER: (PRETRAIN, CLUSTER), FINETUNE: (PRETRAIN, CLUSTER, FINETUNE)}
 # run_sweep's grid keys as earlier versions spelt them
 _OLD_KEYS = {"ks": "k", "lams": "lam"}
+Accept = Callable[[Config, dict[str, int]], None]  # sees a grid's settings and size before it is listed; may refuse
 
 
 @dataclass(frozen=True)
@@ -74,16 +76,30 @@ class Grid:
         return 1 if all(axis.always for axis in self.axes) else SWEEP_FORMAT_VERSION
 
 
-def make_grid(given: dict) -> Grid:
+def make_grid(given: dict, accept: Callable[[dict[str, int]], None] | None = None) -> Grid:
     """A checked grid from values by manifest key (engine.axes): every `always` axis
-    must be there; values distinct, checked, ascending where the axis is ordered, λ=0 added."""
+    must be there; values distinct, checked, ascending where the axis is ordered, λ=0 added. `accept`, if given,
+    sees how many values each axis has (by name) before any value is listed, and may refuse the grid by raising."""
     unknown = sorted(set(given) - set(BY_KEY))
     if unknown:
         raise ConfigError(f"A sweep has no axis {', '.join(unknown)}; its axes are {', '.join(BY_KEY)}.")
-    values = {axis.name: axis.values(list(given[axis.key])) for axis in AXES if axis.key in given}
-    if not all(values.get(axis.name) for axis in AXES if axis.always):
+    if not all(given.get(axis.key) for axis in AXES if axis.always):
         raise ConfigError("A sweep needs at least one seed, one k and one --cluster-on source.")
-    return Grid(values)
+    if accept is not None:
+        accept({axis.name: axis.count(given[axis.key]) for axis in AXES if axis.key in given})
+    return Grid({axis.name: axis.values(given[axis.key]) for axis in AXES if axis.key in given})
+
+
+def stage_counts(counts: dict[str, int]) -> tuple[int, ...]:
+    """Members per stage (pretrainings, clusterings, finetunings) of a grid with `counts` values per axis (by
+    name): each stage's count is the one before times its own axes' values (plan_members' tree), no list made."""
+    total, per_stage = 1, []
+    for stage in STAGES:
+        for axis in AXES:
+            if axis.stage == stage and axis.name in counts:
+                total *= counts[axis.name]
+        per_stage.append(total)
+    return tuple(per_stage)
 
 
 @dataclass(frozen=True)
@@ -246,13 +262,15 @@ def read_grid(directory: Path) -> Grid:
     return Grid.from_dict(read_manifest(directory)["grid"])
 
 
-def resolve_manifest(directory: Path, name: str, given: dict, grid_given: dict) -> tuple[Manifest, str]:
+def resolve_manifest(directory: Path, name: str, given: dict, grid_given: dict,
+                     accept: Accept | None = None) -> tuple[Manifest, str]:
     """The sweep to run and when it was created: a new one from the flags, or the saved one continued. Settings
     given for a saved sweep must equal its own (its members were trained with them); values given for its grid join
     the saved ones (a grid only grows).
     `given` holds the settings given (Config field -> value), `grid_given` the axis values given (by manifest key).
     An axis that only some sweeps have (hidden, lr, epochs) given one value is a setting, unless the saved sweep
-    varies it; a saved sweep that does not vary it refuses more than one."""
+    varies it; a saved sweep that does not vary it refuses more than one. `accept(base, counts)` sees the
+    settings and the number of values per axis of the grid to run before any of it is listed (make_grid)."""
     grid_given = _by_axis(grid_given)
     check_folder(directory, "sweep folder")
     if not is_sweep(directory):
@@ -263,7 +281,7 @@ def resolve_manifest(directory: Path, name: str, given: dict, grid_given: dict) 
             raise ConfigError(f"Sweep {name} does not exist yet: give --seeds N (or a list) to start it.")
         given, grid_given = _as_settings(given, grid_given, lambda axis: len(axis.values(grid_given[axis.name])) > 1)
         base = Config(**given)
-        grid = _grid(grid_given, lambda axis: axis.default(base) if axis.default else None)
+        grid = _grid(grid_given, lambda axis: axis.default(base) if axis.default else None, base, accept)
         return Manifest(name, base, grid), now_iso()
     data = read_manifest(directory)
     old = Grid.from_dict(data["grid"])
@@ -280,8 +298,8 @@ def resolve_manifest(directory: Path, name: str, given: dict, grid_given: dict) 
         raise ConfigError(f"Sweep {name} was made with other settings: {flags}. Continue it with "
                           f"'clusterlab sweep {name}' alone, or choose another name.")
     # A grid only grows: values given join the saved ones, so a smaller grid never drops a finished member.
-    grown = {axis: [*old.values.get(axis, ()), *values] for axis, values in grid_given.items()}
-    grid = _grid(grown, lambda axis: old.values.get(axis.name))
+    grown = {axis: joined(old.values.get(axis, ()), values) for axis, values in grid_given.items()}
+    grid = _grid(grown, lambda axis: old.values.get(axis.name), saved, accept)
     return Manifest(name, saved, grid), str(data.get("created_at") or now_iso())
 
 
@@ -292,7 +310,7 @@ def _by_axis(grid_given: dict) -> dict:
         axis = BY_KEY.get(_OLD_KEYS.get(key, key))
         if axis is None:
             raise ConfigError(f"A sweep has no axis {key!r}; its axes are {', '.join(BY_KEY)}.")
-        by_name[axis.name] = list(values)
+        by_name[axis.name] = values if isinstance(values, Span) else list(values)  # a Span stays two numbers
     return by_name
 
 
@@ -305,14 +323,14 @@ def _as_settings(given: dict, grid_given: dict, is_axis) -> tuple[dict, dict]:
     return given, grid_given
 
 
-def _grid(grid_given: dict, otherwise) -> Grid:
+def _grid(grid_given: dict, otherwise, base: Config, accept: Accept | None) -> Grid:
     """The grid of the axes given, and of the others the values `otherwise(axis)` gives (None: not an axis)."""
     values = {}
     for axis in AXES:
         chosen = grid_given.get(axis.name, otherwise(axis))
         if chosen is not None:
-            values[axis.key] = list(chosen)
-    return make_grid(values)
+            values[axis.key] = chosen
+    return make_grid(values, None if accept is None else lambda counts: accept(base, counts))
 
 
 def write_manifest(directory: Path, manifest: Manifest, created_at: str) -> None:

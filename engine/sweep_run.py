@@ -18,14 +18,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.config import Config
-from engine.data import check_source
 from engine.errors import ConfigError, SessionError
 from engine.format import fmt, null_text
-from engine.member import Progress, failed, member_result, run_member
 from engine.plan import CLUSTER, PRETRAIN
-from engine.session import SessionLock, make_folder, session_path, sessions_root
+from engine.session import SessionLock, make_folder, release_directory, session_path, sessions_root
 from engine.sweep import (
     FAILED,
     FINISHED,
@@ -38,10 +37,14 @@ from engine.sweep import (
     write_manifest,
     write_table,
 )
+from engine.sweep_size import sweep_size
 from engine.sweep_table import table_rows, to_csv
 
+if TYPE_CHECKING:
+    from engine.member import Progress
+
 Report = Callable[[dict], None]
-Executor = Callable[[list[dict], Report, Progress], None]
+Executor = Callable[[list[dict], Report, "Progress"], None]
 CLUSTER_WEIGHT = 0.1  # a clustering counts as a tenth of an epoch in the progress bar
 EXECUTORS = ("inprocess", "batched", "ray")
 
@@ -79,6 +82,8 @@ class InProcess:
         self.stop = stop
 
     def __call__(self, settings: list[dict], report: Report, progress: Progress) -> None:
+        from engine.member import failed, run_member
+
         unfinished: set[str] = set()
         for member in settings:
             if self.stop is not None and self.stop.is_set():
@@ -113,22 +118,47 @@ def make_executor(kind: str, stop: threading.Event | None = None, ray_address: s
 
 
 def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = None,
-              executor: Executor | None = None, display: SweepDisplay | None = None) -> SweepResult:
+              executor: Executor | None = None, display: SweepDisplay | None = None, yes: bool = False,
+              stop: threading.Event | None = None) -> SweepResult:
     """Run sweep `name` (new from the flags, or continued from its manifest): only its unfinished members run.
-    `given`: settings flags (Config field -> value); `grid_given`: axis values by manifest key (engine.axes)."""
+    `given`: settings flags (Config field -> value); `grid_given`: axis values by manifest key (engine.axes).
+    Its size is counted before the grid is listed, and one of more than CONFIRM_ABOVE members is refused unless
+    `yes`; the size is told (on `display`) before any member runs. With `stop` (the event the executor
+    watches), SIGINT and SIGTERM set it while members run (stop_on_signals); before that, and after, they interrupt
+    at once: no member has started, every write is atomic, and a new sweep's folder is removed again if its
+    manifest was not written."""
     root = root or sessions_root()
     directory = session_path(name, root)
-    manifest, created = resolve_manifest(directory, name, given, grid_given)
+    display = display or SweepDisplay(name, quiet=True)
+
+    sizes = []
+
+    def accept(base: Config, counts: dict[str, int]) -> None:
+        sizes.append(sweep_size(name, base, counts))
+        sizes[-1].check(yes)
+        if sizes[-1].large:  # accepted with --yes: planning it takes a while, so it is told now
+            display.note(sizes[-1].line())
+
+    manifest, created = resolve_manifest(directory, name, given, grid_given, accept)
     members = plan_members(name, manifest.grid)
     check_members(name, manifest.base, members, root)
     if not getattr(executor, "data_elsewhere", False):  # else the workers read it, maybe not from this machine
+        from engine.data import check_source  # torch: imported once the sweep's size is accepted
+
         check_source(manifest.base.dataset, manifest.base.data_dir)
+    fresh = not directory.exists()
     make_folder(directory)
     lock = SessionLock(directory)  # one process runs a sweep at a time
     try:
-        write_manifest(directory, manifest, created)
+        try:
+            write_manifest(directory, manifest, created)
+        except BaseException:
+            if fresh:  # a new sweep's folder holds nothing but its lock: a rerun must find no folder in the way
+                release_directory(directory, lock)
+            raise
+        if not sizes[-1].large:  # told once every check and write has passed: a refusal stays one sentence
+            display.note(sizes[-1].line())
         todo = [m for m in members if not member_finished(root / m.name, m.kind)]
-        display = display or SweepDisplay(name, quiet=True)
         display.start(members, manifest.base, {m.name for m in members} - {m.name for m in todo})
         reported: dict[str, dict] = {}
 
@@ -136,7 +166,7 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
             reported[result["name"]] = result
             display.member_done(result)
 
-        with display:
+        with display, stop_on_signals(stop):
             (executor or InProcess())([m.settings(manifest.base, root) for m in todo], report, display.member_progress)
         results = [_result(m, manifest.base, root, reported.get(m.name)) for m in members]
         rows = table_rows(results)
@@ -151,6 +181,8 @@ def run_sweep(name: str, given: dict, grid_given: dict, *, root: Path | None = N
 def _result(member: Member, base: Config, root: Path, reported: dict | None) -> dict:
     """A member's row: read from its session when finished, else its grid point with what the run reported (a
     failure) or that it is unfinished (stopped, or not reached)."""
+    from engine.member import member_result
+
     grid_point = member.row()
     if member_finished(root / member.name, member.kind):
         try:
@@ -163,8 +195,12 @@ def _result(member: Member, base: Config, root: Path, reported: dict | None) -> 
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM end the running member at its next step, saved and resumable, instead of killing it."""
+def stop_on_signals(stop: threading.Event | None) -> Iterator[None]:
+    """SIGINT and SIGTERM end the running member at its next step, saved and resumable, instead of killing it
+    (nothing changes without a `stop`, or off the main thread, where no handler can be set)."""
+    if stop is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

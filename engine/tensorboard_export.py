@@ -12,7 +12,7 @@ import numpy as np
 from engine.errors import ConfigError, SessionError
 from engine.export import flat_record, session_config, studied_weights
 from engine.picture import block_picture
-from engine.session import atomic_write, metrics_path, read_metrics, read_session, session_file
+from engine.session import atomic_write, metrics_path, read_metrics, read_snapshot, session_file
 from engine.sweep import is_sweep, read_manifest
 
 # One fixed name per run, so a second export replaces the first instead of adding a twin of every curve.
@@ -81,13 +81,13 @@ def _tensorboard():
 
 
 def _read(session_dir: Path) -> _Run:
-    session = read_session(session_dir)
+    session, state = read_snapshot(session_dir)  # one save, even while the session runs
     config = session_config(session, session_dir)
     records = read_metrics(metrics_path(session_dir))
     picture = None
     if session.get("clusters"):
         clusters = session["clusters"]
-        weight = studied_weights(session, session_dir, config)[config.studied_layer - 1].numpy()
+        weight = studied_weights(session, state, session_dir, config)[config.studied_layer - 1].numpy()
         found = block_picture(weight, clusters["row_labels"], clusters["col_labels"], int(clusters["k"]),
                               *weight.shape)
         picture = _colored(np.array(found.values, dtype=float))

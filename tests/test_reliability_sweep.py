@@ -178,7 +178,7 @@ def test_numbers_on_the_command_line_are_plain_decimals(capsys, sessions, argv, 
 def test_seeds_name_one_seed_as_a_range(tmp_path):
     from engine.axes import parse_seeds
 
-    assert parse_seeds("7..7") == [7] and parse_seeds("3..5") == [3, 4, 5] and parse_seeds("2,9") == [2, 9]
+    assert list(parse_seeds("7..7")) == [7] and list(parse_seeds("3..5")) == [3, 4, 5] and parse_seeds("2,9") == [2, 9]
 
 
 def _damage(path: Path, where: str, key: str, value) -> None:

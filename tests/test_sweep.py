@@ -108,7 +108,7 @@ def _grid(seeds, sources, ks, lams, **more):
 
 
 def test_grid_parsing_and_member_tree():
-    assert parse_seeds("3") == [1, 2, 3] and parse_seeds("4,9") == [4, 9] and parse_seeds("7..7") == [7]
+    assert list(parse_seeds("3")) == [1, 2, 3] and parse_seeds("4,9") == [4, 9] and list(parse_seeds("7..7")) == [7]
     grid = _grid([2, 1, 2], ["gradients", "weights"], [4, 2], [10, 3])
     assert grid.values == {"seed": (2, 1), "source": ("gradients", "weights"), "k": (2, 4), "lam": (0.0, 3.0, 10.0)}
     members = plan_members("sw", _grid([1], ["weights"], [2], [0.5]))
