@@ -65,6 +65,7 @@ NETWORKS: dict[str, planted.Network] = {
 PRUNED_NETWORKS: dict[str, planted.Network] = {
     "iid-normal, 90% random zeros": planted.pruned_network(NETWORKS["iid-normal"], 0.9, "random"),
     "iid-normal, 90% magnitude-pruned": planted.pruned_network(NETWORKS["iid-normal"], 0.9, "magnitude"),
+    "row-scaled, 90% magnitude-pruned": planted.pruned_network(NETWORKS["row-scaled"], 0.9, "magnitude"),
     "unit-scaled, 90% magnitude-pruned": planted.pruned_network(planted.unit_scaled, 0.9, "magnitude"),
 }
 
@@ -244,6 +245,7 @@ def add_parser(commands) -> None:
                         help="shuffles per null (default 39: a test of size exactly 0.05)")
     parser.add_argument("--seed", type=plain_int, default=Settings.seed,
                         help="seed of the layers and nulls (default 0)")
+    parser.add_argument("--k", type=plain_int, default=Settings.k, help="clusters, 2 to 8 (default 2)")
     parser.add_argument("--parts", default="layer", metavar="PART,PART",
                         help="what to calibrate, comma-separated: layer (one layer's co-clustering; 5-10 minutes), "
                         "network (the whole-network null of --layer all on 3-layer networks of 48 units a group; about "
@@ -256,10 +258,13 @@ def command(args: argparse.Namespace) -> int:
     check_int("--trials", args.trials, 1)
     check_int("--null-samples", args.null_samples, 19)  # fewer cannot give p <= 0.05 at all
     check_int("--seed", args.seed, 0)
+    check_int("--k", args.k, 2)
+    if args.k > 8:  # the generated layers and networks (48 units a group in the smallest) keep 6 units a cluster
+        raise ConfigError(f"--k must be from 2 to 8, not {args.k}.")
     parts = tuple(dict.fromkeys(part.strip() for part in args.parts.split(",")))
     if not parts or any(part not in PARTS for part in parts):
         raise ConfigError(f"--parts must name some of {', '.join(PARTS)}, comma-separated, not {args.parts!r}.")
-    settings = Settings(trials=args.trials, null_samples=args.null_samples, seed=args.seed)
+    settings = Settings(trials=args.trials, null_samples=args.null_samples, seed=args.seed, k=args.k)
     result = calibrate(settings, None if args.json else lambda line: print(line, flush=True), parts)
     if args.json:
         print(json.dumps(result, indent=2))

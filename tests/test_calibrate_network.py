@@ -64,6 +64,35 @@ def test_layer_nonzero_is_calibrated_on_a_pruned_iid_network():
     assert inside(counts), counts
 
 
+def test_permute_over_rejects_on_networks_of_unequal_units_and_rows_does_not():
+    """Known and shown by `clusterlab calibrate --parts network` (README: calibrate): `permute` spreads each layer's
+    rows of unequal scale over the whole layer; `rows` keeps them."""
+    counts = network_rejections(SMALL, NETWORKS["row-scaled"], 5, METHODS)["network"]
+    assert counts["permute"]["ncut"] > 3 * BAND[1] and all(BAND[0] <= n <= BAND[1] for n in counts["rows"].values())
+
+
+def test_layer_nonzero_over_rejects_on_gradient_clusters_of_a_pruned_layer_of_unequal_units():
+    """Known (README: calibrate): magnitude pruning keeps the large units' weights, a gradient partition follows
+    those units, and shuffling the non-zeros over all rows spreads their mass; `rows` keeps it."""
+    layers = Settings(trials=150, null_samples=19, rows=64, cols=64, seed=1)  # 24 x 24 at 90% keeps too few weights
+    counts = rejections(layers, PRUNED["row-scaled, 90% magnitude-pruned"], 6, ("gradients",), PRUNED_METHODS)
+    held = counts["gradients"]
+    assert held["layer_nonzero"]["clusterability"] > BAND[1] and held["permute"]["clusterability"] > BAND[1], held
+    assert all(BAND[0] <= n <= BAND[1] for n in held["rows"].values()), held
+
+
+def test_on_iid_networks_at_k_2_the_clusters_are_a_cut_between_layers_and_every_shuffle_ties():
+    """Each layer shuffled on its own keeps its mass, so a cut between layers measures the same on every shuffle, up
+    to rounding: the test cannot tell anything, its p is set by rounding (README: calibrate)."""
+    layers = NETWORKS["iid-normal"](np.random.default_rng(7), 48, 3, 2)
+    found = calibrate.cluster_network([w[None] for w in layers], 2, 0)
+    assert [sorted(set(group[0].tolist())) for group in found] == [[0], [0], [1], [1]]
+    result = calibrate.network_significance(layers, [group[0] for group in found], 2, method="rows", samples=19)
+    for measure in ("clusterability", "ncut"):
+        one = result.measures[measure]
+        assert one.null_std < 1e-12 and abs(one.observed - one.null_mean) < 1e-12, one
+
+
 def held_partition(layers, labels, k, *, method, samples, seed):
     """A broken whole-network null: the clusters found on W held while W is shuffled (no re-clustering)."""
     return significance._test([np.asarray(w, dtype=np.float64) for w in layers], [np.asarray(g) for g in labels], k,
@@ -132,3 +161,5 @@ def test_unknown_parts_are_one_line_and_code_2(capsys):
     assert main(["calibrate", "--parts", "layer,whole"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--parts" in err
+    assert main(["calibrate", "--k", "9"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
