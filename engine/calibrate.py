@@ -248,9 +248,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--k", type=plain_int, default=Settings.k, help="clusters, 2 to 8 (default 2)")
     parser.add_argument("--parts", default="layer", metavar="PART,PART",
                         help="what to calibrate, comma-separated: layer (one layer's co-clustering; 5-10 minutes), "
-                        "network (the whole-network null of --layer all on 3-layer networks of 48 units a group; about "
-                        "5 minutes), pruned (layers and networks with 50%%/90%% zeros, with layer_nonzero; about 5 "
-                        "minutes) (default layer)")
+                        "network (the whole-network null of --layer all on 3-layer networks of 48 units a group), "
+                        "pruned (layers and networks with 50%%/90%% zeros, with layer_nonzero); network and pruned "
+                        "together take about 15 minutes (default layer)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
