@@ -139,6 +139,67 @@ def modular(strength: float) -> Layer:
     return make
 
 
+def prune(layers: list[np.ndarray], fraction: float, how: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """The layers with round(fraction · N) of their N entries zeroed: the smallest |w| over all of them together
+    (`--prune`'s global magnitude pruning, engine/prune.py) or, `how` "random", entries drawn at random."""
+    import torch  # imported on first use: calibrate's default layers need none of it
+
+    from engine.prune import prune_global
+
+    if how == "random":  # uniform scores ranked like magnitudes: the same count zeroed, at random places
+        scores = [torch.from_numpy(rng.random(w.shape)) for w in layers]
+        keep = prune_global(scores, fraction)
+        return [w * mask.numpy() for w, mask in zip(layers, keep, strict=True)]
+    copies = [torch.from_numpy(np.array(w, dtype=np.float64)) for w in layers]
+    prune_global(copies, fraction)
+    return [c.numpy() for c in copies]
+
+
+def pruned(make: Layer, fraction: float, how: str) -> Layer:
+    """`make`'s layers pruned (see `prune`); F, a gradient, stays whole: a pruned weight still has a gradient."""
+
+    def make_pruned(rng: np.random.Generator, shape: Shape, k: int) -> tuple[np.ndarray, np.ndarray]:
+        w, f = make(rng, shape, k)
+        return prune([w], fraction, how, rng)[0], f
+
+    return make_pruned
+
+
+# ----- networks for calibrating the whole-network null -----------------------------------------------------------
+
+# A generator of networks: rng, units per group, layers, k -> the layers (each units x units), inputs first.
+Network = Callable[[np.random.Generator, int, int, int], list[np.ndarray]]
+
+
+def network_of(make: Layer) -> Network:
+    """A network of `make`'s layers drawn independently (each its own W; F unused)."""
+    return lambda rng, units, depth, k: [make(rng, (units, units), k)[0] for _ in range(depth)]
+
+
+def unit_scaled(rng: np.random.Generator, units: int, depth: int, k: int) -> list[np.ndarray]:
+    """A network whose units have unequal scale (log-normal, sigma 0.5) on their incoming and outgoing weights
+    alike, as ReLU's rescaling leaves them, with no modularity."""
+    scales = [rng.lognormal(0.0, 0.5, units) for _ in range(depth + 1)]
+    return [scales[i + 1][:, None] * rng.standard_normal((units, units)) * scales[i][None, :] for i in range(depth)]
+
+
+def pruned_network(make: Network, fraction: float, how: str) -> Network:
+    """`make`'s networks pruned over all their layers together (see `prune`)."""
+    return lambda rng, units, depth, k: prune(make(rng, units, depth, k), fraction, how, rng)
+
+
+def modular_network(strength: float) -> Network:
+    """k equal planted clusters of every unit group; a weight joining two units of one cluster is (1 + strength)
+    times as large as one joining two clusters."""
+
+    def make(rng: np.random.Generator, units: int, depth: int, k: int) -> list[np.ndarray]:
+        labels = [block_labels(sizes_apart(units, k, 1.0), rng) for _ in range(depth + 1)]
+        return [(1.0 + strength * (labels[i + 1][:, None] == labels[i][None, :])) * rng.standard_normal((units, units))
+                for i in range(depth)]
+
+    return make
+
+
 def joint_blocks(rows, cols) -> set[tuple[frozenset, frozenset]]:
     """Blocks as (row set, column set) pairs: shared labels pair row cluster i with column cluster i, and label
     names do not matter."""

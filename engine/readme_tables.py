@@ -142,6 +142,10 @@ TABLES: dict[str, Table] = {
                          f"{_MNIST} --epochs 1 --finetune-epochs 1 --lam 40 --control",
                          f"{_MNIST} --finetune-epochs 10 --lam 3 --control"), mnist_runs_table, "a few minutes"),
     "calibrate": Table(("clusterlab calibrate --json",), calibration_table, "5-10 minutes"),
+    "calibrate-network": Table(("clusterlab calibrate --parts network,pruned --json",), calibration_table,
+                               "15 minutes"),
+    "calibrate-network-k4": Table(("clusterlab calibrate --parts network --k 4 --json",), calibration_table,
+                                  "10 minutes"),
     "reproduce": Table(("clusterlab reproduce --seeds 5 --executor batched",), printed, "10-25 minutes"),
     "width-depth": Table(("clusterlab sweep wd --dataset mnist --hidden 64*2,128*2,256*2,64*3,128*3,256*3 --seeds 3 "
                           "--lr 0.01 --epochs 1 --finetune-epochs 1 --lam 3 --executor batched",), printed,
