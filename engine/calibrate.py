@@ -29,7 +29,7 @@ from engine.significance import network_significance, significance
 
 SOURCES = ("weights", "gradients")
 METHODS = ("permute", "rows")  # layer_nonzero is permute on a layer without zeros
-PRUNED_METHODS = (*METHODS, "layer_nonzero")
+PRUNED_METHODS = (*METHODS, "layer_nonzero", "rows_nonzero")
 PARTS = ("layer", "network", "pruned")
 DEFAULT_METHOD = Config.null  # the null a session gets unless it asks for another
 LEVEL = 0.95

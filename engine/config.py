@@ -14,7 +14,7 @@ from engine.errors import ConfigError
 DATASETS = ("mnist", "fashion-mnist", "digits", "synthetic")
 SOURCES = ("weights", "gradients")
 # Shuffle every entry of each layer, within each row, or only the non-zero entries (for pruned networks).
-NULL_METHODS = ("permute", "rows", "layer_nonzero")
+NULL_METHODS = ("permute", "rows", "layer_nonzero", "rows_nonzero")
 DEVICES = ("auto", "cpu", "cuda")
 ALL = "all"  # --layer all: cluster the whole network as one graph
 FLOAT32_MAX = 3.4028234663852886e38

@@ -116,8 +116,9 @@ def _null(layers: list[np.ndarray], partition: list[np.ndarray] | None, k: int, 
 
 
 def _shuffle_orders(weight: np.ndarray, method: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n shuffles (n, out * in) of a layer's flat entries: all of them ("permute"), within each row ("rows"), or
-    only the non-zero ones, the zeros staying where they are ("layer_nonzero")."""
+    """n shuffles (n, out * in) of a layer's flat entries: all of them ("permute"), within each row ("rows"), only
+    the non-zero ones, the zeros staying where they are ("layer_nonzero"), or the non-zero ones within each row
+    ("rows_nonzero": a pruned layer's zero pattern and each unit's weights both kept)."""
     out, inp = weight.shape
     if method == "permute":
         return rng.permuted(np.broadcast_to(np.arange(out * inp), (n, out * inp)), axis=1)
@@ -126,5 +127,14 @@ def _shuffle_orders(weight: np.ndarray, method: str, n: int, rng: np.random.Gene
         nonzero = np.flatnonzero(weight)
         orders[:, nonzero] = rng.permuted(np.broadcast_to(nonzero, (n, len(nonzero))), axis=1)
         return orders
+    if method == "rows_nonzero":
+        zero = np.asarray(weight) == 0
+        slots = np.argsort(zero, axis=1, kind="stable")  # each row's non-zero columns first, then its zeros
+        keys = np.where(zero, 2.0, rng.random((n, out, inp)))  # zeros sort last: they stay where they are
+        drawn = np.argsort(keys, axis=2, kind="stable")  # the row's non-zero columns in a random order, then zeros
+        within = np.empty((n, out, inp), dtype=np.int64)
+        np.put_along_axis(within, np.broadcast_to(slots, (n, out, inp)),
+                          np.where(np.sort(zero, axis=1)[None], slots[None], drawn), axis=2)
+        return (within + np.arange(out)[:, None] * inp).reshape(n, -1)
     within = rng.permuted(np.broadcast_to(np.arange(inp), (n, out, inp)), axis=2)
     return (within + np.arange(out)[:, None] * inp).reshape(n, -1)  # row i's entries stay in row i

@@ -79,6 +79,24 @@ def test_layer_nonzero_over_rejects_on_gradient_clusters_of_a_pruned_layer_of_un
     held = counts["gradients"]
     assert held["layer_nonzero"]["clusterability"] > BAND[1] and held["permute"]["clusterability"] > BAND[1], held
     assert all(BAND[0] <= n <= BAND[1] for n in held["rows"].values()), held
+    assert all(BAND[0] <= n <= BAND[1] for n in held["rows_nonzero"].values()), held  # zeros and units kept
+
+
+def test_rows_nonzero_keeps_the_zeros_and_each_rows_weights():
+    rng = np.random.default_rng(3)
+    weight = rng.normal(size=(6, 9)) * (rng.random((6, 9)) < 0.4)
+    for order in significance._shuffle_orders(weight, "rows_nonzero", 50, rng):
+        shuffled = weight.ravel()[order].reshape(weight.shape)
+        assert np.array_equal(shuffled == 0, weight == 0)
+        assert np.array_equal(np.sort(shuffled, axis=1), np.sort(weight, axis=1))
+    moved = significance._shuffle_orders(weight, "rows_nonzero", 50, rng)
+    assert len({tuple(o) for o in moved}) > 1  # it shuffles
+
+
+def test_rows_nonzero_is_calibrated_on_a_pruned_network_of_unequal_units_where_layer_nonzero_is_not():
+    counts = network_rejections(SMALL, PRUNED_NETWORKS["row-scaled, 90% magnitude-pruned"], 8,
+                                ("layer_nonzero", "rows_nonzero"))["network"]
+    assert all(BAND[0] <= n <= BAND[1] for n in counts["rows_nonzero"].values()), counts
 
 
 def test_on_iid_networks_at_k_2_the_clusters_are_a_cut_between_layers_and_every_shuffle_ties():
