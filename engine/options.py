@@ -98,10 +98,11 @@ OPTIONS: tuple[Option, ...] = (
            "and data order: the control the finetuned accuracy is compared with"),
     Option("null", "--null", str, f"shuffle for the significance null: {' or '.join(NULL_METHODS)} (permute: every "
            "entry of the layer, of each layer with --layer all; rows: within each row, keeping each unit's weights; "
-           "layer_nonzero: only the non-zero entries, for pruned networks) (default rows). `clusterlab calibrate` "
-           "finds permute miscalibrated on units of unequal scale (with --layer all it rejects 199 of 200 networks "
-           "without modularity at p <= 0.05) and layer_nonzero where magnitude pruning follows the units' scale "
-           "(44 of 200); rows stays calibrated there", "SHUFFLE"),
+           "layer_nonzero: only the non-zero entries; rows_nonzero: the non-zero entries within each row, keeping "
+           "a pruned layer's zeros and each unit's weights) (default rows; for pruned networks rows_nonzero). "
+           "`clusterlab calibrate` finds permute miscalibrated on units of unequal scale (with --layer all it "
+           "rejects 199 of 200 networks without modularity at p <= 0.05) and layer_nonzero where magnitude pruning "
+           "follows the units' scale (44 of 200); rows and rows_nonzero stay calibrated there", "SHUFFLE"),
     Option("null_samples", "--null-samples", int,
            "shuffled layers re-co-clustered for each p-value; 0 turns the null off (default 100)"),
     Option("prune", "--prune", float, "share of all weights to zero at the end of pretraining, smallest |w| first "
