@@ -14,7 +14,7 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ from engine import planted
 from engine.clustering import cocluster_batch
 from engine.config import Config, check_int, plain_int
 from engine.errors import ConfigError
-from engine.measures import ALPHA, MEASURES
+from engine.measures import ALPHA, MEASURES, NullResult
 from engine.network_graph import cluster_network
 from engine.significance import network_significance, significance
 
@@ -123,15 +123,11 @@ def rejections(settings: Settings, make: planted.Layer, index: int, sources: tup
     for source in sources:
         clustered = weights if source == "weights" else np.stack([f for _, f in layers])
         found = cocluster_batch(clustered, settings.k, settings.seed)
-        counts[source] = {}
-        for method in methods:
-            total = dict.fromkeys((m.name for m in MEASURES), 0)
-            for t in range(settings.trials):
-                result = significance(weights[t], found.rows[t], found.cols[t], settings.k, source=source,
-                                      method=method, samples=settings.null_samples, seed=settings.seed + t)
-                for name, measure in result.measures.items():
-                    total[name] += measure.p <= ALPHA
-            counts[source][method] = total
+        counts[source] = {
+            method: significant(significance(weights[t], found.rows[t], found.cols[t], settings.k, source=source,
+                                             method=method, samples=settings.null_samples, seed=settings.seed + t)
+                                for t in range(settings.trials))
+            for method in methods}
     return counts
 
 
@@ -145,16 +141,20 @@ def network_rejections(settings: Settings, make: planted.Network, index: int,
     networks = [make(np.random.default_rng([settings.seed, index, t]), settings.units, settings.depth, settings.k)
                 for t in range(settings.trials)]
     found = cluster_network([np.stack(layer) for layer in zip(*networks, strict=True)], settings.k, settings.seed)
-    counts: dict[str, dict[str, int]] = {}
-    for method in methods:
-        total = dict.fromkeys((m.name for m in MEASURES), 0)
-        for t, layers in enumerate(networks):
-            result = network_significance(layers, [group[t] for group in found], settings.k, method=method,
-                                          samples=settings.null_samples, seed=settings.seed + t)
-            for name, measure in result.measures.items():
-                total[name] += measure.p <= ALPHA
-        counts[method] = total
-    return {"network": counts}
+    return {"network": {
+        method: significant(network_significance(layers, [group[t] for group in found], settings.k, method=method,
+                                                 samples=settings.null_samples, seed=settings.seed + t)
+                            for t, layers in enumerate(networks))
+        for method in methods}}
+
+
+def significant(results: Iterable[NullResult]) -> dict[str, int]:
+    """measure -> how many of the tests' p are at most ALPHA."""
+    total = dict.fromkeys((m.name for m in MEASURES), 0)
+    for result in results:
+        for name, measure in result.measures.items():
+            total[name] += measure.p <= ALPHA
+    return total
 
 
 @dataclass(frozen=True)

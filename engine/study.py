@@ -115,8 +115,8 @@ class Study:
         before = self.figures.test_accuracy
         self.keep = prune_global([w[0] for w in self.trainer.weights], self.config.prune)
         self.figures.test_accuracy = self.trainer.evaluate()
-        kept = sum(int(m.sum()) for m in self.keep) / sum(m.numel() for m in self.keep)
-        hooks.emit(ev.LogLine("info", f"pruned the smallest {self.config.prune:.0%} of the weights ({kept:.1%} kept, "
+        share = sum(int(m.sum()) for m in self.keep) / sum(m.numel() for m in self.keep)
+        hooks.emit(ev.LogLine("info", f"pruned the smallest {self.config.prune:.0%} of the weights ({share:.1%} kept, "
                                       f"per layer {', '.join(f'{float(m.float().mean()):.1%}' for m in self.keep)}): "
                                       f"test accuracy {before or 0:.4f} -> {self.figures.test_accuracy:.4f}"))
 
