@@ -21,9 +21,8 @@ from engine.measures import upgraded
 from engine.picture import block_picture
 from engine.session import (
     atomic_write,
-    metrics_path,
-    read_metrics,
     read_snapshot,
+    saved_records,
     session_file,
     write_json,
 )
@@ -57,7 +56,7 @@ def export_session(session_dir: Path, out_dir: Path, notes: list[str] | None = N
     session, state = read_snapshot(session_dir)
     config = session_config(session, session_dir)
     # The save's records (read_session checked that the log's first ones are valid): not those a run added since.
-    records = read_metrics(metrics_path(session_dir))[:session["metrics_records"]]
+    records = saved_records(session_dir, session)
     notes = notes if notes is not None else []
     clusters, ablation = session.get("clusters"), session.get("ablation")
     layer = config.studied_layer

@@ -62,8 +62,9 @@ __all__ = [
     "copy_metrics", "existing_name", "has_session", "load_checkpoint", "load_saved", "make_folder", "metrics_path",
     "new_name", "now_iso", "pack_session", "parse_session", "peek_session", "prune_checkpoints", "read_bytes",
     "read_metrics", "read_session", "read_snapshot", "record_problem", "release_directory", "remove_stale_temps",
-    "saved_checkpoint", "session_file", "session_path", "sessions_root", "trim_metrics", "unpack_session", "unsaved",
-    "validate_session", "versions", "write_checkpoint", "write_json", "write_session", "write_stability",
+    "saved_checkpoint", "saved_records", "session_file", "session_path", "sessions_root", "trim_metrics",
+    "unpack_session", "unsaved", "validate_session", "versions", "write_checkpoint", "write_json", "write_session",
+    "write_stability",
 ]
 
 # Every name an earlier version accepted, a leading '-' included: existing sessions stay openable.
@@ -197,6 +198,11 @@ def read_snapshot(directory: Path, kinds: Collection[str] = JOB_KINDS, *, log: b
         f"{directory} is running: another clusterlab saved it {SNAPSHOT_TRIES} times while it was being read; try"
         " again when it has stopped, or with a larger --autosave-every."
     )
+
+
+def saved_records(directory: Path, data: dict) -> list[dict]:
+    """The metrics records a save counted (its checked session.json `data`): a run still going writes more."""
+    return read_metrics(metrics_path(directory))[:data["metrics_records"]]
 
 
 def load_saved(directory: Path) -> tuple[SavedState, dict]:

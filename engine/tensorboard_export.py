@@ -12,7 +12,7 @@ import numpy as np
 from engine.errors import ConfigError, SessionError
 from engine.export import flat_record, session_config, studied_weights
 from engine.picture import block_picture
-from engine.session import atomic_write, metrics_path, read_metrics, read_snapshot, session_file
+from engine.session import atomic_write, read_snapshot, saved_records, session_file
 from engine.sweep import is_sweep, read_manifest
 
 # One fixed name per run, so a second export replaces the first instead of adding a twin of every curve.
@@ -83,7 +83,7 @@ def _tensorboard():
 def _read(session_dir: Path) -> _Run:
     session, state = read_snapshot(session_dir)  # one save, even while the session runs
     config = session_config(session, session_dir)
-    records = read_metrics(metrics_path(session_dir))
+    records = saved_records(session_dir, session)
     picture = None
     if session.get("clusters"):
         clusters = session["clusters"]
