@@ -56,7 +56,8 @@ class Span:
     tail: range
 
     def __len__(self) -> int:
-        return len(self.head) + len(self.tail) - sum(1 for v in set(self.head) if v in self.tail)
+        head = dict.fromkeys(self.head)  # as __iter__ yields them: each once
+        return len(head) + len(self.tail) - sum(1 for v in head if v in self.tail)
 
     def __iter__(self) -> Iterator:
         yield from dict.fromkeys(self.head)

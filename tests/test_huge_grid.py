@@ -110,3 +110,10 @@ def test_readme_tells_the_size_line_and_the_threshold():
     text = (REPO / "README.md").read_text()
     assert f"more than {CONFIRM_ABOVE:,} members" in text and "--yes" in text
     assert "Sweep NAME: N members (" in text
+
+
+def test_a_span_counts_what_it_yields():
+    from engine.axes import Span
+
+    for span in (Span((), range(1, 6)), Span((3, 9), range(1, 6)), Span((3, 3, 9), range(1, 6)), Span((7,), range(0))):
+        assert len(span) == len(list(span)) == len(set(span))
